@@ -1,0 +1,182 @@
+"""Steady-state training throughput, scratch next to torch, measured in one process.
+
+    python -m experiments.bench                                   # numpy vs torch, 1 thread, batch 64
+    python -m experiments.bench --models resnet18 --repeats 5 --csv
+
+For every model, each scratch backend and torch train on the same fixed batches from the
+same initial weights. Warm-up steps run first and are reported apart; then the repeats
+alternate between the implementations (so drift in machine load hits both alike), each
+repeat timing whole training steps (forward, loss, backward, optimizer) after a device sync.
+The ratio is scratch images/s over torch images/s, the median over repeats, with its spread.
+"""
+import argparse
+import csv
+import datetime
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+CSV_COLUMNS = ["cpu", "threads", "model", "batch_size", "scratch_backend", "scratch_images_per_s",
+               "torch_images_per_s", "ratio", "date"]
+DEFAULT_CSV = os.path.join("results", "bench", "cpu_train.csv")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="cnn,resnet18", help="comma-separated: cnn,resnet18 (default both)")
+    ap.add_argument("--scratch-backends", default="numpy", help="comma-separated scratch backends (default numpy)")
+    ap.add_argument("--no-torch", action="store_true", help="measure scratch only (no ratio)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1, help="threads for every side (default 1: single core)")
+    ap.add_argument("--warmup", type=int, default=2, help="warm-up steps per implementation, not timed (default 2)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats per implementation (default 3)")
+    ap.add_argument("--min-time", type=float, default=2.0,
+                    help="seconds each repeat runs at least; its step count follows from the warm-up (default 2)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--csv", nargs="?", const=DEFAULT_CSV, default=None, metavar="PATH",
+                    help=f"append one row per model and backend to PATH (default {DEFAULT_CSV})")
+    a = ap.parse_args(argv)
+    a.models = _split(ap, a.models, ("cnn", "resnet18"), "--models")
+    a.scratch_backends = _split(ap, a.scratch_backends, ("numpy", "numba", "cupy"), "--scratch-backends")
+    for name in ("batch_size", "threads", "repeats"):
+        if getattr(a, name) <= 0:
+            ap.error(f"--{name.replace('_', '-')} must be positive")
+    if a.warmup < 1:
+        ap.error("--warmup must be at least 1 (it sizes the timed repeats)")
+    if a.min_time <= 0:
+        ap.error("--min-time must be positive")
+    if "numpy" in a.scratch_backends and a.threads != 1:
+        ap.error("the numpy backend is the single-core reference: use --threads 1, or --scratch-backends numba")
+    return a
+
+
+def _split(ap, text, allowed, flag):
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in items if s not in allowed]
+    if bad or not items:
+        ap.error(f"{flag}: unknown {', '.join(bad) or 'empty list'}; choose from {', '.join(allowed)}")
+    return items
+
+
+def time_steps(adapter, batches, n_steps):
+    """Seconds for n_steps training steps, synchronised at both ends."""
+    adapter.synchronize()
+    t0 = time.perf_counter()
+    for i in range(n_steps):
+        adapter.train_step(*batches[i % len(batches)])
+    adapter.synchronize()
+    return time.perf_counter() - t0
+
+
+def bench_model(model, args, log=print):
+    from .adapters import OptimSpec, make_adapter
+
+    spec = OptimSpec("sgd", lr=0.01, momentum=0.9)
+    r = np.random.default_rng(args.seed)
+    host = [(r.standard_normal((args.batch_size, 3, 32, 32)).astype(np.float32),
+             r.integers(0, 10, args.batch_size)) for _ in range(4)]
+    sides = [(f"scratch-{b}", dict(impl="scratch", backend=b)) for b in args.scratch_backends]
+    if not args.no_torch:
+        sides.append(("torch-cpu", dict(impl="torch", device="cpu")))
+    runners = {}
+    for label, kw in sides:
+        ad = make_adapter(model=model, optimizer=spec, seed=args.seed, threads=args.threads, **kw)
+        batches = [ad.to_device(x, y) for x, y in host]
+        warm = time_steps(ad, batches, args.warmup)
+        per_step = warm / args.warmup
+        n = max(2, int(np.ceil(args.min_time / max(per_step, 1e-6))))
+        runners[label] = dict(adapter=ad, batches=batches, steps=n, warmup_s=warm, ips=[])
+        log(f"  {model:9s} {label:14s} warm-up {args.warmup} steps {warm:7.2f} s; timing {n} steps x {args.repeats}")
+    for _ in range(args.repeats):
+        for label, run in runners.items():
+            dt = time_steps(run["adapter"], run["batches"], run["steps"])
+            run["ips"].append(run["steps"] * args.batch_size / dt)
+    return runners
+
+
+def summarise(model, runners, args):
+    rows = []
+    torch_run = runners.get("torch-cpu")
+    for label, run in runners.items():
+        if not label.startswith("scratch-"):
+            continue
+        ips = run["ips"]
+        row = dict(model=model, backend=label[len("scratch-"):], scratch=statistics.median(ips),
+                   scratch_min=min(ips), scratch_max=max(ips), torch=None, ratio=None)
+        if torch_run:
+            tips = torch_run["ips"]
+            ratios = [a / b for a, b in zip(ips, tips)]   # pairs measured back to back
+            row.update(torch=statistics.median(tips), torch_min=min(tips), torch_max=max(tips),
+                       ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios))
+        rows.append(row)
+    return rows
+
+
+def print_table(rows, args, cpu):
+    print()
+    print(f"Training throughput, batch {args.batch_size}, {args.threads} thread(s), median of {args.repeats} "
+          f"repeats [min-max], on {cpu}")
+    head = f"{'model':9s} {'scratch':8s} {'scratch img/s':>24s} {'torch img/s':>24s} {'ratio':>20s}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        s = f"{r['scratch']:8.1f} [{r['scratch_min']:.1f}-{r['scratch_max']:.1f}]"
+        if r["torch"] is None:
+            t, q = "-", "-"
+        else:
+            t = f"{r['torch']:8.1f} [{r['torch_min']:.1f}-{r['torch_max']:.1f}]"
+            q = f"{r['ratio']:.2f}x [{r['ratio_min']:.2f}-{r['ratio_max']:.2f}]"
+        print(f"{r['model']:9s} {r['backend']:8s} {s:>24s} {t:>24s} {q:>20s}")
+
+
+def append_csv(path, rows, args, cpu):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    date = datetime.date.today().isoformat()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow(dict(cpu=cpu, threads=args.threads, model=r["model"], batch_size=args.batch_size,
+                            scratch_backend=r["backend"], scratch_images_per_s=f"{r['scratch']:.2f}",
+                            torch_images_per_s="" if r["torch"] is None else f"{r['torch']:.2f}",
+                            ratio="" if r["ratio"] is None else f"{r['ratio']:.3f}", date=date))
+    print(f"appended {len(rows)} row(s) to {path}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from .sysinfo import machine_info
+
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            print("error: torch is not installed (pip install -e '.[torch]'), or pass --no-torch", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+        torch.set_num_interop_threads(args.threads)
+    info = machine_info()
+    cpu = f"{info.get('cpu_model') or 'unknown CPU'} ({info.get('logical_cores')} logical cores)"
+    rows = []
+    from scratch_nn.backends import BackendUnavailable
+
+    for model in args.models:
+        try:
+            rows += summarise(model, bench_model(model, args), args)
+        except BackendUnavailable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    print_table(rows, args, cpu)
+    if args.csv:
+        append_csv(args.csv, rows, args, cpu)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

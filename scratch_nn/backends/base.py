@@ -1,0 +1,288 @@
+"""The backend seam: the reference kernels, written once against `self.xp`.
+
+Layers never touch an array library directly for their hot paths; they call these methods.
+A backend subclass sets `xp` and overrides only the kernels it makes faster (numba: parallel
+CPU loops; cupy: fused CUDA kernels). Every kernel here is vectorised: no Python loops over
+images or pixels, only over kernel offsets (at most kh*kw iterations) or parameter lists.
+
+Conventions follow PyTorch: NCHW activations, (out, in, kh, kw) conv weights.
+"""
+import math
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run on this machine; the message says what to install or use."""
+
+
+class Backend:
+    name = "base"
+    xp = None
+    default_dtype = "float32"
+    supported_dtypes = ("float32", "float64")
+
+    def __init__(self, threads=None):
+        self.threads = threads
+
+    # ------------------------------------------------------------------ arrays
+    def asarray(self, a, dtype=None):
+        """Host (numpy) or device array -> this backend's array."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_host(self, a):
+        """This backend's array -> numpy array (a copy-free view where possible)."""
+        return a
+
+    def synchronize(self):
+        """Wait for queued device work; a no-op on CPU backends."""
+
+    def check_dtype(self, dtype):
+        name = self.xp.dtype(dtype).name
+        if name not in self.supported_dtypes:
+            raise ValueError(f"backend {self.name!r} supports dtypes {self.supported_dtypes}, not {name!r}")
+        return self.xp.dtype(name)
+
+    def rng(self, seed):
+        """A random generator living where this backend's arrays live."""
+        return self.xp.random.default_rng(seed)
+
+    def describe(self):
+        """A small dict for config.json."""
+        return {"name": self.name, "threads": self.threads}
+
+    # ------------------------------------------------------------------ convolution
+    def _as_strided(self, a, shape, strides):
+        return self.xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
+
+    @staticmethod
+    def conv_output_size(size, k, stride, pad):
+        out = (size + 2 * pad - k) // stride + 1
+        if out <= 0:
+            raise ValueError(f"kernel {k} with stride {stride} and padding {pad} does not fit input size {size}")
+        return out
+
+    def im2col(self, x, kh, kw, stride, pad):
+        """(N, C, H, W) -> cols (C*kh*kw, N*OH*OW).
+
+        Channel-major rows keep the copy's inner loop running along an image row, and make
+        the forward GEMM's output (F, N*OH*OW) one cheap transpose away from NCHW.
+        """
+        xp = self.xp
+        n, c, h, w = x.shape
+        oh = self.conv_output_size(h, kh, stride, pad)
+        ow = self.conv_output_size(w, kw, stride, pad)
+        if pad:
+            x = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        s = x.strides
+        win = self._as_strided(x, (c, kh, kw, n, oh, ow),
+                               (s[1], s[2], s[3], s[0], s[2] * stride, s[3] * stride))
+        return xp.ascontiguousarray(win).reshape(c * kh * kw, n * oh * ow), oh, ow
+
+    def col2im(self, cols, x_shape, kh, kw, stride, pad, oh, ow):
+        """Adjoint of im2col: scatter-add (C*kh*kw, N*OH*OW) back onto (N, C, H, W)."""
+        xp = self.xp
+        n, c, h, w = x_shape
+        dxp = xp.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
+        d6 = cols.reshape(c, kh, kw, n, oh, ow)
+        for i in range(kh):
+            for j in range(kw):
+                dxp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += d6[:, i, j].transpose(1, 0, 2, 3)
+        if pad:
+            dxp = xp.ascontiguousarray(dxp[:, :, pad:pad + h, pad:pad + w])
+        return dxp
+
+    def conv2d_forward(self, x, w, b, stride, pad):
+        """y = conv(x, w) + b. Returns (y, cache) where cache is what backward needs."""
+        xp = self.xp
+        f, c, kh, kw = w.shape
+        n = x.shape[0]
+        cols, oh, ow = self.im2col(x, kh, kw, stride, pad)
+        y = xp.matmul(w.reshape(f, -1), cols).reshape(f, n, oh, ow)
+        out = xp.empty((n, f, oh, ow), dtype=y.dtype)
+        if b is None:
+            out[...] = y.transpose(1, 0, 2, 3)
+        else:
+            xp.add(y.transpose(1, 0, 2, 3), b.reshape(1, f, 1, 1), out=out)
+        return out, (cols, x.shape, stride, pad, oh, ow)
+
+    def conv2d_backward(self, dy, cache, w, need_dx=True):
+        """Returns (dx or None, dw, db) for dy (N, F, OH, OW)."""
+        xp = self.xp
+        cols, x_shape, stride, pad, oh, ow = cache
+        f, c, kh, kw = w.shape
+        dym = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(f, -1)
+        dw = xp.matmul(dym, cols.T).reshape(w.shape)
+        db = dym.sum(axis=1)
+        dx = None
+        if need_dx:
+            dcols = xp.matmul(w.reshape(f, -1).T, dym)
+            dx = self.col2im(dcols, x_shape, kh, kw, stride, pad, oh, ow)
+        return dx, dw, db
+
+    # ------------------------------------------------------------------ linear
+    def linear_forward(self, x, w, b):
+        y = self.xp.matmul(x, w.T)
+        if b is not None:
+            y += b
+        return y
+
+    def linear_backward(self, dy, x, w, need_dx=True):
+        dx = self.xp.matmul(dy, w) if need_dx else None
+        return dx, self.xp.matmul(dy.T, x), dy.sum(axis=0)
+
+    # ------------------------------------------------------------------ batch norm
+    def batchnorm_forward_train(self, x, gamma, beta, eps):
+        """Normalise with batch statistics. Returns (y, mean, biased var, cache)."""
+        xp = self.xp
+        c = x.shape[1]
+        m = x.size // c
+        bshape = (1, c, 1, 1)
+        mean = x.mean(axis=(0, 2, 3))
+        xc = x - mean.reshape(bshape)
+        var = xp.einsum("nchw,nchw->c", xc, xc) / m
+        invstd = 1.0 / xp.sqrt(var + eps)
+        xhat = xc
+        xhat *= invstd.reshape(bshape)
+        y = xhat * gamma.reshape(bshape)
+        y += beta.reshape(bshape)
+        return y, mean, var, (xhat, invstd, gamma)
+
+    def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps):
+        c = x.shape[1]
+        scale = gamma / self.xp.sqrt(running_var + eps)
+        shift = beta - running_mean * scale
+        return x * scale.reshape(1, c, 1, 1) + shift.reshape(1, c, 1, 1)
+
+    def batchnorm_backward(self, dy, cache):
+        """Returns (dx, dgamma, dbeta) for training-mode batch norm."""
+        xp = self.xp
+        xhat, invstd, gamma = cache
+        c = dy.shape[1]
+        m = dy.size // c
+        bshape = (1, c, 1, 1)
+        dbeta = dy.sum(axis=(0, 2, 3))
+        dgamma = xp.einsum("nchw,nchw->c", dy, xhat)
+        # dx = gamma*invstd/m * (m*dy - dbeta - xhat*dgamma), arranged to make few temporaries
+        dx = xhat * (-dgamma / m).reshape(bshape)
+        dx += dy
+        dx -= (dbeta / m).reshape(bshape)
+        dx *= (gamma * invstd).reshape(bshape)
+        return dx, dgamma, dbeta
+
+    # ------------------------------------------------------------------ activations
+    def relu_forward(self, x):
+        return self.xp.maximum(x, 0)
+
+    def relu_backward(self, dy, y):
+        return dy * (y > 0)   # 10x faster in NumPy than where() with a scalar
+
+    # ------------------------------------------------------------------ pooling
+    def _pool_views(self, xp_, k, stride, oh, ow):
+        """The k*k strided views (N, C, OH, OW) of a padded input, one per window offset,
+        in row-major window order."""
+        return [xp_[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] for i in range(k) for j in range(k)]
+
+    def maxpool2d_forward(self, x, k, stride, pad):
+        """Max over k x k windows as k*k - 1 elementwise maxima of strided views. The index
+        of the max (ties: the first offset in row-major window order, as in PyTorch) is
+        built with elementwise uint8 arithmetic, which is ~5x faster in NumPy than masked
+        assignment. Returns (y, cache)."""
+        xp = self.xp
+        n, c, h, w = x.shape
+        oh = self.conv_output_size(h, k, stride, pad)
+        ow = self.conv_output_size(w, k, stride, pad)
+        if pad:
+            x = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-xp.inf)
+        views = self._pool_views(x, k, stride, oh, ow)
+        y = xp.maximum(views[0], views[1]) if len(views) > 1 else views[0].copy()
+        for v in views[2:]:
+            xp.maximum(y, v, out=y)
+        idx_dtype = xp.uint8 if k * k <= 255 else xp.int32
+        idx = xp.zeros(y.shape, dtype=idx_dtype)
+        taken = views[0] == y
+        for o, v in enumerate(views[1:], start=1):
+            first = (v == y) & ~taken
+            taken |= first
+            idx += first * idx_dtype(o)
+        return y, (idx, (n, c, h, w), k, stride, pad)
+
+    def maxpool2d_backward(self, dy, cache):
+        xp = self.xp
+        idx, (n, c, h, w), k, stride, pad = cache
+        oh, ow = dy.shape[2:]
+        overlap = stride < k
+        covered = not (overlap or pad) and h == k * oh and w == k * ow
+        dxp = (xp.empty if covered else xp.zeros)((n, c, h + 2 * pad, w + 2 * pad), dtype=dy.dtype)
+        for o, view in enumerate(self._pool_views(dxp, k, stride, oh, ow)):
+            if overlap:
+                view += dy * (idx == o)
+            else:  # each input element lies in at most one window: write, don't accumulate
+                xp.multiply(dy, idx == o, out=view)
+        if pad:
+            dxp = xp.ascontiguousarray(dxp[:, :, pad:pad + h, pad:pad + w])
+        return dxp
+
+    def global_avgpool_forward(self, x):
+        return x.mean(axis=(2, 3))
+
+    def global_avgpool_backward(self, dy, x_shape):
+        n, c, h, w = x_shape
+        dx = self.xp.empty(x_shape, dtype=dy.dtype)
+        dx[...] = (dy * (1.0 / (h * w))).reshape(n, c, 1, 1)
+        return dx
+
+    # ------------------------------------------------------------------ loss
+    def softmax_cross_entropy(self, logits, labels, label_smoothing=0.0):
+        """Mean cross-entropy over the batch. Returns (loss as a 0-d array, dlogits)."""
+        xp = self.xp
+        n, k = logits.shape
+        z = logits - logits.max(axis=1, keepdims=True)
+        lse = xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+        logp = z - lse
+        rows = xp.arange(n)
+        nll = -logp[rows, labels]
+        if label_smoothing:
+            per = (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(axis=1)
+        else:
+            per = nll
+        loss = per.mean()
+        grad = xp.exp(logp)
+        if label_smoothing:
+            grad -= label_smoothing / k
+        grad[rows, labels] -= 1.0 - label_smoothing
+        grad *= 1.0 / n
+        return loss, grad
+
+    # ------------------------------------------------------------------ optimizer updates
+    # Each takes whole lists so a backend can fuse all parameters into few launches.
+    def sgd_update(self, params, grads, bufs, *, lr, momentum, dampening, nesterov, weight_decay, first_step):
+        """In-place SGD as torch.optim.SGD (weight decay added to the gradient)."""
+        for p, g, buf in zip(params, grads, bufs):
+            d = g + weight_decay * p if weight_decay else g
+            if momentum:
+                if first_step:
+                    buf[...] = d
+                else:
+                    buf *= momentum
+                    buf += (1.0 - dampening) * d
+                d = d + momentum * buf if nesterov else buf
+            p -= lr * d
+
+    def adam_update(self, params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1, beta2, eps,
+                    weight_decay, decoupled):
+        """In-place Adam (decoupled=False, L2 added to the gradient) or AdamW, as torch.optim."""
+        xp = self.xp
+        bc1 = 1.0 - beta1 ** step
+        bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
+        for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+            if weight_decay and decoupled:
+                p *= 1.0 - lr * weight_decay
+            elif weight_decay:
+                g = g + weight_decay * p
+            m *= beta1
+            m += (1.0 - beta1) * g
+            v *= beta2
+            v += (1.0 - beta2) * g * g
+            denom = xp.sqrt(v)
+            denom /= bc2_sqrt
+            denom += eps
+            p -= (lr / bc1) * (m / denom)

@@ -1,0 +1,33 @@
+from .. import init
+from .module import Module
+
+
+class Conv2d(Module):
+    """2-D convolution, NCHW, weight (out, in, kh, kw), optional bias."""
+
+    def __init__(self, backend, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 *, rng, dtype="float32"):
+        super().__init__(backend)
+        if min(in_channels, out_channels, kernel_size, stride) <= 0 or padding < 0:
+            raise ValueError("Conv2d sizes must be positive and padding non-negative")
+        self.stride, self.padding = stride, padding
+        shape = (out_channels, in_channels, kernel_size, kernel_size)
+        fan = init.fan_in(shape)
+        self.weight = self.add_param("weight", backend.asarray(init.torch_default_uniform(rng, shape, fan), dtype))
+        self.bias = None
+        if bias:
+            self.bias = self.add_param("bias", backend.asarray(init.torch_default_uniform(rng, (out_channels,), fan), dtype))
+        self._cache = None
+
+    def forward(self, x):
+        b = self.bias.data if self.bias is not None else None
+        y, self._cache = self.be.conv2d_forward(x, self.weight.data, b, self.stride, self.padding)
+        return y
+
+    def backward(self, dy, input_grad=True):
+        dx, dw, db = self.be.conv2d_backward(dy, self._cache, self.weight.data, need_dx=input_grad)
+        self._cache = None
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx

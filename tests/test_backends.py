@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from scratch_nn import backends
+
+
+def test_numpy_backend_pins_blas_to_one_thread():
+    from threadpoolctl import threadpool_info
+
+    be = backends.get("numpy")
+    assert be.xp is np and be.threads == 1
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    assert blas and all(i["num_threads"] == 1 for i in blas)
+    with pytest.raises(ValueError, match="numba"):
+        backends.get("numpy", threads=4)
+
+
+def test_unavailable_backends_say_what_to_do():
+    for name in ("numba", "cupy"):
+        if name in backends.available():
+            continue
+        with pytest.raises(backends.BackendUnavailable) as e:
+            backends.get(name)
+        assert "pip install" in str(e.value) or "not available yet" in str(e.value)
+
+
+def test_cupy_without_gpu_is_an_error_not_a_fallback():
+    try:
+        import cupy  # noqa: F401
+        has_cupy = True
+    except ImportError:
+        has_cupy = False
+    if has_cupy:
+        pytest.skip("CuPy is installed here; the GPU tests cover it")
+    with pytest.raises(backends.BackendUnavailable, match="cupy"):
+        backends.get("cupy")
+
+
+def test_im2col_col2im_are_adjoint(be):
+    """<im2col(x), c> == <x, col2im(c)> for random x and c: col2im is im2col's transpose."""
+    r = np.random.default_rng(0)
+    for k, s, p in [(3, 1, 1), (3, 2, 1), (1, 2, 0), (2, 2, 0)]:
+        x = r.standard_normal((2, 3, 7, 7))
+        cols, oh, ow = be.im2col(be.asarray(x), k, k, s, p)
+        c = r.standard_normal(cols.shape)
+        back = be.col2im(be.asarray(c), x.shape, k, k, s, p, oh, ow)
+        lhs = float((be.to_host(cols) * c).sum())
+        rhs = float((x * be.to_host(back)).sum())
+        assert abs(lhs - rhs) < 1e-9 * max(1.0, abs(lhs))
