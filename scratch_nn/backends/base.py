@@ -78,17 +78,18 @@ class Backend:
         return xp.ascontiguousarray(win).reshape(c * kh * kw, n * oh * ow), oh, ow
 
     def col2im(self, cols, x_shape, kh, kw, stride, pad, oh, ow):
-        """Adjoint of im2col: scatter-add (C*kh*kw, N*OH*OW) back onto (N, C, H, W)."""
+        """Adjoint of im2col: scatter-add (C*kh*kw, N*OH*OW) back onto (N, C, H, W).
+
+        Accumulates in cols' own channel-major (C, N, H, W) order, so the kh*kw adds stream
+        through memory, and transposes to NCHW once at the end."""
         xp = self.xp
         n, c, h, w = x_shape
-        dxp = xp.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
+        dxp = xp.zeros((c, n, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
         d6 = cols.reshape(c, kh, kw, n, oh, ow)
         for i in range(kh):
             for j in range(kw):
-                dxp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += d6[:, i, j].transpose(1, 0, 2, 3)
-        if pad:
-            dxp = xp.ascontiguousarray(dxp[:, :, pad:pad + h, pad:pad + w])
-        return dxp
+                dxp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += d6[:, i, j]
+        return xp.ascontiguousarray(dxp[:, :, pad:pad + h, pad:pad + w].transpose(1, 0, 2, 3))
 
     def conv2d_forward(self, x, w, b, stride, pad):
         """y = conv(x, w) + b. Returns (y, cache) where cache is what backward needs."""

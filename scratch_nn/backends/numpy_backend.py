@@ -2,6 +2,7 @@
 import numpy as np
 
 from .base import Backend, BackendUnavailable
+from .heap import keep_freed_memory
 
 
 class NumpyBackend(Backend):
@@ -20,6 +21,10 @@ class NumpyBackend(Backend):
                                      "pip install threadpoolctl") from e
         # Process-wide on purpose: a single-core measurement must not let BLAS use more.
         self._blas_limit = threadpool_limits(limits=1, user_api="blas")
+        self.heap_kept = keep_freed_memory()
+
+    def describe(self):
+        return dict(super().describe(), heap_kept=self.heap_kept)
 
     def to_host(self, a):
         return np.asarray(a)
