@@ -99,6 +99,18 @@ class ScratchAdapter:
         return self.net.state_dict()
 
 
+def set_torch_threads(n):
+    """Intra- and inter-op threads. torch accepts the inter-op count only before its first
+    parallel work, once per process; a later call keeps the earlier setting."""
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:
+        pass
+
+
 class TorchAdapter:
     impl = "torch"
 
@@ -112,7 +124,7 @@ class TorchAdapter:
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda needs a CUDA GPU and a CUDA build of torch; none is visible here")
         if threads is not None:
-            torch.set_num_threads(threads)
+            set_torch_threads(threads)
         self.device = torch.device(device)
         self.tdtype = getattr(torch, dtype)
         self.net = torch_impl.models.build(model, num_classes=num_classes, dtype=self.tdtype)

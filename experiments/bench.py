@@ -159,8 +159,9 @@ def main(argv=None):
         except ImportError:
             print("error: torch is not installed (pip install -e '.[torch]'), or pass --no-torch", file=sys.stderr)
             return 2
-        torch.set_num_threads(args.threads)
-        torch.set_num_interop_threads(args.threads)
+        from .adapters import set_torch_threads
+
+        set_torch_threads(args.threads)
     info = machine_info()
     cpu = f"{info.get('cpu_model') or 'unknown CPU'} ({info.get('logical_cores')} logical cores)"
     rows = []

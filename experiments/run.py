@@ -1,0 +1,274 @@
+"""Train either implementation on CIFAR-10 and record what it cost.
+
+    python -m experiments.run                                     # scratch numpy cnn, 1 epoch
+    python -m experiments.run --impl scratch --backend numba --model resnet18 --epochs 5
+    python -m experiments.run --impl torch --device cpu --threads 1
+
+Writes results/runs/<run_id>/ (config.json, epochs.csv, steps.csv, resources.csv,
+summary.json) and appends one row to results/runs.csv. Bad input prints one line and exits 2.
+"""
+import argparse
+import datetime
+import os
+import sys
+import time
+
+IMPLS = ("scratch", "torch")
+BACKENDS = ("numpy", "numba", "cupy")
+DEVICES = ("cpu", "cuda")
+MODELS = ("cnn", "resnet18")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "multistep", "cosine", "onecycle")
+PRECISIONS = ("fp32", "fp64")   # tf32/fp16 arrive with the CuPy backend; the flag validates now
+DATASETS = ("auto", "cifar10", "synthetic")
+
+
+class UsageError(Exception):
+    """Bad input: the CLI prints the message on one line and exits 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def build_parser():
+    ap = _Parser(prog="python -m experiments.run", description=__doc__,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = ap.add_argument_group("what to train")
+    g.add_argument("--impl", default="scratch", help=f"implementation: {' | '.join(IMPLS)} (default scratch)")
+    g.add_argument("--backend", default=None, help=f"scratch backend: {' | '.join(BACKENDS)} (default numpy)")
+    g.add_argument("--device", default=None, help=f"torch device: {' | '.join(DEVICES)} (default cpu)")
+    g.add_argument("--model", default="cnn", help=f"{' | '.join(MODELS)} (default cnn)")
+    g.add_argument("--precision", default="fp32", help=f"{' | '.join(PRECISIONS)} (default fp32)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: 1 for numpy, every core otherwise)")
+    g.add_argument("--seed", type=int, default=0, help="weights, data order and augmentation (default 0)")
+    g = ap.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=1, help="(default 1)")
+    g.add_argument("--batch-size", type=int, default=64, help="(default 64)")
+    g.add_argument("--optimizer", default="sgd", help=f"{' | '.join(OPTIMIZERS)} (default sgd)")
+    g.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default 0.01)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument("--nesterov", action="store_true", help="SGD with nesterov momentum")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="(default 0)")
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="(default 0)")
+    g.add_argument("--schedule", default="constant", help=f"{' | '.join(SCHEDULES)} (default constant)")
+    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear LR warm-up (default 0)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in all")
+    g = ap.add_argument_group("data")
+    g.add_argument("--dataset", default="auto", help=f"{' | '.join(DATASETS)} (default auto: a local copy, "
+                   "else download, else synthetic with a warning)")
+    g.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ "
+                   "(default $CIFAR10_DIR or ./data)")
+    g.add_argument("--download", action="store_true", help="download CIFAR-10 if it is not there")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
+                   help="random crop (pad 4) + horizontal flip (default off)")
+    g.add_argument("--norm", default="cifar", help="normalisation: cifar (per-channel mean/std) | half "
+                   "(mean = std = 0.5, the original study's) (default cifar)")
+    g.add_argument("--train-subset", type=int, default=None, help="use the first N training images")
+    g.add_argument("--test-subset", type=int, default=None, help="use the first N test images")
+    g = ap.add_argument_group("measurement and output")
+    g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (and after the last; default 1)")
+    g.add_argument("--log-every", type=int, default=10, help="write every N-th step to steps.csv (default 10)")
+    g.add_argument("--warmup-steps", type=int, default=5,
+                   help="first steps excluded from steady-state images/s (default 5)")
+    g.add_argument("--sample-hz", type=float, default=5.0, help="resource sampling rate (default 5)")
+    g.add_argument("--out", default=os.path.join("results", "runs"), help="run folders go here (default results/runs)")
+    g.add_argument("--runs-csv", default=None, help="table to append to (default: runs.csv beside --out)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    return ap
+
+
+def _choice(value, allowed, flag):
+    if value not in allowed:
+        raise UsageError(f"{flag} {value!r} is not one of: {', '.join(allowed)}")
+    return value
+
+
+def validate(a):
+    """Check every flag and combination before anything is created. Raises UsageError."""
+    _choice(a.impl, IMPLS, "--impl")
+    _choice(a.model, MODELS, "--model")
+    _choice(a.optimizer, OPTIMIZERS, "--optimizer")
+    _choice(a.schedule, SCHEDULES, "--schedule")
+    _choice(a.precision, PRECISIONS, "--precision")
+    _choice(a.dataset, DATASETS, "--dataset")
+    _choice(a.norm, ("cifar", "half"), "--norm")
+    if a.impl == "scratch":
+        if a.device is not None:
+            raise UsageError("--device is for --impl torch; scratch runs choose --backend numpy|numba|cupy")
+        a.backend = _choice(a.backend or "numpy", BACKENDS, "--backend")
+    else:
+        if a.backend is not None:
+            raise UsageError(f"--backend {a.backend} is for --impl scratch; torch runs choose --device cpu|cuda")
+        a.device = _choice(a.device or "cpu", DEVICES, "--device")
+    for name in ("epochs", "batch_size", "eval_every", "log_every", "max_steps", "train_subset", "test_subset",
+                 "threads"):
+        v = getattr(a, name)
+        if v is not None and v <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    if a.lr <= 0 or a.sample_hz <= 0:
+        raise UsageError("--lr and --sample-hz must be positive")
+    if a.momentum < 0 or a.weight_decay < 0 or a.warmup_steps < 0 or a.warmup_epochs < 0:
+        raise UsageError("--momentum, --weight-decay, --warmup-steps and --warmup-epochs must be >= 0")
+    if not 0 <= a.label_smoothing < 1:
+        raise UsageError("--label-smoothing must be in [0, 1)")
+    if a.nesterov and (a.optimizer != "sgd" or a.momentum <= 0):
+        raise UsageError("--nesterov needs --optimizer sgd and --momentum > 0")
+    if a.impl == "scratch" and a.backend == "numpy" and a.threads not in (None, 1):
+        raise UsageError("the numpy backend is the single-core reference: use --threads 1 or --backend numba")
+    if a.threads is None:
+        a.threads = 1 if a.impl == "scratch" and a.backend == "numpy" else (os.cpu_count() or 1)
+    return a
+
+
+def make_adapter(a):
+    """Build the implementation, turning 'cannot run here' into a UsageError."""
+    from scratch_nn.backends import BackendUnavailable
+
+    from .adapters import OptimSpec, make_adapter as build
+
+    spec = OptimSpec(a.optimizer, lr=a.lr, momentum=a.momentum if a.optimizer == "sgd" else 0.0,
+                     nesterov=a.nesterov, weight_decay=a.weight_decay)
+    dtype = {"fp32": "float32", "fp64": "float64"}[a.precision]
+    common = dict(model=a.model, optimizer=spec, seed=a.seed, dtype=dtype, label_smoothing=a.label_smoothing,
+                  threads=a.threads)
+    if a.impl == "torch":
+        try:
+            import torch
+        except ImportError:
+            raise UsageError("--impl torch needs PyTorch: pip install -e '.[torch]'") from None
+        if a.device == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu")
+        return build("torch", device=a.device, **common)
+    try:
+        return build("scratch", backend=a.backend, **common)
+    except BackendUnavailable as e:
+        raise UsageError(str(e)) from None
+
+
+def load_data(a):
+    from . import data as D
+
+    try:
+        ds = D.resolve_dataset(a.dataset, a.data_dir, download=a.download, seed=a.seed)
+        ds = D.subset(ds, a.train_subset, a.test_subset)
+    except D.DataError as e:
+        raise UsageError(str(e)) from None
+    mean, std = (D.CIFAR10_MEAN, D.CIFAR10_STD) if a.norm == "cifar" else ((0.5,) * 3, (0.5,) * 3)
+    dtype = "float64" if a.precision == "fp64" else "float32"
+    train = D.BatchLoader(ds.x_train, ds.y_train, a.batch_size, shuffle=True, seed=a.seed, augment=a.augment,
+                          mean=mean, std=std, dtype=dtype)
+    test = D.BatchLoader(ds.x_test, ds.y_test, max(a.batch_size, 256), shuffle=False, seed=a.seed, augment=False,
+                         mean=mean, std=std, dtype=dtype)
+    return ds, train, test
+
+
+def resolved_config(a, ds, adapter):
+    from . import sysinfo
+
+    gpu = 0 if (a.impl == "torch" and a.device == "cuda") or (a.impl == "scratch" and a.backend == "cupy") else None
+    cfg = {k: v for k, v in vars(a).items()}
+    cfg.update(backend_or_device=a.backend if a.impl == "scratch" else a.device, gpu_index=gpu,
+               dataset_identity=ds.identity(), versions=sysinfo.versions(), machine=sysinfo.machine_info(gpu),
+               git_commit=sysinfo.git_commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+               command=" ".join(["python -m experiments.run"] + sys.argv[1:]),
+               started=datetime.datetime.now().isoformat(timespec="seconds"))
+    if a.impl == "scratch":
+        cfg["backend_info"] = adapter.be.describe()
+    return cfg
+
+
+def new_run_id(a, out):
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = f"{stamp}-{a.impl}-{a.backend if a.impl == 'scratch' else a.device}-{a.model}-s{a.seed}"
+    run_id, i = base, 1
+    while os.path.exists(os.path.join(out, run_id)):
+        i += 1
+        run_id = f"{base}-{i}"
+    return run_id
+
+
+def _progress_factory(a):
+    if a.quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    class Bar:
+        def __init__(self, epoch, total):
+            self.t = tqdm(total=total, desc=f"epoch {epoch + 1}/{a.epochs}", unit="step", leave=True)
+
+        def update(self, n, **post):
+            self.t.update(n)
+            shown = {k: f"{v:.3g}" if k != "ips" else f"{v:.0f} img/s" for k, v in post.items() if v is not None}
+            if shown:
+                self.t.set_postfix(shown, refresh=False)
+
+        def close(self):
+            self.t.close()
+    return Bar
+
+
+def _pool_fn(a):
+    if a.impl == "torch" and a.device == "cuda":
+        import torch
+        return lambda: torch.cuda.memory_reserved(0)
+    if a.impl == "scratch" and a.backend == "cupy":
+        import cupy
+        return lambda: cupy.get_default_memory_pool().total_bytes()
+    return None
+
+
+def main(argv=None):
+    try:
+        a = validate(build_parser().parse_args(argv))
+        ds, train_loader, test_loader = load_data(a)
+        adapter = make_adapter(a)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return execute(a, ds, adapter, train_loader, test_loader)
+
+
+def execute(a, ds, adapter, train_loader, test_loader):
+    from scratch_nn.optim import make_schedule
+
+    from . import records, summary as S
+    from .sampler import ResourceSampler
+    from .trainer import Diverged, train
+
+    os.makedirs(a.out, exist_ok=True)
+    run_id = new_run_id(a, a.out)
+    cfg = resolved_config(a, ds, adapter)
+    cfg["run_id"] = run_id
+    folder = records.RunFolder(a.out, run_id, cfg)
+    total = a.epochs * len(train_loader) if a.max_steps is None else min(a.max_steps, a.epochs * len(train_loader))
+    schedule = make_schedule(a.schedule, a.lr, total, warmup_steps=int(a.warmup_epochs * len(train_loader)))
+    sampler = ResourceSampler(folder.path("resources.csv"), hz=a.sample_hz, gpu_index=cfg["gpu_index"],
+                              pool_bytes_fn=_pool_fn(a)).start()
+    status, state, message, t0 = "completed", {}, None, time.perf_counter()
+    try:
+        train(adapter, train_loader, test_loader, epochs=a.epochs, schedule=schedule, folder=folder,
+                      warmup_steps=a.warmup_steps, max_steps=a.max_steps, log_every=a.log_every,
+                      eval_every=a.eval_every, label_smoothing=a.label_smoothing, progress=_progress_factory(a),
+              state=state)
+    except KeyboardInterrupt:
+        status, message = "interrupted", "interrupted by the user; the run folder keeps what was measured"
+    except Diverged as e:
+        status, message = "diverged", str(e)
+    finally:
+        sampler.stop()
+        folder.close()
+    summary = S.build_summary(a, cfg, ds, state, sampler.summary(), status, wall_s=time.perf_counter() - t0)
+    records.write_json(folder.path("summary.json"), summary)
+    runs_csv = a.runs_csv or os.path.join(os.path.dirname(os.path.abspath(a.out)), "runs.csv")
+    records.append_runs_row(runs_csv, S.runs_row(summary, folder.dir))
+    S.print_summary(summary, folder.dir, runs_csv)
+    if message:
+        print(f"{status}: {message}", file=sys.stderr)
+    return {"completed": 0, "interrupted": 130, "diverged": 3}[status]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""summary.json, the runs.csv row and the closing table of a run."""
+import datetime
+
+
+def build_summary(a, cfg, ds, state, res, status, wall_s):
+    last = state.get("last_epoch") or {}
+    steady_s, steady_n = state.get("steady_time_s", 0.0), state.get("steady_images", 0)
+    machine = cfg["machine"]
+    ips = steady_n / steady_s if steady_s > 0 else None
+    energy = res.get("energy_j")
+    return {
+        "run_id": cfg["run_id"], "status": status, "impl": a.impl, "backend_or_device": cfg["backend_or_device"],
+        "model": a.model, "threads": a.threads, "batch_size": a.batch_size, "precision": a.precision,
+        "optimizer": a.optimizer, "lr": a.lr, "epochs": state.get("epochs_done", 0), "steps": state.get("step", 0),
+        "dataset": ds.source, "n_train": ds.n_train, "n_test": ds.n_test, "seed": a.seed,
+        "train_time_s": state.get("train_time_s", 0.0), "images_per_s": ips,
+        "warmup_steps": min(a.warmup_steps, state.get("step", 0)), "warmup_time_s": state.get("warmup_time_s", 0.0),
+        "data_time_s": state.get("data_time_s", 0.0), "eval_time_s": state.get("eval_time_s", 0.0),
+        "wall_time_s": wall_s,
+        "peak_rss_mb": res.get("peak_rss_mb"), "mean_cpu_percent": res.get("mean_cpu_percent"),
+        "peak_gpu_mem_mb": res.get("peak_gpu_mem_mb"), "mean_gpu_util_percent": res.get("mean_gpu_util_percent"),
+        "energy_j": energy, "energy_per_image_j": energy / steady_n if energy and steady_n else None,
+        "final_train_loss": last.get("train_loss"), "final_train_acc": last.get("train_acc"),
+        "final_test_loss": last.get("test_loss"), "final_test_acc": last.get("test_acc"),
+        "cpu": machine.get("cpu_model"), "gpu": machine.get("gpu_name"),
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def runs_row(summary, run_dir):
+    return dict(summary, run_dir=run_dir)
+
+
+def print_summary(s, run_dir, runs_csv):
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    rows = [
+        ("run", f"{s['impl']} {s['backend_or_device']} {s['model']} ({s['status']})"),
+        ("data", f"{s['dataset']} {s['n_train']} train / {s['n_test']} test"),
+        ("steps", f"{s['steps']} in {s['epochs']} epoch(s), batch {s['batch_size']}, {s['threads']} thread(s)"),
+        ("train time", f"{f(s['train_time_s'], '.1f')} s (warm-up {s['warmup_steps']} steps "
+                       f"{f(s['warmup_time_s'], '.2f')} s; data {f(s['data_time_s'], '.1f')} s; "
+                       f"eval {f(s['eval_time_s'], '.1f')} s apart)"),
+        ("throughput", f"{f(s['images_per_s'], '.1f')} images/s (steady state)"),
+        ("train", f"loss {f(s['final_train_loss'], '.4f')}  acc {f(s['final_train_acc'], '.2%')}"),
+        ("test", f"loss {f(s['final_test_loss'], '.4f')}  acc {f(s['final_test_acc'], '.2%')}"),
+        ("memory / CPU", f"peak RSS {f(s['peak_rss_mb'], '.0f')} MB, mean CPU {f(s['mean_cpu_percent'], '.0f')}%"),
+    ]
+    if s.get("peak_gpu_mem_mb") is not None:
+        rows.append(("GPU", f"peak {f(s['peak_gpu_mem_mb'], '.0f')} MB, util {f(s['mean_gpu_util_percent'], '.0f')}%, "
+                            f"energy {f(s['energy_j'], '.0f')} J"))
+    rows += [("run folder", run_dir), ("runs table", runs_csv)]
+    width = max(len(k) for k, _ in rows)
+    print()
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")

@@ -1,0 +1,114 @@
+"""The one training loop both implementations run (through experiments.adapters), so the
+same code measures both and writes the same files.
+
+Timing: a step's time is measured from the end of the previous one after the adapter has
+synchronised the device, so asynchronous GPU launches are never mistaken for finished work.
+The first `warmup_steps` steps (JIT compilation, allocator growth, autotuning) are reported
+apart and excluded from the steady-state images/s. Evaluation runs outside the training
+clock and is reported as eval_time_s.
+"""
+import math
+import time
+
+import numpy as np
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+def evaluate(adapter, loader, label_smoothing=0.0):
+    """(mean loss, accuracy) over a loader, eval mode, in float64 on the host."""
+    total_loss, correct, n = 0.0, 0, 0
+    for x, y in loader.epoch(0):
+        logits = adapter.predict(adapter.to_device(x, y)[0]).astype(np.float64)
+        z = logits - logits.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        nll = -logp[np.arange(len(y)), y]
+        if label_smoothing:
+            nll = (1 - label_smoothing) * nll - label_smoothing * logp.mean(axis=1)
+        total_loss += float(nll.sum())
+        correct += int((logits.argmax(axis=1) == y).sum())
+        n += len(y)
+    return total_loss / n, correct / n
+
+
+def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmup_steps=5, max_steps=None,
+          log_every=10, eval_every=1, label_smoothing=0.0, progress=None, state=None):
+    """Train for `epochs` (or until max_steps) and return the measurements for the summary.
+
+    `schedule(step) -> lr` is applied before every step. `progress` (optional) is a callable
+    factory progress(epoch, total_batches) returning an object with update(n, **postfix) and
+    close(). `state` (a dict, filled in as the run goes) lets the caller keep what was
+    measured when an exception such as KeyboardInterrupt ends the loop early.
+    """
+    steps_per_epoch = len(train_loader)
+    total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
+    state = {} if state is None else state
+    state.update(step=0, warmup_time_s=0.0, steady_time_s=0.0, steady_images=0, train_time_s=0.0,
+                 epochs_done=0, last_epoch=None, data_time_s=0.0, eval_time_s=0.0)
+    for epoch in range(epochs):
+        if state["step"] >= total_steps:
+            break
+        bar = progress(epoch, min(steps_per_epoch, total_steps - state["step"])) if progress else None
+        ep_loss, ep_correct, ep_n, ep_time = 0.0, 0, 0, 0.0
+        lr = schedule(state["step"])
+        adapter.synchronize()
+        t_prev = time.perf_counter()
+        batches = train_loader.epoch(epoch)
+        try:
+            for x, y in batches:
+                if state["step"] >= total_steps:
+                    break
+                lr = schedule(state["step"])
+                adapter.set_lr(lr)
+                xb, yb = adapter.to_device(x, y)
+                loss = adapter.train_step(xb, yb)
+                step = state["step"]
+                logged = step % log_every == 0 or step == total_steps - 1
+                # Reading the loss is a device sync: every step on CPU, only when logged or at
+                # epoch end on a GPU (the epoch loss then averages the logged steps).
+                loss_v = float(loss) if (logged or adapter.device_name in ("numpy", "numba", "cpu")) else None
+                correct = adapter.last_batch_correct(yb) if loss_v is not None else None
+                adapter.synchronize()
+                t_now = time.perf_counter()
+                dt = t_now - t_prev
+                t_prev = t_now
+                if loss_v is not None:
+                    if not math.isfinite(loss_v):
+                        raise Diverged(f"loss became {loss_v} at step {step} (epoch {epoch}); "
+                                       f"lower --lr or check the data")
+                    ep_loss += loss_v * len(y)
+                    ep_correct += correct
+                    ep_n += len(y)
+                if step < warmup_steps:
+                    state["warmup_time_s"] += dt
+                else:
+                    state["steady_time_s"] += dt
+                    state["steady_images"] += len(y)
+                ep_time += dt
+                state["train_time_s"] += dt
+                state["step"] += 1
+                if logged:
+                    folder.steps.write(dict(step=step, epoch=epoch, loss=loss_v, batch_acc=correct / len(y),
+                                            step_time_s=dt, lr=lr))
+                if bar is not None:
+                    bar.update(1, loss=loss_v, acc=None if correct is None else correct / len(y),
+                               ips=len(y) / dt if dt > 0 else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        state["data_time_s"] += train_loader.data_time_s
+        row = dict(epoch=epoch, train_loss=ep_loss / ep_n if ep_n else None, train_acc=ep_correct / ep_n if ep_n else None,
+                   epoch_time_s=ep_time, train_images_per_s=ep_n / ep_time if ep_time > 0 else None,
+                   data_time_s=train_loader.data_time_s, lr=lr)
+        last = epoch == epochs - 1 or state["step"] >= total_steps
+        if (eval_every and (epoch + 1) % eval_every == 0) or last:
+            t0 = time.perf_counter()
+            row["test_loss"], row["test_acc"] = evaluate(adapter, test_loader, label_smoothing)
+            row["eval_time_s"] = time.perf_counter() - t0
+            state["eval_time_s"] += row["eval_time_s"]
+        folder.epochs.write(row)
+        state["epochs_done"] = epoch + 1
+        state["last_epoch"] = row
+    return state
