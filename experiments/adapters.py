@@ -63,8 +63,10 @@ class ScratchAdapter:
         self.opt = cls(param_groups(list(self.net.named_parameters()), spec), **_optimizer_kwargs(spec))
         self.device_name = self.be.name
 
-    def initial_state(self):
-        return self.net.state_dict()
+    @property
+    def reads_are_free(self):
+        """True where reading a scalar result costs no device sync (host arrays)."""
+        return self.be.xp is np
 
     def to_device(self, x, y):
         return self.be.asarray(x, self.dtype), self.be.asarray(y)
@@ -144,6 +146,10 @@ class TorchAdapter:
         t = self.torch
         return (t.from_numpy(np.ascontiguousarray(x)).to(self.device, self.tdtype),
                 t.from_numpy(np.ascontiguousarray(y)).to(self.device))
+
+    @property
+    def reads_are_free(self):
+        return self.device.type == "cpu"
 
     def set_lr(self, lr):
         for g in self.opt.param_groups:

@@ -68,7 +68,7 @@ def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmu
                 logged = step % log_every == 0 or step == total_steps - 1
                 # Reading the loss is a device sync: every step on CPU, only when logged or at
                 # epoch end on a GPU (the epoch loss then averages the logged steps).
-                loss_v = float(loss) if (logged or adapter.device_name in ("numpy", "numba", "cpu")) else None
+                loss_v = float(loss) if (logged or adapter.reads_are_free) else None
                 correct = adapter.last_batch_correct(yb) if loss_v is not None else None
                 adapter.synchronize()
                 t_now = time.perf_counter()
