@@ -12,12 +12,13 @@ MODELS = ("cnn", "resnet18")
 
 
 def simple_cnn(be, num_classes, rng, dtype):
-    """The original study's SimpleCNN (210,998 parameters for 10 classes)."""
+    """The original study's SimpleCNN (210,998 parameters for 10 classes). The convs' ReLUs
+    run inside the conv kernels (relu=True); the state dict is the torch twin's."""
     kw = dict(rng=rng, dtype=dtype)
     return Sequential(
         be,
-        ("conv1", Conv2d(be, 3, 16, 3, 1, 1, **kw)), ("relu1", ReLU(be)), ("pool1", MaxPool2d(be, 2)),
-        ("conv2", Conv2d(be, 16, 32, 3, 1, 1, **kw)), ("relu2", ReLU(be)), ("pool2", MaxPool2d(be, 2)),
+        ("conv1", Conv2d(be, 3, 16, 3, 1, 1, relu=True, **kw)), ("pool1", MaxPool2d(be, 2)),
+        ("conv2", Conv2d(be, 16, 32, 3, 1, 1, relu=True, **kw)), ("pool2", MaxPool2d(be, 2)),
         ("flatten", Flatten(be)),
         ("fc1", Linear(be, 32 * 8 * 8, 100, **kw)), ("relu3", ReLU(be)),
         ("fc2", Linear(be, 100, num_classes, **kw)))
@@ -33,8 +34,9 @@ def resnet18(be, num_classes, rng, dtype):
         in_ch = ch
     net = Sequential(
         be,
-        ("conv1", Conv2d(be, 3, 64, 3, 1, 1, bias=False, **kw)), ("bn1", BatchNorm2d(be, 64, dtype=dtype)),
-        ("relu", ReLU(be)), *stages, ("avgpool", GlobalAvgPool2d(be)),
+        ("conv1", Conv2d(be, 3, 64, 3, 1, 1, bias=False, **kw)),
+        ("bn1", BatchNorm2d(be, 64, relu=True, dtype=dtype)),   # torchvision's separate `relu`, fused
+        *stages, ("avgpool", GlobalAvgPool2d(be)),
         ("fc", Linear(be, 512, num_classes, **kw)))
     # torchvision re-initialises every conv with kaiming_normal_(fan_out, relu); BN stays 1/0.
     for _, m in net.named_modules():

@@ -14,12 +14,15 @@ import torch_impl  # noqa: E402
 TOL = {"float32": (1e-4, 1e-3), "float64": (1e-10, 1e-8)}
 BATCH = {"cnn": 8, "resnet18": 4}
 # float32 gradients of a ReLU net are only as well defined as the input keeps every
-# pre-activation away from the kink: a unit within float32 rounding of zero flips its mask on
-# one side and moves a small batch's input gradient by ~1e-3 (seen on both sides). The
-# batches below keep every ReLU input > KINK_MARGIN x its layer's RMS from zero, in float64,
-# which test_batches_are_clear_of_relu_kinks checks.
-DATA_SEED = {"cnn": 0, "resnet18": 6}
-KINK_MARGIN = 1e-6
+# pre-activation away from the kink: a unit within float32 rounding of zero (~1e-6 of its
+# layer's RMS) flips its mask in one implementation and not another, which moves a small
+# batch's input gradient by 1e-4 to 1e-2 (seen on every implementation, torch included, in a
+# scan of 60 seeds). The batches below are ones where no implementation flips a unit:
+# test_batches_are_clear_of_relu_kinks checks that, per backend, by comparing float32 with
+# float64 gradients (1e-6 apart without a flip). A new backend that flips one here needs a
+# new seed that no implementation flips on.
+DATA_SEED = {"cnn": 0, "resnet18": 12}
+NO_FLIP = 1e-4
 
 
 def make_pair(be, name, dtype, seed=0):
@@ -53,20 +56,16 @@ def torch_step(tnet, x, y):
 
 
 @pytest.mark.parametrize("name", ["cnn", "resnet18"])
-def test_batches_are_clear_of_relu_kinks(name):
-    from scratch_nn import backends
-
-    be = backends.get("numpy")
-    net = models.build(name, backend=be, seed=0, dtype="float64")
-    margins = []
-    relu = be.relu_forward
-    be.relu_forward = lambda a: (margins.append(float(np.abs(a).min() / np.sqrt((a * a).mean()))), relu(a))[1]
-    try:
-        net.forward(be.asarray(batch(name, "float64")[0]))
-    finally:
-        del be.relu_forward
-    assert len(margins) == (3 if name == "cnn" else 17)
-    assert min(margins) > KINK_MARGIN
+def test_batches_are_clear_of_relu_kinks(be, name):
+    grads = {}
+    for dtype in ("float32", "float64"):
+        net, tnet = make_pair(be, name, dtype)
+        x, y = batch(name, dtype)
+        net.train()
+        tnet.train()
+        grads[dtype] = scratch_step(be, net, x, y)[2], torch_step(tnet, x, y)[2]
+    assert rel_err(grads["float32"][0], grads["float64"][0]) < NO_FLIP, f"{be.name} flips a ReLU mask on this batch"
+    assert rel_err(grads["float32"][1], grads["float64"][1]) < NO_FLIP, "torch flips a ReLU mask on this batch"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -49,6 +49,12 @@ class Backend:
         """A small dict for config.json."""
         return {"name": self.name, "threads": self.threads}
 
+    # ------------------------------------------------------------------ GEMM
+    def gemm(self, a, b):
+        """a @ b through the array library's BLAS (every GEMM goes through here, so a
+        profile can tell BLAS time from the rest)."""
+        return self.xp.matmul(a, b)
+
     # ------------------------------------------------------------------ convolution
     def _as_strided(self, a, shape, strides):
         return self.xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
@@ -91,47 +97,54 @@ class Backend:
                 dxp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += d6[:, i, j]
         return xp.ascontiguousarray(dxp[:, :, pad:pad + h, pad:pad + w].transpose(1, 0, 2, 3))
 
-    def conv2d_forward(self, x, w, b, stride, pad):
-        """y = conv(x, w) + b. Returns (y, cache) where cache is what backward needs."""
+    def conv2d_forward(self, x, w, b, stride, pad, relu=False):
+        """y = conv(x, w) + b, then ReLU if `relu` (a ReLU fused into the conv).
+        Returns (y, cache) where cache is what backward needs."""
         xp = self.xp
         f, c, kh, kw = w.shape
         n = x.shape[0]
         cols, oh, ow = self.im2col(x, kh, kw, stride, pad)
-        y = xp.matmul(w.reshape(f, -1), cols).reshape(f, n, oh, ow)
+        y = self.gemm(w.reshape(f, -1), cols).reshape(f, n, oh, ow)
         out = xp.empty((n, f, oh, ow), dtype=y.dtype)
         if b is None:
             out[...] = y.transpose(1, 0, 2, 3)
         else:
             xp.add(y.transpose(1, 0, 2, 3), b.reshape(1, f, 1, 1), out=out)
-        return out, (cols, x.shape, stride, pad, oh, ow)
+        if relu:
+            out = self.relu_forward(out)
+        return out, (cols, x.shape, stride, pad, oh, ow, out if relu else None)
 
     def conv2d_backward(self, dy, cache, w, need_dx=True):
         """Returns (dx or None, dw, db) for dy (N, F, OH, OW)."""
         xp = self.xp
-        cols, x_shape, stride, pad, oh, ow = cache
+        cols, x_shape, stride, pad, oh, ow, relu_out = cache
+        if relu_out is not None:
+            dy = self.relu_backward(dy, relu_out)
         f, c, kh, kw = w.shape
         dym = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(f, -1)
-        dw = xp.matmul(dym, cols.T).reshape(w.shape)
+        dw = self.gemm(dym, cols.T).reshape(w.shape)
         db = dym.sum(axis=1)
         dx = None
         if need_dx:
-            dcols = xp.matmul(w.reshape(f, -1).T, dym)
+            dcols = self.gemm(w.reshape(f, -1).T, dym)
             dx = self.col2im(dcols, x_shape, kh, kw, stride, pad, oh, ow)
         return dx, dw, db
 
     # ------------------------------------------------------------------ linear
     def linear_forward(self, x, w, b):
-        y = self.xp.matmul(x, w.T)
+        y = self.gemm(x, w.T)
         if b is not None:
             y += b
         return y
 
     def linear_backward(self, dy, x, w, need_dx=True):
-        dx = self.xp.matmul(dy, w) if need_dx else None
-        return dx, self.xp.matmul(dy.T, x), dy.sum(axis=0)
+        dx = self.gemm(dy, w) if need_dx else None
+        return dx, self.gemm(dy.T, x), dy.sum(axis=0)
 
     # ------------------------------------------------------------------ batch norm
-    def batchnorm_forward_train(self, x, gamma, beta, eps):
+    # BN may carry what follows it in the graph: y = relu?(BN(x) + residual?). The reference
+    # composes the pieces; a backend fuses them into one pass over memory.
+    def batchnorm_forward_train(self, x, gamma, beta, eps, relu=False, residual=None):
         """Normalise with batch statistics. Returns (y, mean, biased var, cache)."""
         xp = self.xp
         c = x.shape[1]
@@ -145,18 +158,28 @@ class Backend:
         xhat *= invstd.reshape(bshape)
         y = xhat * gamma.reshape(bshape)
         y += beta.reshape(bshape)
-        return y, mean, var, (xhat, invstd, gamma)
+        y = self._residual_relu(y, relu, residual)
+        return y, mean, var, (xhat, invstd, gamma, y if relu else None, residual is not None)
 
-    def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps):
+    def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps, relu=False, residual=None):
         c = x.shape[1]
         scale = gamma / self.xp.sqrt(running_var + eps)
         shift = beta - running_mean * scale
-        return x * scale.reshape(1, c, 1, 1) + shift.reshape(1, c, 1, 1)
+        y = x * scale.reshape(1, c, 1, 1) + shift.reshape(1, c, 1, 1)
+        return self._residual_relu(y, relu, residual)
+
+    def _residual_relu(self, y, relu, residual):
+        if residual is not None:
+            y += residual
+        return self.relu_forward(y) if relu else y
 
     def batchnorm_backward(self, dy, cache):
-        """Returns (dx, dgamma, dbeta) for training-mode batch norm."""
+        """Returns (dx, dgamma, dbeta, dresidual): dresidual is the gradient at the residual
+        added in forward (None if none was)."""
         xp = self.xp
-        xhat, invstd, gamma = cache
+        xhat, invstd, gamma, relu_out, has_residual = cache
+        if relu_out is not None:
+            dy = self.relu_backward(dy, relu_out)
         c = dy.shape[1]
         m = dy.size // c
         bshape = (1, c, 1, 1)
@@ -167,7 +190,7 @@ class Backend:
         dx += dy
         dx -= (dbeta / m).reshape(bshape)
         dx *= (gamma * invstd).reshape(bshape)
-        return dx, dgamma, dbeta
+        return dx, dgamma, dbeta, (dy if has_residual else None)
 
     # ------------------------------------------------------------------ activations
     def relu_forward(self, x):

@@ -1,12 +1,218 @@
-"""Numba backend: parallel CPU kernels over every core. Not implemented yet (issue 4)."""
-from .base import BackendUnavailable
+"""The multi-core CPU backend: NumPy arrays, parallel numba kernels, multi-threaded BLAS.
+
+Each launcher below checks and shapes its arrays, allocates the outputs and calls one kernel
+from numba_kernels.py. GEMMs stay in BLAS (OpenBLAS outruns any loop nest numba can compile);
+both BLAS and numba run `threads` threads, all cores by default. Kernels compile on first
+use and are cached on disk (`cache=True`), so the first training step of a fresh install is
+slow: the trainer and the bench report it as warm-up, apart from images/s.
+"""
+import os
+
+import numpy as np
+
+from .base import Backend, BackendUnavailable
+from .heap import keep_freed_memory
 
 
-def NumbaBackend(**options):
+def _flat(a):
+    """A flat view of a contiguous array: an update through a copy would be lost."""
+    if not a.flags.c_contiguous:
+        raise ValueError("optimizer state and parameters must be C-contiguous arrays")
+    return a.reshape(-1)
+
+
+def _cores():
     try:
-        import numba  # noqa: F401
-    except ImportError as e:
-        raise BackendUnavailable("backend 'numba' needs numba: pip install numba "
-                                 "(or pip install -e '.[numba]')") from e
-    raise BackendUnavailable("backend 'numba' is not available yet in this version of scratch_nn; "
-                             "use backend 'numpy'")
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class NumbaBackend(Backend):
+    name = "numba"
+    xp = np
+
+    def __init__(self, threads=None):
+        try:
+            import numba
+        except ImportError as e:
+            raise BackendUnavailable("backend 'numba' needs numba: pip install numba "
+                                     "(or pip install -e '.[numba]')") from e
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError as e:
+            raise BackendUnavailable("the numba backend needs threadpoolctl to set the BLAS thread count: "
+                                     "pip install threadpoolctl") from e
+        limit = numba.config.NUMBA_NUM_THREADS
+        threads = threads or min(_cores(), limit)
+        if not 1 <= threads <= limit:
+            raise ValueError(f"the numba backend can run 1 to {limit} threads here, not {threads} "
+                             f"(numba's pool is sized by NUMBA_NUM_THREADS, default: the number of cores)")
+        super().__init__(threads=threads)
+        numba.set_num_threads(threads)
+        # Process-wide, like numpy's pin: BLAS and the numba kernels take turns on the same cores.
+        self._blas_limit = threadpool_limits(limits=threads, user_api="blas")
+        self.heap_kept = keep_freed_memory()
+        from . import numba_kernels
+
+        self.k = numba_kernels
+        self.threading_layer = None
+
+    def describe(self):
+        if self.threading_layer is None:
+            try:
+                import numba
+
+                self.threading_layer = numba.threading_layer()   # known once a kernel has run
+            except ValueError:
+                pass
+        return dict(super().describe(), heap_kept=self.heap_kept, threading_layer=self.threading_layer)
+
+    def to_host(self, a):
+        return np.asarray(a)
+
+    # ------------------------------------------------------------------ convolution
+    def im2col(self, x, kh, kw, stride, pad):
+        n, c, h, w = x.shape
+        oh = self.conv_output_size(h, kh, stride, pad)
+        ow = self.conv_output_size(w, kw, stride, pad)
+        cols = np.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
+        self.k.im2col(np.ascontiguousarray(x), kh, kw, stride, pad, oh, ow, cols)
+        return cols, oh, ow
+
+    def col2im(self, cols, x_shape, kh, kw, stride, pad, oh, ow):
+        dx = np.empty(x_shape, dtype=cols.dtype)
+        self.k.col2im(np.ascontiguousarray(cols), kh, kw, stride, pad, oh, ow, dx)
+        return dx
+
+    def conv2d_forward(self, x, w, b, stride, pad, relu=False):
+        f, c, kh, kw = w.shape
+        n = x.shape[0]
+        cols, oh, ow = self.im2col(x, kh, kw, stride, pad)
+        ym = self.gemm(w.reshape(f, -1), cols)
+        out = np.empty((n, f, oh, ow), dtype=ym.dtype)
+        bias = b if b is not None else ym[:0, 0]
+        self.k.conv_out_nchw(ym, bias, b is not None, relu, out.reshape(n, f, oh * ow))
+        return out, (cols, x.shape, stride, pad, oh, ow, out if relu else None)
+
+    def conv2d_backward(self, dy, cache, w, need_dx=True):
+        cols, x_shape, stride, pad, oh, ow, relu_out = cache
+        f, c, kh, kw = w.shape
+        n = dy.shape[0]
+        dy3 = np.ascontiguousarray(dy).reshape(n, f, oh * ow)
+        dym = np.empty((f, n * oh * ow), dtype=dy.dtype)
+        db = np.empty(f, dtype=dy.dtype)
+        y3 = relu_out.reshape(n, f, oh * ow) if relu_out is not None else dy3[:0]
+        self.k.conv_dy_gemm_layout(dy3, y3, relu_out is not None, dym, db)
+        dw = self.gemm(dym, cols.T).reshape(w.shape)
+        dx = None
+        if need_dx:
+            dcols = self.gemm(w.reshape(f, -1).T, dym)
+            dx = self.col2im(dcols, x_shape, kh, kw, stride, pad, oh, ow)
+        return dx, dw, db
+
+    # ------------------------------------------------------------------ batch norm
+    @staticmethod
+    def _flat3(a):
+        n, c = a.shape[:2]
+        return np.ascontiguousarray(a).reshape(n, c, -1)
+
+    def batchnorm_forward_train(self, x, gamma, beta, eps, relu=False, residual=None):
+        c = x.shape[1]
+        x3 = self._flat3(x)
+        res3 = self._flat3(residual) if residual is not None else x3[:0]
+        y = np.empty(x.shape, dtype=x.dtype)
+        mean, var, invstd = (np.empty(c, dtype=x.dtype) for _ in range(3))
+        self.k.batchnorm_train_forward(x3, gamma, beta, eps, res3, residual is not None, relu,
+                                       y.reshape(x3.shape), mean, var, invstd)
+        cache = (x3, y if relu else None, mean, invstd, gamma, residual is not None)
+        return y, mean, var, cache
+
+    def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps, relu=False, residual=None):
+        scale = gamma / np.sqrt(running_var + eps)
+        shift = beta - running_mean * scale
+        x3 = self._flat3(x)
+        res3 = self._flat3(residual) if residual is not None else x3[:0]
+        y = np.empty(x.shape, dtype=x.dtype)
+        self.k.batchnorm_eval_forward(x3, scale, shift, res3, residual is not None, relu, y.reshape(x3.shape))
+        return y
+
+    def batchnorm_backward(self, dy, cache):
+        x3, y, mean, invstd, gamma, has_res = cache
+        dy3 = self._flat3(dy)
+        c = dy3.shape[1]
+        dx = np.empty(dy.shape, dtype=dy.dtype)
+        dres = np.empty(dy.shape, dtype=dy.dtype) if has_res else None
+        dgamma = np.empty(c, dtype=dy.dtype)
+        dbeta = np.empty(c, dtype=dy.dtype)
+        y3 = y.reshape(dy3.shape) if y is not None else dy3[:0]
+        self.k.batchnorm_train_backward(dy3, x3, y3, mean, invstd, gamma, y is not None, has_res,
+                                        dx.reshape(dy3.shape), dres.reshape(dy3.shape) if has_res else dy3[:0],
+                                        dgamma, dbeta)
+        return dx, dgamma, dbeta, dres
+
+    # ------------------------------------------------------------------ activations
+    def relu_forward(self, x):
+        x = np.ascontiguousarray(x)
+        y = np.empty_like(x)
+        self.k.relu_forward(x.reshape(-1), y.reshape(-1))
+        return y
+
+    def relu_backward(self, dy, y):
+        dy = np.ascontiguousarray(dy)
+        dx = np.empty_like(dy)
+        self.k.relu_backward(dy.reshape(-1), np.ascontiguousarray(y).reshape(-1), dx.reshape(-1))
+        return dx
+
+    # ------------------------------------------------------------------ pooling
+    def maxpool2d_forward(self, x, k, stride, pad):
+        n, c, h, w = x.shape
+        oh = self.conv_output_size(h, k, stride, pad)
+        ow = self.conv_output_size(w, k, stride, pad)
+        y = np.empty((n, c, oh, ow), dtype=x.dtype)
+        idx = np.empty((n, c, oh, ow), dtype=np.uint8 if k * k <= 255 else np.int32)
+        self.k.maxpool_forward(np.ascontiguousarray(x), k, stride, pad, y, idx)
+        return y, (idx, (n, c, h, w), k, stride, pad)
+
+    def maxpool2d_backward(self, dy, cache):
+        idx, shape, k, stride, pad = cache
+        dx = np.empty(shape, dtype=dy.dtype)
+        self.k.maxpool_backward(np.ascontiguousarray(dy), idx, k, stride, pad, dx)
+        return dx
+
+    def global_avgpool_forward(self, x):
+        x3 = self._flat3(x)
+        y = np.empty(x3.shape[:2], dtype=x.dtype)
+        self.k.global_avgpool_forward(x3, y)
+        return y
+
+    def global_avgpool_backward(self, dy, x_shape):
+        dx = np.empty(x_shape, dtype=dy.dtype)
+        self.k.global_avgpool_backward(np.ascontiguousarray(dy), dx.reshape(x_shape[0], x_shape[1], -1))
+        return dx
+
+    # ------------------------------------------------------------------ loss
+    def softmax_cross_entropy(self, logits, labels, label_smoothing=0.0):
+        logits = np.ascontiguousarray(logits)
+        grad = np.empty_like(logits)
+        loss = self.k.softmax_cross_entropy(logits, np.ascontiguousarray(labels, dtype=np.int64),
+                                            float(label_smoothing), grad)
+        return np.asarray(loss, dtype=logits.dtype), grad
+
+    # ------------------------------------------------------------------ optimizer updates
+    def sgd_update(self, params, grads, bufs, *, lr, momentum, dampening, nesterov, weight_decay, first_step):
+        for p, g, buf in zip(params, grads, bufs):
+            pf = _flat(p)
+            self.k.sgd_update(pf, _flat(g), _flat(buf) if buf is not None else pf[:0],
+                              float(lr), float(momentum), float(dampening), bool(nesterov),
+                              float(weight_decay), bool(first_step))
+
+    def adam_update(self, params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1, beta2, eps,
+                    weight_decay, decoupled):
+        bc1 = 1.0 - beta1 ** step
+        bc2_sqrt = (1.0 - beta2 ** step) ** 0.5
+        decay = 1.0 - lr * weight_decay if decoupled else 1.0
+        for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+            self.k.adam_update(_flat(p), _flat(g), _flat(m), _flat(v), float(lr / bc1),
+                               float(bc2_sqrt), float(beta1), float(beta2), float(eps), float(weight_decay),
+                               float(decay), bool(decoupled))

@@ -3,11 +3,13 @@ from .module import Module
 
 
 class Conv2d(Module):
-    """2-D convolution, NCHW, weight (out, in, kh, kw), optional bias."""
+    """2-D convolution, NCHW, weight (out, in, kh, kw), optional bias. `relu=True` applies a
+    ReLU to the output inside the same kernel (the state dict is unchanged)."""
 
     def __init__(self, backend, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 *, rng, dtype="float32"):
+                 *, relu=False, rng, dtype="float32"):
         super().__init__(backend)
+        self.relu = relu
         if min(in_channels, out_channels, kernel_size, stride) <= 0 or padding < 0:
             raise ValueError("Conv2d sizes must be positive and padding non-negative")
         self.stride, self.padding = stride, padding
@@ -21,7 +23,7 @@ class Conv2d(Module):
 
     def forward(self, x):
         b = self.bias.data if self.bias is not None else None
-        y, self._cache = self.be.conv2d_forward(x, self.weight.data, b, self.stride, self.padding)
+        y, self._cache = self.be.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, relu=self.relu)
         return y
 
     def backward(self, dy, input_grad=True):

@@ -5,10 +5,16 @@ from .module import Module
 
 class BatchNorm2d(Module):
     """Batch norm over (N, H, W) per channel, as nn.BatchNorm2d: momentum 0.1, eps 1e-5,
-    running variance updated with the unbiased batch variance, eval mode uses running stats."""
+    running variance updated with the unbiased batch variance, eval mode uses running stats.
 
-    def __init__(self, backend, num_features, eps=1e-5, momentum=0.1, *, dtype="float32"):
+    It can also carry what follows it in a ResNet, so a backend runs them as one pass:
+    `relu=True` applies a ReLU to its output, and `forward(x, residual=r)` adds r before that
+    ReLU (BasicBlock's shortcut). With a residual, backward returns (dx, d_residual).
+    ReLU has no parameters, so the state dict is the same as nn.BatchNorm2d's."""
+
+    def __init__(self, backend, num_features, eps=1e-5, momentum=0.1, *, relu=False, dtype="float32"):
         super().__init__(backend)
+        self.relu = relu
         if num_features <= 0:
             raise ValueError("BatchNorm2d needs a positive number of features")
         xp = self.xp
@@ -21,13 +27,14 @@ class BatchNorm2d(Module):
         self.num_batches_tracked = self.add_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
         self._cache = None
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
         be = self.be
         if not self.training:
             self._cache = None
-            return be.batchnorm_forward_eval(x, self.weight.data, self.bias.data,
-                                             self.running_mean, self.running_var, self.eps)
-        y, mean, var, self._cache = be.batchnorm_forward_train(x, self.weight.data, self.bias.data, self.eps)
+            return be.batchnorm_forward_eval(x, self.weight.data, self.bias.data, self.running_mean,
+                                             self.running_var, self.eps, relu=self.relu, residual=residual)
+        y, mean, var, self._cache = be.batchnorm_forward_train(x, self.weight.data, self.bias.data, self.eps,
+                                                               relu=self.relu, residual=residual)
         m = x.size // x.shape[1]
         if m < 2:
             raise ValueError("BatchNorm2d in training mode needs more than one value per channel")
@@ -42,8 +49,8 @@ class BatchNorm2d(Module):
     def backward(self, dy, input_grad=True):
         if self._cache is None:
             raise RuntimeError("BatchNorm2d.backward needs a training-mode forward first")
-        dx, dgamma, dbeta = self.be.batchnorm_backward(dy, self._cache)
+        dx, dgamma, dbeta, dresidual = self.be.batchnorm_backward(dy, self._cache)
         self._cache = None
         self.weight.grad += dgamma
         self.bias.grad += dbeta
-        return dx
+        return dx if dresidual is None else (dx, dresidual)
