@@ -131,9 +131,11 @@ class TorchAdapter:
         self.tdtype = getattr(torch, dtype)
         self.net = torch_impl.models.build(model, num_classes=num_classes, dtype=self.tdtype)
         if initial_state is None:
-            from scratch_nn import models
+            from scratch_nn import backends, models
 
-            initial_state = models.build(model, num_classes=num_classes, seed=seed, dtype=dtype).state_dict()
+            # the reference kernels: a NumpyBackend here would pin BLAS to one thread process-wide
+            initial_state = models.build(model, backend=backends.reference("numpy"), num_classes=num_classes,
+                                         seed=seed, dtype=dtype).state_dict()
         self.net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in initial_state.items()})
         self.net.to(self.device)
         spec = optimizer or OptimSpec()

@@ -153,6 +153,10 @@ def main(argv=None):
     args = parse_args(argv)
     from .sysinfo import machine_info
 
+    if "numba" in args.scratch_backends:
+        from scratch_nn.backends.threads import start_numba_before_torch
+
+        start_numba_before_torch(args.threads)
     if not args.no_torch:
         try:
             import torch

@@ -35,10 +35,10 @@ def get(name, **options):
 _KERNELS = {}
 
 
-def kernels_for(array):
-    """The reference kernels bound to `array`'s own module (numpy or cupy), without any of a
-    backend's process-wide settings: for helpers called without an explicit backend."""
-    module = type(array).__module__.split(".")[0]
+def reference(module="numpy"):
+    """The reference kernels on `module`'s arrays ("numpy" or "cupy") without any backend's
+    process-wide settings (thread counts, heap): for building weights or running helpers
+    on the side without changing how the measured backend runs."""
     if module not in _KERNELS:
         import importlib
 
@@ -47,6 +47,11 @@ def kernels_for(array):
         kernels.xp = importlib.import_module("cupy" if module == "cupy" else "numpy")
         _KERNELS[module] = kernels
     return _KERNELS[module]
+
+
+def kernels_for(array):
+    """The reference kernels bound to `array`'s own module (numpy or cupy)."""
+    return reference(type(array).__module__.split(".")[0])
 
 
 def available():
@@ -61,4 +66,4 @@ def available():
     return names
 
 
-__all__ = ["Backend", "BackendUnavailable", "get", "available", "kernels_for", "NAMES"]
+__all__ = ["Backend", "BackendUnavailable", "get", "available", "kernels_for", "reference", "NAMES"]

@@ -12,6 +12,7 @@ import numpy as np
 
 from .base import Backend, BackendUnavailable
 from .heap import keep_freed_memory
+from .threads import numba_threads, use_blas_threads
 
 
 def _flat(a):
@@ -39,34 +40,37 @@ class NumbaBackend(Backend):
             raise BackendUnavailable("backend 'numba' needs numba: pip install numba "
                                      "(or pip install -e '.[numba]')") from e
         try:
-            from threadpoolctl import threadpool_limits
+            import threadpoolctl  # noqa: F401
         except ImportError as e:
             raise BackendUnavailable("the numba backend needs threadpoolctl to set the BLAS thread count: "
                                      "pip install threadpoolctl") from e
+        self._numba = numba
         limit = numba.config.NUMBA_NUM_THREADS
         threads = threads or min(_cores(), limit)
         if not 1 <= threads <= limit:
             raise ValueError(f"the numba backend can run 1 to {limit} threads here, not {threads} "
                              f"(numba's pool is sized by NUMBA_NUM_THREADS, default: the number of cores)")
         super().__init__(threads=threads)
-        numba.set_num_threads(threads)
-        # Process-wide, like numpy's pin: BLAS and the numba kernels take turns on the same cores.
-        self._blas_limit = threadpool_limits(limits=threads, user_api="blas")
+        self.threading_layer = numba_threads(threads)
+        use_blas_threads(threads)
         self.heap_kept = keep_freed_memory()
         from . import numba_kernels
 
         self.k = numba_kernels
-        self.threading_layer = None
 
     def describe(self):
-        if self.threading_layer is None:
-            try:
-                import numba
+        from . import threads
 
-                self.threading_layer = numba.threading_layer()   # known once a kernel has run
-            except ValueError:
-                pass
-        return dict(super().describe(), heap_kept=self.heap_kept, threading_layer=self.threading_layer)
+        return dict(super().describe(), heap_kept=self.heap_kept, threading_layer=self.threading_layer,
+                    blas_spin_bounded=threads.blas_spin_bounded)
+
+    def gemm(self, a, b):
+        # numba's count is per calling thread and BLAS's process-wide: re-assert both cheaply,
+        # since another backend in this process may have changed them.
+        if self._numba.get_num_threads() != self.threads:
+            self._numba.set_num_threads(self.threads)
+        use_blas_threads(self.threads)
+        return np.matmul(a, b)
 
     def to_host(self, a):
         return np.asarray(a)
@@ -171,13 +175,20 @@ class NumbaBackend(Backend):
         ow = self.conv_output_size(w, k, stride, pad)
         y = np.empty((n, c, oh, ow), dtype=x.dtype)
         idx = np.empty((n, c, oh, ow), dtype=np.uint8 if k * k <= 255 else np.int32)
-        self.k.maxpool_forward(np.ascontiguousarray(x), k, stride, pad, y, idx)
+        if k == stride == 2 and pad == 0:
+            self.k.maxpool2x2_forward(np.ascontiguousarray(x), y, idx)
+        else:
+            self.k.maxpool_forward(np.ascontiguousarray(x), k, stride, pad, y, idx)
         return y, (idx, (n, c, h, w), k, stride, pad)
 
     def maxpool2d_backward(self, dy, cache):
         idx, shape, k, stride, pad = cache
         dx = np.empty(shape, dtype=dy.dtype)
-        self.k.maxpool_backward(np.ascontiguousarray(dy), idx, k, stride, pad, dx)
+        n, c, h, w = shape
+        if k == stride == 2 and pad == 0 and h % 2 == 0 and w % 2 == 0:
+            self.k.maxpool2x2_backward(np.ascontiguousarray(dy), idx, dx)
+        else:
+            self.k.maxpool_backward(np.ascontiguousarray(dy), idx, k, stride, pad, dx)
         return dx
 
     def global_avgpool_forward(self, x):

@@ -14,9 +14,13 @@ import math
 import numpy as np
 from numba import njit, prange
 
-# fastmath off: the results must match the NumPy reference within float rounding.
+# fastmath off: the results must match the NumPy reference within float rounding...
 par = njit(parallel=True, cache=True, fastmath=False, nogil=True)
 ser = njit(parallel=False, cache=True, fastmath=False, nogil=True)
+# ...except that sums may be reassociated: without it LLVM must add one element at a time in
+# order, a chain of dependent adds that ran the channel sums 8x slower than memory allows.
+# Only the order of additions changes (no nnan/ninf: NaNs and infinities still propagate).
+par_sum = njit(parallel=True, cache=True, fastmath={"reassoc"}, nogil=True)
 
 
 # ---------------------------------------------------------------------- im2col / col2im
@@ -36,7 +40,9 @@ def _valid_range(k, stride, pad, size, out):
 
 @par
 def im2col(x, kh, kw, stride, pad, oh, ow, cols):
-    """x (N, C, H, W) -> cols (C*kh*kw, N*OH*OW); one (row, image) segment per task."""
+    """x (N, C, H, W) -> cols (C*kh*kw, N*OH*OW); one (row, image) segment per task. The
+    inner loops run over 1-D views with the loop counter as index, the form that numba
+    compiles to vector code."""
     n, c, h, w = x.shape
     rows = c * kh * kw
     for t in prange(rows * n):
@@ -46,21 +52,31 @@ def im2col(x, kh, kw, stride, pad, oh, ow, cols):
         ki = (r // kw) % kh
         kj = r % kw
         lo, hi = _valid_range(kj, stride, pad, w, ow)
-        base = i * oh * ow
+        x0 = lo * stride + kj - pad
+        L = hi - lo
+        plane = x[i, ci]
+        crow = cols[r]
         for oy in range(oh):
             iy = oy * stride + ki - pad
-            o = base + oy * ow
-            if iy < 0 or iy >= h:
-                for ox in range(ow):
-                    cols[r, o + ox] = 0
+            o = (i * oh + oy) * ow
+            dst = crow[o:o + ow]
+            if iy < 0 or iy >= h or L <= 0:
+                for q in range(ow):
+                    dst[q] = 0
                 continue
-            for ox in range(lo):
-                cols[r, o + ox] = 0
-            ix0 = kj - pad
-            for ox in range(lo, hi):
-                cols[r, o + ox] = x[i, ci, iy, ox * stride + ix0]
-            for ox in range(hi, ow):
-                cols[r, o + ox] = 0
+            for q in range(lo):
+                dst[q] = 0
+            for q in range(hi, ow):
+                dst[q] = 0
+            d2 = dst[lo:hi]
+            src = plane[iy]
+            if stride == 1:
+                s2 = src[x0:x0 + L]
+                for q in range(L):
+                    d2[q] = s2[q]
+            else:
+                for q in range(L):
+                    d2[q] = src[x0 + q * stride]
 
 
 @par
@@ -71,22 +87,30 @@ def col2im(dcols, kh, kw, stride, pad, oh, ow, dx):
     for t in prange(n * c):
         i = t // c
         ci = t - i * c
-        for y in range(h):
-            for x in range(w):
-                dx[i, ci, y, x] = 0
-        base = i * oh * ow
+        plane = dx[i, ci]
+        plane[:] = 0
         for ki in range(kh):
             for kj in range(kw):
                 r = (ci * kh + ki) * kw + kj
                 lo, hi = _valid_range(kj, stride, pad, w, ow)
-                ix0 = kj - pad
+                L = hi - lo
+                if L <= 0:
+                    continue
+                x0 = lo * stride + kj - pad
+                src_row = dcols[r]
                 for oy in range(oh):
                     iy = oy * stride + ki - pad
                     if iy < 0 or iy >= h:
                         continue
-                    o = base + oy * ow
-                    for ox in range(lo, hi):
-                        dx[i, ci, iy, ox * stride + ix0] += dcols[r, o + ox]
+                    d = plane[iy]
+                    s = src_row[(i * oh + oy) * ow + lo:(i * oh + oy) * ow + hi]
+                    if stride == 1:
+                        d2 = d[x0:x0 + L]
+                        for q in range(L):
+                            d2[q] += s[q]
+                    else:
+                        for q in range(L):
+                            d[x0 + q * stride] += s[q]
 
 
 # ---------------------------------------------------------------------- conv epilogue / prologue
@@ -97,16 +121,19 @@ def conv_out_nchw(ym, bias, has_bias, relu, out):
     for t in prange(n * f):
         i = t // f
         fi = t - i * f
-        b = bias[fi] if has_bias else 0
-        src = i * p
-        for k in range(p):
-            v = ym[fi, src + k] + b
-            if relu and v < 0:
-                v = 0
-            out[i, fi, k] = v
+        src = ym[fi, i * p:(i + 1) * p]
+        dst = out[i, fi]
+        b = bias[fi] if has_bias else 0.0
+        if relu:
+            for k in range(p):
+                v = src[k] + b
+                dst[k] = 0 if v < 0 else v    # a NaN passes, as in torch
+        else:
+            for k in range(p):
+                dst[k] = src[k] + b
 
 
-@par
+@par_sum
 def conv_dy_gemm_layout(dy, y, relu, dym, db):
     """dy (N, F, P) -> dym (F, N*P) and db = its row sums. With relu, dy is first masked by
     the forward output y > 0 (the ReLU fused into the conv's forward)."""
@@ -114,18 +141,23 @@ def conv_dy_gemm_layout(dy, y, relu, dym, db):
     for fi in prange(f):
         s = 0.0
         for i in range(n):
-            dst = i * p
-            for k in range(p):
-                g = dy[i, fi, k]
-                if relu and not y[i, fi, k] > 0:
-                    g = 0
-                dym[fi, dst + k] = g
-                s += g
+            src = dy[i, fi]
+            dst = dym[fi, i * p:(i + 1) * p]
+            if relu:
+                yr = y[i, fi]
+                for k in range(p):
+                    g = src[k] if yr[k] > 0 else 0
+                    dst[k] = g
+                    s += g
+            else:
+                for k in range(p):
+                    dst[k] = src[k]
+                    s += src[k]
         db[fi] = s
 
 
 # ---------------------------------------------------------------------- batch norm (+ residual + ReLU)
-@par
+@par_sum
 def batchnorm_train_forward(x, gamma, beta, eps, res, has_res, relu, y, mean, var, invstd):
     """y = relu?(gamma * (x - mean) / sqrt(var + eps) + beta + res?) with batch statistics,
     for x (N, C, P). One channel per task: two passes over the channel for the statistics
@@ -177,7 +209,7 @@ def batchnorm_eval_forward(x, scale, shift, res, has_res, relu, y):
             y[i, ci, k] = o
 
 
-@par
+@par_sum
 def batchnorm_train_backward(dy, x, y, mean, invstd, gamma, relu, has_res, dx, dres, dgamma, dbeta):
     """Backward of batchnorm_train_forward. dz = dy masked by y > 0 (with relu) is the
     gradient at the sum; it is also the residual's gradient, written to dres when asked.
@@ -217,7 +249,7 @@ def batchnorm_train_backward(dy, x, y, mean, invstd, gamma, relu, has_res, dx, d
 def relu_forward(x, y):
     for t in prange(x.size):
         v = x[t]
-        y[t] = v if v > 0 else 0
+        y[t] = 0 if v < 0 else v    # a NaN passes, as in torch
 
 
 @par
@@ -230,13 +262,30 @@ def relu_backward(dy, y, dx):
 @par
 def maxpool_forward(x, k, stride, pad, y, idx):
     """Max over k x k windows for x (N, C, H, W); idx keeps the winning offset ki*k + kj
-    (ties: the first in row-major window order, as torch). Padding never wins."""
+    (ties: the first in row-major window order; a NaN wins; both as torch's CPU kernel). Padding never wins."""
     n, c, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
     for t in prange(n * c):
         i = t // c
         ci = t - i * c
+        xp = x[i, ci]
         for oy in range(oh):
+            yr = y[i, ci, oy]
+            ir = idx[i, ci, oy]
+            if pad == 0:   # every window lies inside the image: no bounds tests
+                for ox in range(ow):
+                    best = xp[oy * stride, ox * stride]
+                    arg = 0
+                    for ki in range(k):
+                        row = xp[oy * stride + ki]
+                        for kj in range(k):
+                            v = row[ox * stride + kj]
+                            if v > best or v != v:
+                                best = v
+                                arg = ki * k + kj
+                    yr[ox] = best
+                    ir[ox] = arg
+                continue
             for ox in range(ow):
                 best = -np.inf
                 arg = 0
@@ -249,13 +298,70 @@ def maxpool_forward(x, k, stride, pad, y, idx):
                         ix = ox * stride + kj - pad
                         if ix < 0 or ix >= w:
                             continue
-                        v = x[i, ci, iy, ix]
-                        if first or v > best or v != v:   # a NaN wins, as in torch
+                        v = xp[iy, ix]
+                        if first or v > best or v != v:
                             best = v
                             arg = ki * k + kj
                             first = False
-                y[i, ci, oy, ox] = best
-                idx[i, ci, oy, ox] = arg
+                yr[ox] = best
+                ir[ox] = arg
+
+
+@par
+def maxpool2x2_forward(x, y, idx):
+    """maxpool_forward for k = stride = 2, pad = 0 (the CNN's pools), unrolled: 10x faster
+    than the general loop nest."""
+    n, c = x.shape[0], x.shape[1]
+    oh, ow = y.shape[2], y.shape[3]
+    for t in prange(n * c):
+        i = t // c
+        ci = t - i * c
+        xp = x[i, ci]
+        for oy in range(oh):
+            r0 = xp[2 * oy]
+            r1 = xp[2 * oy + 1]
+            yr = y[i, ci, oy]
+            ir = idx[i, ci, oy]
+            for ox in range(ow):
+                best = r0[2 * ox]
+                arg = 0
+                v = r0[2 * ox + 1]
+                if v > best or v != v:
+                    best = v
+                    arg = 1
+                v = r1[2 * ox]
+                if v > best or v != v:
+                    best = v
+                    arg = 2
+                v = r1[2 * ox + 1]
+                if v > best or v != v:
+                    best = v
+                    arg = 3
+                yr[ox] = best
+                ir[ox] = arg
+
+
+@par
+def maxpool2x2_backward(dy, idx, dx):
+    """maxpool_backward for k = stride = 2, pad = 0: windows tile the input (when H and W are
+    even), so each input element is written once, with no zeroing pass."""
+    n, c = dx.shape[0], dx.shape[1]
+    oh, ow = dy.shape[2], dy.shape[3]
+    for t in prange(n * c):
+        i = t // c
+        ci = t - i * c
+        for oy in range(oh):
+            r0 = dx[i, ci, 2 * oy]
+            r1 = dx[i, ci, 2 * oy + 1]
+            g = dy[i, ci, oy]
+            ir = idx[i, ci, oy]
+            for ox in range(ow):
+                a = ir[ox]
+                v = g[ox]
+                r0[2 * ox] = v if a == 0 else 0
+                r0[2 * ox + 1] = v if a == 1 else 0
+                r1[2 * ox] = v if a == 2 else 0
+                r1[2 * ox + 1] = v if a == 3 else 0
 
 
 @par
@@ -265,9 +371,7 @@ def maxpool_backward(dy, idx, k, stride, pad, dx):
     for t in prange(n * c):
         i = t // c
         ci = t - i * c
-        for y in range(h):
-            for x in range(w):
-                dx[i, ci, y, x] = 0
+        dx[i, ci] = 0
         for oy in range(oh):
             for ox in range(ow):
                 a = idx[i, ci, oy, ox]
@@ -276,7 +380,7 @@ def maxpool_backward(dy, idx, k, stride, pad, dx):
                 dx[i, ci, oy * stride + ki - pad, ox * stride + kj - pad] += dy[i, ci, oy, ox]
 
 
-@par
+@par_sum
 def global_avgpool_forward(x, y):
     """x (N, C, P) -> y (N, C): the mean over P."""
     n, c, p = x.shape

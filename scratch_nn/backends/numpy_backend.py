@@ -3,6 +3,7 @@ import numpy as np
 
 from .base import Backend, BackendUnavailable
 from .heap import keep_freed_memory
+from .threads import use_blas_threads
 
 
 class NumpyBackend(Backend):
@@ -15,13 +16,16 @@ class NumpyBackend(Backend):
                              "use backend 'numba' for several cores")
         super().__init__(threads=1)
         try:
-            from threadpoolctl import threadpool_limits
+            import threadpoolctl  # noqa: F401
         except ImportError as e:  # a declared dependency; say so rather than run multi-threaded
             raise BackendUnavailable("the numpy backend needs threadpoolctl to pin BLAS to one thread: "
                                      "pip install threadpoolctl") from e
-        # Process-wide on purpose: a single-core measurement must not let BLAS use more.
-        self._blas_limit = threadpool_limits(limits=1, user_api="blas")
+        use_blas_threads(1)
         self.heap_kept = keep_freed_memory()
+
+    def gemm(self, a, b):
+        use_blas_threads(1)   # another backend in this process may have set more
+        return np.matmul(a, b)
 
     def describe(self):
         return dict(super().describe(), heap_kept=self.heap_kept)
