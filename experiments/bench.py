@@ -35,7 +35,7 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=2, help="warm-up steps per implementation, not timed (default 2)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per implementation (default 3)")
     ap.add_argument("--min-time", type=float, default=2.0,
-                    help="seconds each repeat runs at least; its step count follows from the warm-up (default 2)")
+                    help="seconds each repeat runs at least, sized on one step timed after the warm-up (default 2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--csv", nargs="?", const=DEFAULT_CSV, default=None, metavar="PATH",
                     help=f"append one row per model and backend to PATH (default {DEFAULT_CSV})")
@@ -46,7 +46,7 @@ def parse_args(argv=None):
         if getattr(a, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")
     if a.warmup < 1:
-        ap.error("--warmup must be at least 1 (it sizes the timed repeats)")
+        ap.error("--warmup must be at least 1")
     if a.min_time <= 0:
         ap.error("--min-time must be positive")
     if "numpy" in a.scratch_backends and a.threads != 1:
@@ -86,8 +86,8 @@ def bench_model(model, args, log=print):
     for label, kw in sides:
         ad = make_adapter(model=model, optimizer=spec, seed=args.seed, threads=args.threads, **kw)
         batches = [ad.to_device(x, y) for x, y in host]
-        warm = time_steps(ad, batches, args.warmup)
-        per_step = warm / args.warmup
+        warm = time_steps(ad, batches, args.warmup)   # includes compilation, cuDNN autotuning
+        per_step = time_steps(ad, batches, 1)         # so size the repeats on a steady step
         n = max(2, int(np.ceil(args.min_time / max(per_step, 1e-6))))
         runners[label] = dict(adapter=ad, batches=batches, steps=n, warmup_s=warm, ips=[])
         log(f"  {model:9s} {label:14s} warm-up {args.warmup} steps {warm:7.2f} s; timing {n} steps x {args.repeats}")

@@ -1,8 +1,9 @@
-"""The multi-core CPU backend: NumPy arrays, parallel numba kernels, multi-threaded BLAS.
+"""The multi-core CPU backend: NumPy arrays, parallel numba kernels, BLAS GEMMs.
 
 Each launcher below checks and shapes its arrays, allocates the outputs and calls one kernel
-from numba_kernels.py. GEMMs stay in BLAS (OpenBLAS outruns any loop nest numba can compile);
-both BLAS and numba run `threads` threads, all cores by default. Kernels compile on first
+from numba_kernels.py. GEMMs stay in BLAS (OpenBLAS outruns any loop nest numba can compile),
+split over numba's `threads` threads with BLAS single-threaded in each (numba_gemm.py), so
+one thread pool runs the whole step; all cores by default. Kernels compile on first
 use and are cached on disk (`cache=True`), so the first training step of a fresh install is
 slow: the trainer and the bench report it as warm-up, apart from images/s.
 """
@@ -20,6 +21,20 @@ def _flat(a):
     if not a.flags.c_contiguous:
         raise ValueError("optimizer state and parameters must be C-contiguous arrays")
     return a.reshape(-1)
+
+
+_PGEMM = []
+
+
+def _partitioned_gemm():
+    """One PartitionedGemm per process (its kernels compile once), or None where NumPy's
+    BLAS has no CBLAS entry point we can call."""
+    if not _PGEMM:
+        from .numba_gemm import PartitionedGemm, find_cblas
+
+        cblas = find_cblas()
+        _PGEMM.append(PartitionedGemm(cblas) if cblas else None)
+    return _PGEMM[0]
 
 
 def _cores():
@@ -51,8 +66,10 @@ class NumbaBackend(Backend):
             raise ValueError(f"the numba backend can run 1 to {limit} threads here, not {threads} "
                              f"(numba's pool is sized by NUMBA_NUM_THREADS, default: the number of cores)")
         super().__init__(threads=threads)
-        self.threading_layer = numba_threads(threads)
-        use_blas_threads(threads)
+        self._pgemm = _partitioned_gemm()
+        self.gemm_mode = "numba-split" if self._pgemm else "blas-threads"
+        self.threading_layer = numba_threads(threads, passive=self._pgemm is None)
+        use_blas_threads(1 if self._pgemm else threads)
         self.heap_kept = keep_freed_memory()
         from . import numba_kernels
 
@@ -62,15 +79,18 @@ class NumbaBackend(Backend):
         from . import threads
 
         return dict(super().describe(), heap_kept=self.heap_kept, threading_layer=self.threading_layer,
-                    blas_spin_bounded=threads.blas_spin_bounded)
+                    gemm=self.gemm_mode, blas_spin_bounded=threads.blas_spin_bounded)
 
     def gemm(self, a, b):
         # numba's count is per calling thread and BLAS's process-wide: re-assert both cheaply,
         # since another backend in this process may have changed them.
         if self._numba.get_num_threads() != self.threads:
             self._numba.set_num_threads(self.threads)
-        use_blas_threads(self.threads)
-        return np.matmul(a, b)
+        if self._pgemm is None:
+            use_blas_threads(self.threads)
+            return np.matmul(a, b)
+        use_blas_threads(1)
+        return self._pgemm(a, b, self.threads)
 
     def to_host(self, a):
         return np.asarray(a)

@@ -1,6 +1,8 @@
 """Who runs on which cores: BLAS's thread count, and the idle behaviour of thread pools.
 
-Two thread pools share the cores in a multi-core scratch step, BLAS's (the GEMMs) and
+The numba backend normally runs its GEMMs on numba's own threads (numba_gemm.py), BLAS on
+one thread inside each, so only one pool exists and none of what follows is needed. Where
+NumPy's BLAS cannot be called that way, BLAS threads itself and two thread pools share the cores in a multi-core scratch step, BLAS's (the GEMMs) and
 numba's (every other kernel), taking turns dozens of times per step. By default each pool's
 idle threads spin for a while (OpenBLAS ~0.1 s, GNU OpenMP ~ms) before they sleep, so every
 turn starts with the other pool's threads still burning the cores: on 2 cores that cost the
@@ -44,32 +46,36 @@ def use_blas_threads(n):
         _blas_threads = n
 
 
-def numba_threads(n):
-    """Start numba's pool (once per process) with passive idle threads; use n of them."""
+def numba_threads(n, passive=True):
+    """Start numba's pool (once per process), with passive idle threads if it must share the
+    cores with BLAS's pool; use n of its threads."""
     import numba
     from numba.np.ufunc import parallel
 
     launched = getattr(parallel, "_is_initialized", False)
-    if not launched and "torch" in sys.modules and "NUMBA_THREADING_LAYER" not in os.environ:
+    if passive and not launched and "torch" in sys.modules and "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER = "workqueue"
-    user_policy = os.environ.get("OMP_WAIT_POLICY")
-    if user_policy is None:
+    # the user's settings win
+    ours = passive and "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+    if ours:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
         numba.set_num_threads(n)   # launches the threading layer on first use
     finally:
-        if user_policy is None:
+        if ours:
             del os.environ["OMP_WAIT_POLICY"]
     return numba.threading_layer()
 
 
 def start_numba_before_torch(threads):
     """For processes that will import torch: start numba's pool now, if numba is installed,
-    so it gets its own passive OpenMP runtime (see above)."""
+    so it gets its own OpenMP runtime (see above)."""
     if "torch" in sys.modules:
         return
     try:
         import numba
+
+        from .numba_gemm import find_cblas
     except ImportError:
         return
-    numba_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    numba_threads(min(threads, numba.config.NUMBA_NUM_THREADS), passive=find_cblas() is None)

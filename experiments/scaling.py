@@ -1,0 +1,209 @@
+"""Thread scaling of training throughput: scratch numba next to torch on the CPU.
+
+    python -m experiments.scaling --model cnn --threads 1,2,4,8,16
+    python -m experiments.scaling --model resnet18 --out results/scaling
+    python -m experiments.scaling --plot results/scaling/cnn-16cores.csv    # redraw a chart
+
+For each thread count, both implementations are measured as in experiments.bench (same
+batches and initial weights, warm-up apart, alternating repeats, median [min-max]), with
+numba, BLAS and torch all set to that count. Writes OUT/<model>-<N>cores.csv and a PNG with
+images/s and parallel efficiency against threads. Efficiency at t threads is
+(images/s at t) / (t * images/s at 1 thread) of the same implementation (the smallest count
+measured stands in for 1 when 1 is not in the list).
+"""
+import argparse
+import csv
+import datetime
+import os
+import statistics
+import sys
+from types import SimpleNamespace
+
+COLUMNS = ["cpu", "cores", "model", "batch_size", "impl", "threads", "images_per_s", "images_per_s_min",
+           "images_per_s_max", "speedup", "efficiency", "date"]
+
+
+def parse_args(argv=None):
+    cores = _cores()
+    default = sorted({t for t in (1, 2, 4, 8, 16, 32, 64) if t <= cores} | {cores})
+    ap = argparse.ArgumentParser(prog="python -m experiments.scaling", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="cnn", choices=("cnn", "resnet18"))
+    ap.add_argument("--threads", default=",".join(map(str, default)),
+                    help=f"comma-separated thread counts (default: powers of two up to the {cores} cores here)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--warmup", type=int, default=2, help="warm-up steps per implementation and count (default 2)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats (default 3)")
+    ap.add_argument("--min-time", type=float, default=2.0, help="seconds per repeat at least (default 2)")
+    ap.add_argument("--no-torch", action="store_true", help="scratch numba only")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=os.path.join("results", "scaling"), help="output folder (default results/scaling)")
+    a = ap.parse_args(argv)
+    try:
+        a.threads = sorted({int(t) for t in a.threads.split(",") if t.strip()})
+    except ValueError:
+        ap.error("--threads: give comma-separated whole numbers, e.g. 1,2,4")
+    if not a.threads or a.threads[0] < 1:
+        ap.error("--threads: counts must be at least 1")
+    over = [t for t in a.threads if t > cores]
+    if over:
+        ap.error(f"--threads {','.join(map(str, over))}: this machine lets the process use {cores} cores; "
+                 f"more threads than cores only measures oversubscription")
+    for name in ("batch_size", "repeats", "warmup"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    if a.min_time <= 0:
+        ap.error("--min-time must be positive")
+    return a
+
+
+def _cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def measure(args, log=print):
+    """{impl: {threads: [images/s per repeat]}}"""
+    from .bench import bench_model
+
+    out = {}
+    for t in args.threads:
+        if not args.no_torch:
+            from .adapters import set_torch_threads
+
+            set_torch_threads(t)
+        ns = SimpleNamespace(batch_size=args.batch_size, threads=t, warmup=args.warmup, repeats=args.repeats,
+                             min_time=args.min_time, seed=args.seed, scratch_backends=["numba"],
+                             no_torch=args.no_torch)
+        log(f"{t} thread(s):")
+        for label, run in bench_model(args.model, ns, log=log).items():
+            impl = "scratch-numba" if label == "scratch-numba" else "torch-cpu"
+            out.setdefault(impl, {})[t] = run["ips"]
+    return out
+
+
+def rows_from(results, args, cpu, cores):
+    rows = []
+    date = datetime.date.today().isoformat()
+    for impl, by_t in results.items():
+        t0 = min(by_t)
+        base = statistics.median(by_t[t0])
+        for t, ips in sorted(by_t.items()):
+            med = statistics.median(ips)
+            speedup = med / base
+            rows.append(dict(cpu=cpu, cores=cores, model=args.model, batch_size=args.batch_size, impl=impl,
+                             threads=t, images_per_s=round(med, 2), images_per_s_min=round(min(ips), 2),
+                             images_per_s_max=round(max(ips), 2), speedup=round(speedup, 3),
+                             efficiency=round(speedup / (t / t0), 3), date=date))
+    return rows
+
+
+def plot(rows, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for impl in sorted({r["impl"] for r in rows}):
+        rs = [r for r in rows if r["impl"] == impl]
+        t = [r["threads"] for r in rs]
+        ips = [r["images_per_s"] for r in rs]
+        err = [[r["images_per_s"] - r["images_per_s_min"] for r in rs],
+               [r["images_per_s_max"] - r["images_per_s"] for r in rs]]
+        line = a1.errorbar(t, ips, yerr=err, marker="o", capsize=3, label=impl)
+        ideal = [ips[0] * x / t[0] for x in t]
+        a1.plot(t, ideal, ls=":", color=line[0].get_color(), alpha=0.6)
+        a2.plot(t, [r["efficiency"] for r in rs], marker="o", label=impl)
+    for ax in (a1, a2):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r["threads"] for r in rows}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("threads")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    a1.set_ylabel("training images/s (dotted: linear scaling)")
+    a2.set_ylabel("parallel efficiency")
+    a2.set_ylim(0, 1.15)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def replot(path):
+    """Draw the chart of a CSV written earlier (e.g. on a machine without matplotlib)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        print(f"error: {path} has no rows", file=sys.stderr)
+        return 2
+    for r in rows:
+        for k in ("threads", "cores", "batch_size"):
+            r[k] = int(r[k])
+        for k in ("images_per_s", "images_per_s_min", "images_per_s_max", "speedup", "efficiency"):
+            r[k] = float(r[k])
+    r = rows[0]
+    png = os.path.splitext(path)[0] + ".png"
+    plot(rows, png, f"{r['model']}, batch {r['batch_size']}, training throughput against threads\n"
+                    f"{r['cpu']}, {r['cores']} cores, median [min-max]")
+    print(f"wrote {png}")
+    return 0
+
+
+def main(argv=None):
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--plot"]:
+        if len(argv) != 2:
+            print("usage: python -m experiments.scaling --plot CSV", file=sys.stderr)
+            return 2
+        return replot(argv[1])
+    args = parse_args(argv)
+    from scratch_nn.backends.threads import start_numba_before_torch
+
+    start_numba_before_torch(max(args.threads))
+    if not args.no_torch:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print("error: torch is not installed (pip install -e '.[torch]'), or pass --no-torch", file=sys.stderr)
+            return 2
+    from scratch_nn.backends import BackendUnavailable
+
+    from .sysinfo import machine_info
+
+    info = machine_info()
+    cores = info.get("usable_cores") or _cores()
+    cpu = info.get("cpu_model") or "unknown CPU"
+    try:
+        results = measure(args)
+    except BackendUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = rows_from(results, args, cpu, cores)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"{args.model}-{cores}cores")
+    with open(stem + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    title = (f"{args.model}, batch {args.batch_size}, training throughput against threads\n"
+             f"{cpu}, {cores} cores, median of {args.repeats} [min-max]")
+    try:
+        plot(rows, stem + ".png", title)
+    except ImportError:
+        print(f"note: matplotlib is not installed; no chart. Draw it later with: "
+              f"python -m experiments.scaling --plot {stem}.csv", file=sys.stderr)
+    print()
+    print(f"{'impl':14s} {'threads':>7s} {'img/s':>10s} {'speed-up':>9s} {'efficiency':>10s}")
+    for r in rows:
+        print(f"{r['impl']:14s} {r['threads']:7d} {r['images_per_s']:10.1f} {r['speedup']:8.2f}x {r['efficiency']:10.2f}")
+    print(f"wrote {stem}.csv and {stem}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""GEMMs on numba's own threads: one single-threaded BLAS call per thread, on its slice.
+
+Why not let BLAS thread itself: then two thread pools (BLAS's and numba's) take turns on the
+same cores dozens of times per step, and each turn either waits for sleeping threads to wake
+or fights threads still spinning from the last turn. On 16 cores that cost the non-GEMM
+kernels 4x, or the GEMMs 1.5x, whichever pool was told to sleep. With every GEMM split over
+numba's pool there is one pool, which can spin between kernels as OpenMP intends.
+
+The BLAS is NumPy's own OpenBLAS (found through threadpoolctl), called through its CBLAS
+entry point with row-major layout; every slice is a pointer into the operands plus their
+leading dimension, so nothing is copied. Where NumPy's BLAS exposes no CBLAS sgemm/dgemm we
+know (`find_cblas` returns None), the backend says so in describe() and uses np.matmul with
+BLAS threads instead.
+"""
+import ctypes
+import os
+
+import numpy as np
+from numba import njit, prange
+
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+# (symbol, integer width) for the OpenBLAS builds NumPy ships: ILP64 with its symbol suffix
+# (NumPy >= 2.0: scipy_ prefix; 1.2x: none), then plain LP64 builds.
+_SYMBOLS = [("scipy_cblas_{}gemm64_", ctypes.c_int64), ("cblas_{}gemm64_", ctypes.c_int64),
+            ("scipy_cblas_{}gemm", ctypes.c_int), ("cblas_{}gemm", ctypes.c_int)]
+
+
+def find_cblas():
+    """(sgemm, dgemm) ctypes functions of NumPy's BLAS, or None."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    np_dir = os.path.dirname(os.path.dirname(np.__file__))
+    for info in threadpool_info():
+        path = info.get("filepath") or ""
+        if info.get("user_api") != "blas" or not os.path.realpath(path).startswith(os.path.realpath(np_dir)):
+            continue
+        lib = ctypes.CDLL(path)
+        for name, integer in _SYMBOLS:
+            try:
+                fns = [getattr(lib, name.format(p)) for p in "sd"]
+            except AttributeError:
+                continue
+            for fn, real in zip(fns, (ctypes.c_float, ctypes.c_double)):
+                fn.restype = None
+                fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, integer, integer, integer, real,
+                               ctypes.c_void_p, integer, ctypes.c_void_p, integer, real, ctypes.c_void_p, integer]
+            return tuple(fns)
+    return None
+
+
+def _make_kernels(fn):
+    """Split kernels around one CBLAS gemm. Not cached on disk: they hold the function's
+    address, which differs from process to process. Operands come as flat storage (the
+    C-contiguous array or, for a transposed operand, its contiguous transpose), so a slice is
+    an offset into it."""
+
+    @njit(parallel=True, nogil=True)
+    def split_cols(ta, tb, m, n, k, a, lda, b, ldb, c, chunks):
+        """C (m, n) = op(A) op(B); each task computes a block of C's columns."""
+        for t in prange(chunks):
+            lo = t * n // chunks
+            hi = (t + 1) * n // chunks
+            if hi > lo:
+                boff = lo * ldb if tb == TRANS else lo
+                fn(ROW_MAJOR, ta, tb, m, hi - lo, k, 1.0, a.ctypes, lda, b[boff:].ctypes, ldb, 0.0,
+                   c[lo:].ctypes, n)
+
+    @njit(parallel=True, nogil=True)
+    def split_rows(ta, tb, m, n, k, a, lda, b, ldb, c, chunks):
+        """C (m, n) = op(A) op(B); each task computes a block of C's rows."""
+        for t in prange(chunks):
+            lo = t * m // chunks
+            hi = (t + 1) * m // chunks
+            if hi > lo:
+                aoff = lo if ta == TRANS else lo * lda
+                fn(ROW_MAJOR, ta, tb, hi - lo, n, k, 1.0, a[aoff:].ctypes, lda, b.ctypes, ldb, 0.0,
+                   c[lo * n:].ctypes, n)
+
+    @njit(parallel=True, nogil=True)
+    def split_inner(ta, tb, m, n, k, a, lda, b, ldb, parts, c, chunks):
+        """C (m, n) = op(A) op(B) for a small C and a long inner dimension k: each task
+        multiplies one block of k into its own partial C, then the partials are summed."""
+        for t in prange(chunks):
+            lo = t * k // chunks
+            hi = (t + 1) * k // chunks
+            aoff = lo * lda if ta == TRANS else lo
+            boff = lo if tb == TRANS else lo * ldb
+            p = parts[t]
+            if hi > lo:
+                fn(ROW_MAJOR, ta, tb, m, n, hi - lo, 1.0, a[aoff:].ctypes, lda, b[boff:].ctypes, ldb, 0.0,
+                   p.ctypes, n)
+            else:
+                p[:] = 0
+        size = m * n
+        for e in prange(size):
+            s = parts[0, e]
+            for t in range(1, chunks):
+                s += parts[t, e]
+            c[e] = s
+
+    return split_cols, split_rows, split_inner
+
+
+def _storage(x):
+    """(flat contiguous storage, trans flag, leading dimension) of a 2-D operand."""
+    if x.flags.c_contiguous:
+        return x.reshape(-1), NO_TRANS, x.shape[1]
+    if x.T.flags.c_contiguous:
+        return x.T.reshape(-1), TRANS, x.shape[0]
+    x = np.ascontiguousarray(x)
+    return x.reshape(-1), NO_TRANS, x.shape[1]
+
+
+class PartitionedGemm:
+    """a @ b for 2-D float32/float64 arrays, split over `threads` numba threads."""
+
+    def __init__(self, cblas):
+        self.kernels = {np.dtype(np.float32): _make_kernels(cblas[0]), np.dtype(np.float64): _make_kernels(cblas[1])}
+
+    def __call__(self, a, b, threads):
+        if a.dtype != b.dtype or a.dtype not in self.kernels or a.ndim != 2 or b.ndim != 2:
+            return np.matmul(a, b)
+        m, k = a.shape
+        k2, n = b.shape
+        if k != k2:
+            raise ValueError(f"gemm: shapes {a.shape} and {b.shape} do not chain")
+        c = np.empty((m, n), dtype=a.dtype)
+        if m == 0 or n == 0:
+            return c
+        if k == 0:
+            c[...] = 0
+            return c
+        sa, ta, lda = _storage(a)
+        sb, tb, ldb = _storage(b)
+        cols, rows, inner = self.kernels[a.dtype]
+        # Give each thread a slice that keeps BLAS efficient (>= 64 columns or rows, >= 256 of
+        # the inner dimension), preferring a split that feeds every thread.
+        by_cols, by_rows, by_inner = n // 64, m // 64, k // 256
+        if by_cols >= threads or (by_cols >= by_rows and by_cols >= by_inner and by_cols > 1):
+            cols(ta, tb, m, n, k, sa, lda, sb, ldb, c.reshape(-1), max(1, min(threads, by_cols)))
+        elif by_rows >= threads or (by_rows >= by_inner and by_rows > 1):
+            rows(ta, tb, m, n, k, sa, lda, sb, ldb, c.reshape(-1), max(1, min(threads, by_rows)))
+        else:
+            chunks = max(1, min(threads, by_inner))
+            parts = np.empty((chunks, m * n), dtype=a.dtype)
+            inner(ta, tb, m, n, k, sa, lda, sb, ldb, parts, c.reshape(-1), chunks)
+        return c
