@@ -1,0 +1,28 @@
+import csv
+
+import pytest
+
+from experiments import scaling
+from scratch_nn import backends
+
+
+def test_more_threads_than_cores_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        scaling.main(["--threads", f"1,{scaling._cores() + 1}"])
+    assert e.value.code == 2
+    assert "cores" in capsys.readouterr().err
+
+
+@pytest.mark.skipif("numba" not in backends.available(), reason="numba is not installed")
+def test_writes_csv_and_chart_and_redraws_it(tmp_path, capsys):
+    rc = scaling.main(["--model", "cnn", "--threads", "1", "--no-torch", "--repeats", "2", "--warmup", "1",
+                       "--min-time", "0.05", "--batch-size", "8", "--out", str(tmp_path)])
+    assert rc == 0
+    stem = tmp_path / f"cnn-{scaling._cores()}cores"
+    rows = list(csv.DictReader(open(f"{stem}.csv")))
+    assert [r["impl"] for r in rows] == ["scratch-numba"] and list(rows[0]) == scaling.COLUMNS
+    assert float(rows[0]["images_per_s"]) > 0 and float(rows[0]["efficiency"]) == 1.0
+    png = tmp_path / f"cnn-{scaling._cores()}cores.png"
+    assert png.stat().st_size > 10_000
+    png.unlink()
+    assert scaling.main(["--plot", f"{stem}.csv"]) == 0 and png.exists()
