@@ -58,10 +58,9 @@ def parse_args(argv=None):
 
 
 def _cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    from scratch_nn.backends.threads import usable_cores
+
+    return usable_cores()
 
 
 def measure(args, log=print):

@@ -7,13 +7,11 @@ one thread pool runs the whole step; all cores by default. Kernels compile on fi
 use and are cached on disk (`cache=True`), so the first training step of a fresh install is
 slow: the trainer and the bench report it as warm-up, apart from images/s.
 """
-import os
-
 import numpy as np
 
 from .base import Backend, BackendUnavailable
 from .heap import keep_freed_memory
-from .threads import numba_threads, use_blas_threads
+from .threads import numba_threads, usable_cores, use_blas_threads
 
 
 def _flat(a):
@@ -37,13 +35,6 @@ def _partitioned_gemm():
     return _PGEMM[0]
 
 
-def _cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 class NumbaBackend(Backend):
     name = "numba"
     xp = np
@@ -61,7 +52,7 @@ class NumbaBackend(Backend):
                                      "pip install threadpoolctl") from e
         self._numba = numba
         limit = numba.config.NUMBA_NUM_THREADS
-        threads = threads or min(_cores(), limit)
+        threads = threads or min(usable_cores(), limit)
         if not 1 <= threads <= limit:
             raise ValueError(f"the numba backend can run 1 to {limit} threads here, not {threads} "
                              f"(numba's pool is sized by NUMBA_NUM_THREADS, default: the number of cores)")

@@ -24,6 +24,14 @@ import os
 import sys
 
 _blas_threads = None
+
+
+def usable_cores():
+    """Cores this process may run on (what a container or taskset allows, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 blas_spin_bounded = None   # True: OpenBLAS's idle threads sleep at once (set before numpy loaded)
 
 
