@@ -15,6 +15,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 IMPLS = ("scratch", "torch")
+PRECISIONS = ("fp32", "fp64", "tf32", "fp16")
+GPU_PRECISIONS = ("tf32", "fp16")   # modes that exist only on a GPU
+
+
+def precision_dtype(precision):
+    """The parameters' (master) dtype of a precision mode."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
+    return "float64" if precision == "fp64" else "float32"
 
 
 @dataclass
@@ -49,11 +58,19 @@ def _optimizer_kwargs(spec):
 class ScratchAdapter:
     impl = "scratch"
 
-    def __init__(self, model, backend="numpy", optimizer=None, seed=0, num_classes=10, dtype="float32",
-                 label_smoothing=0.0, threads=None):
+    def __init__(self, model, backend="numpy", optimizer=None, seed=0, num_classes=10, dtype=None,
+                 label_smoothing=0.0, threads=None, precision="fp32", cuda_graph=False):
         from scratch_nn import backends, models, optim
 
+        dtype = dtype or precision_dtype(precision)
         opts = {} if threads is None else {"threads": threads}
+        if backend == "cupy":
+            opts["precision"] = "fp32" if precision == "fp64" else precision
+        elif precision in GPU_PRECISIONS:
+            raise ValueError(f"precision {precision} is a GPU mode: use backend cupy (or fp32 / fp64 here)")
+        if cuda_graph and backend != "cupy":
+            raise ValueError("CUDA graphs need backend cupy")
+        self.precision = precision
         self.be = backends.get(backend, **opts)
         self.net = models.build(model, backend=self.be, num_classes=num_classes, seed=seed, dtype=dtype)
         self.dtype = np.dtype(dtype)
@@ -62,6 +79,11 @@ class ScratchAdapter:
         cls = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW}[spec.name]
         self.opt = cls(param_groups(list(self.net.named_parameters()), spec), **_optimizer_kwargs(spec))
         self.device_name = self.be.name
+        self.graph = None
+        if cuda_graph:
+            from scratch_nn.cuda_graph import CapturedStep
+
+            self.graph = CapturedStep(self.be, self.net, self.opt, self._eager_step)
 
     @property
     def reads_are_free(self):
@@ -75,16 +97,30 @@ class ScratchAdapter:
         self.opt.set_lr(lr)
 
     def train_step(self, x, y):
+        self.net.train()
+        if self.graph is not None:
+            loss = self.graph(x, y)
+            self._last_logits = self.graph.logits
+            return loss
+        loss, self._last_logits = self._eager_step(x, y)
+        return loss
+
+    def _eager_step(self, x, y):
         from scratch_nn import losses
 
-        self.net.train()
         self.opt.zero_grad()
         logits = self.net.forward(x)
         loss, dlogits = losses.softmax_cross_entropy(logits, y, self.label_smoothing, backend=self.be)
         self.net.backward(dlogits, input_grad=False)
         self.opt.step()
-        self._last_logits = logits
-        return loss
+        return loss, logits
+
+    def peak_gpu_mem_mb(self):
+        """High-water mark of the GPU memory this side's allocator holds (CuPy's pool keeps
+        what it has taken, so its size now is its peak), or None off the GPU."""
+        if self.be.name != "cupy":
+            return None
+        return self.be.xp.get_default_memory_pool().total_bytes() / 2**20
 
     def last_batch_correct(self, y):
         """Correct predictions in the last training batch (reads the device)."""
@@ -116,15 +152,21 @@ def set_torch_threads(n):
 class TorchAdapter:
     impl = "torch"
 
-    def __init__(self, model, device="cpu", optimizer=None, seed=0, num_classes=10, dtype="float32",
-                 label_smoothing=0.0, threads=None, initial_state=None):
+    def __init__(self, model, device="cpu", optimizer=None, seed=0, num_classes=10, dtype=None,
+                 label_smoothing=0.0, threads=None, initial_state=None, precision="fp32", cuda_graph=False):
         import torch
 
         import torch_impl
 
         self.torch = torch
+        dtype = dtype or precision_dtype(precision)
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda needs a CUDA GPU and a CUDA build of torch; none is visible here")
+        if device != "cuda" and (precision in GPU_PRECISIONS or cuda_graph):
+            raise ValueError(f"precision {precision} and CUDA graphs are GPU modes: use --device cuda")
+        self.precision = precision
+        if device == "cuda":
+            set_torch_cuda_precision(precision)
         if threads is not None:
             set_torch_threads(threads)
         self.device = torch.device(device)
@@ -143,6 +185,14 @@ class TorchAdapter:
         self.opt = cls(param_groups(list(self.net.named_parameters()), spec), **_optimizer_kwargs(spec))
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.device_name = device
+        self.amp = precision == "fp16"
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        if cuda_graph and self.amp:
+            raise ValueError("torch: --cuda-graph with fp16 is not supported here (GradScaler reads the host "
+                             "every step); use fp32/tf32 with graphs")
+        self.graph = None
+        self._graph_calls = 0
+        self.use_graph = cuda_graph
 
     def to_device(self, x, y):
         t = self.torch
@@ -157,22 +207,79 @@ class TorchAdapter:
         for g in self.opt.param_groups:
             g["lr"] = lr
 
+    def _eager_step(self, x, y):
+        t = self.torch
+        self.opt.zero_grad(set_to_none=True)
+        if self.amp:
+            with t.autocast("cuda", dtype=t.float16):
+                logits = self.net(x)
+                loss = self.loss_fn(logits, y)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            logits = self.net(x)
+            loss = self.loss_fn(logits, y)
+            loss.backward()
+            self.opt.step()
+        return loss.detach(), logits.detach()
+
     def train_step(self, x, y):
         self.net.train()
-        self.opt.zero_grad(set_to_none=True)
-        logits = self.net(x)
-        loss = self.loss_fn(logits, y)
-        loss.backward()
-        self.opt.step()
-        self._last_logits = logits.detach()
-        return loss.detach()
+        if not self.use_graph:
+            loss, self._last_logits = self._eager_step(x, y)
+            return loss
+        return self._graph_step(x, y)
+
+    def _graph_step(self, x, y, warmup=3):
+        """torch's whole-network capture (CUDA graphs notes): warm up on a side stream, capture
+        forward, backward and optimizer step once, then copy inputs in and replay."""
+        t = self.torch
+        if self.graph is None:
+            if self._graph_calls == 0:
+                self.static_x, self.static_y = x.clone(), y.clone()
+            self.static_x.copy_(x)
+            self.static_y.copy_(y)
+            self._graph_calls += 1
+            s = t.cuda.Stream()
+            s.wait_stream(t.cuda.current_stream())
+            with t.cuda.stream(s):
+                if self._graph_calls <= warmup:
+                    out = self._eager_step(self.static_x, self.static_y)
+            t.cuda.current_stream().wait_stream(s)
+            if self._graph_calls <= warmup:
+                self._last_logits = out[1]
+                return out[0]
+            self.opt.zero_grad(set_to_none=True)
+            self.graph = t.cuda.CUDAGraph()
+            with t.cuda.graph(self.graph):
+                logits = self.net(self.static_x)
+                self.static_loss = self.loss_fn(logits, self.static_y)
+                self.static_loss.backward()
+                self.opt.step()
+            self._last_logits = logits.detach()
+            self._graph_lr = [g["lr"] for g in self.opt.param_groups]
+        else:
+            if [g["lr"] for g in self.opt.param_groups] != self._graph_lr:
+                raise ValueError("torch with --cuda-graph replays the learning rate it captured; use a "
+                                 "constant schedule (the scratch side follows any schedule)")
+            self.static_x.copy_(x)
+            self.static_y.copy_(y)
+        self.graph.replay()
+        return self.static_loss.detach()
+
+    def peak_gpu_mem_mb(self):
+        """High-water mark of the memory torch's caching allocator reserved, or None on CPU."""
+        if self.device.type != "cuda":
+            return None
+        return self.torch.cuda.max_memory_reserved(self.device) / 2**20
 
     def last_batch_correct(self, y):
         return int((self._last_logits.argmax(dim=1) == y).sum())
 
     def predict(self, x):
         self.net.eval()
-        with self.torch.no_grad():
+        with self.torch.no_grad(), self.torch.autocast("cuda", dtype=self.torch.float16, enabled=self.amp):
             return self.net(x).float().cpu().numpy()
 
     def synchronize(self):
@@ -181,6 +288,19 @@ class TorchAdapter:
 
     def state_dict(self):
         return {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+
+
+def set_torch_cuda_precision(precision):
+    """fp32 is strict (no TF32 in matmuls or cuDNN convolutions); tf32 allows both; fp16 runs
+    under autocast (the adapter). cuDNN autotunes its algorithms for the fixed shapes."""
+    import torch
+
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
+    if tf32 and torch.cuda.get_device_capability()[0] < 8:
+        raise ValueError("precision tf32 needs a GPU of compute capability 8.0 or newer; use fp32 or fp16")
 
 
 def make_adapter(impl, **kw):

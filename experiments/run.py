@@ -19,7 +19,7 @@ DEVICES = ("cpu", "cuda")
 MODELS = ("cnn", "resnet18")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "multistep", "cosine", "onecycle")
-PRECISIONS = ("fp32", "fp64")   # tf32/fp16 arrive with the CuPy backend; the flag validates now
+PRECISIONS = ("fp32", "fp64", "tf32", "fp16")   # tf32 and fp16 (mixed) are GPU modes
 DATASETS = ("auto", "cifar10", "synthetic")
 
 
@@ -40,7 +40,10 @@ def build_parser():
     g.add_argument("--backend", default=None, help=f"scratch backend: {' | '.join(BACKENDS)} (default numpy)")
     g.add_argument("--device", default=None, help=f"torch device: {' | '.join(DEVICES)} (default cpu)")
     g.add_argument("--model", default="cnn", help=f"{' | '.join(MODELS)} (default cnn)")
-    g.add_argument("--precision", default="fp32", help=f"{' | '.join(PRECISIONS)} (default fp32)")
+    g.add_argument("--precision", default="fp32", help=f"{' | '.join(PRECISIONS)} (default fp32: strict, no TF32; "
+                   "tf32 needs an Ampere+ GPU; fp16 is mixed precision on a GPU)")
+    g.add_argument("--cuda-graph", action="store_true",
+                   help="GPU: capture the training step once as a CUDA graph and replay it")
     g.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: 1 for numpy, every core otherwise)")
     g.add_argument("--seed", type=int, default=0, help="weights, data order and augmentation (default 0)")
@@ -116,6 +119,11 @@ def validate(a):
         raise UsageError("--label-smoothing must be in [0, 1)")
     if a.nesterov and (a.optimizer != "sgd" or a.momentum <= 0):
         raise UsageError("--nesterov needs --optimizer sgd and --momentum > 0")
+    on_gpu = (a.impl == "scratch" and a.backend == "cupy") or (a.impl == "torch" and a.device == "cuda")
+    if a.precision in ("tf32", "fp16") and not on_gpu:
+        raise UsageError(f"--precision {a.precision} is a GPU mode: use --backend cupy or --device cuda")
+    if a.cuda_graph and not on_gpu:
+        raise UsageError("--cuda-graph needs a GPU: --backend cupy or --device cuda")
     if a.impl == "scratch" and a.backend == "numpy" and a.threads not in (None, 1):
         raise UsageError("the numpy backend is the single-core reference: use --threads 1 or --backend numba")
     if a.threads is None:
@@ -131,8 +139,8 @@ def make_adapter(a):
 
     spec = OptimSpec(a.optimizer, lr=a.lr, momentum=a.momentum if a.optimizer == "sgd" else 0.0,
                      nesterov=a.nesterov, weight_decay=a.weight_decay)
-    dtype = {"fp32": "float32", "fp64": "float64"}[a.precision]
-    common = dict(model=a.model, optimizer=spec, seed=a.seed, dtype=dtype, label_smoothing=a.label_smoothing,
+    common = dict(model=a.model, optimizer=spec, seed=a.seed, precision=a.precision, cuda_graph=a.cuda_graph,
+                  label_smoothing=a.label_smoothing,
                   threads=a.threads)
     if a.impl == "torch":
         try:
@@ -144,7 +152,7 @@ def make_adapter(a):
         return build("torch", device=a.device, **common)
     try:
         return build("scratch", backend=a.backend, **common)
-    except BackendUnavailable as e:
+    except (BackendUnavailable, ValueError) as e:
         raise UsageError(str(e)) from None
 
 
@@ -158,8 +166,9 @@ def load_data(a):
         raise UsageError(str(e)) from None
     mean, std = (D.CIFAR10_MEAN, D.CIFAR10_STD) if a.norm == "cifar" else ((0.5,) * 3, (0.5,) * 3)
     dtype = "float64" if a.precision == "fp64" else "float32"
+    # a captured CUDA graph replays one batch shape: drop the short last batch
     train = D.BatchLoader(ds.x_train, ds.y_train, a.batch_size, shuffle=True, seed=a.seed, augment=a.augment,
-                          mean=mean, std=std, dtype=dtype)
+                          mean=mean, std=std, dtype=dtype, drop_last=a.cuda_graph)
     test = D.BatchLoader(ds.x_test, ds.y_test, max(a.batch_size, 256), shuffle=False, seed=a.seed, augment=False,
                          mean=mean, std=std, dtype=dtype)
     return ds, train, test

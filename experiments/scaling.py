@@ -75,7 +75,7 @@ def measure(args, log=print):
             set_torch_threads(t)
         ns = SimpleNamespace(batch_size=args.batch_size, threads=t, warmup=args.warmup, repeats=args.repeats,
                              min_time=args.min_time, seed=args.seed, scratch_backends=["numba"],
-                             no_torch=args.no_torch)
+                             no_torch=args.no_torch, gpu=False, precision="fp32", cuda_graph="off")
         log(f"{t} thread(s):")
         for label, run in bench_model(args.model, ns, log=log).items():
             impl = "scratch-numba" if label == "scratch-numba" else "torch-cpu"

@@ -27,6 +27,8 @@ class Optimizer:
             self._validate(group)
             self.param_groups.append(group)
         self.backend = self.param_groups[0]["params"][0].backend
+        for g in self.param_groups:   # a GPU backend moves each group into one flat buffer
+            self.backend.pack_parameters(g["params"])
         self.state = {}          # id(param) -> dict of state arrays
         self.step_count = 0
 
@@ -46,19 +48,28 @@ class Optimizer:
 
     def zero_grad(self):
         for g in self.param_groups:
-            for p in g["params"]:
-                p.grad.fill(0)
+            self.backend.zero_([p.grad for p in g["params"]])
 
-    def _slots(self, p, names):
-        st = self.state.get(id(p))
-        if st is None:
-            st = self.state[id(p)] = {n: p.data * 0 for n in names}
-        return [st[n] for n in names]
+    def _group_state(self, g, name):
+        """State `name` of every parameter of group g, allocated for the whole group at once
+        (one flat buffer on a GPU backend)."""
+        ps = g["params"]
+        if name not in self.state.get(id(ps[0]), {}):
+            for p, arr in zip(ps, self.backend.zeros_like_params([p.data for p in ps])):
+                self.state.setdefault(id(p), {})[name] = arr
+        return [self.state[id(p)][name] for p in ps]
 
     def step(self):
         self.step_count += 1
-        for g in self.param_groups:
-            self._update(g)
+        for i, g in enumerate(self.param_groups):
+            self._update(g, (type(self).__name__, i))
+
+    def push_hyper(self):
+        """Write the next step's learning rate (and bias corrections) where a device-side update
+        reads them: what a replayed CUDA graph needs before each replay, since the Python update
+        code does not run then. Call it after step_count has been advanced."""
+        for i, g in enumerate(self.param_groups):
+            self.backend.set_hyper((type(self).__name__, i), self._hyper(g))
 
     # --- checkpoints: state arrays in parameter order, on the host
     def state_dict(self):
@@ -75,8 +86,12 @@ class Optimizer:
         self.step_count = sd["step_count"]
         for g, lr in zip(self.param_groups, sd["lr"]):
             g["lr"] = lr
-        self.state = {id(p): {k: self.backend.asarray(v) for k, v in st.items()}
-                      for p, st in zip(flat, sd["state"]) if st}
+        self.state = {}
+        by_param = dict(zip(map(id, flat), sd["state"]))
+        for g in self.param_groups:   # state is allocated group by group, as step() does
+            for name in by_param[id(g["params"][0])]:
+                for p, arr in zip(g["params"], self._group_state(g, name)):
+                    arr[...] = self.backend.asarray(by_param[id(p)][name])
 
 
 class SGD(Optimizer):
@@ -91,13 +106,16 @@ class SGD(Optimizer):
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("nesterov momentum requires momentum > 0 and dampening 0")
 
-    def _update(self, g):
+    def _hyper(self, g):
+        return (g["lr"],)
+
+    def _update(self, g, key):
         ps = g["params"]
-        bufs = [self._slots(p, ("momentum_buffer",))[0] for p in ps] if g["momentum"] else [None] * len(ps)
+        bufs = self._group_state(g, "momentum_buffer") if g["momentum"] else [None] * len(ps)
         self.backend.sgd_update([p.data for p in ps], [p.grad for p in ps], bufs,
                                 lr=g["lr"], momentum=g["momentum"], dampening=g["dampening"],
                                 nesterov=g["nesterov"], weight_decay=g["weight_decay"],
-                                first_step=self.step_count == 1)
+                                first_step=self.step_count == 1, hyper_key=key)
 
 
 class Adam(Optimizer):
@@ -105,13 +123,17 @@ class Adam(Optimizer):
     defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     decoupled = False
 
-    def _update(self, g):
+    def _hyper(self, g):
+        b1, b2 = g["betas"]
+        return g["lr"], 1.0 - b1 ** self.step_count, math.sqrt(1.0 - b2 ** self.step_count)
+
+    def _update(self, g, key):
         ps = g["params"]
-        slots = [self._slots(p, ("exp_avg", "exp_avg_sq")) for p in ps]
         self.backend.adam_update([p.data for p in ps], [p.grad for p in ps],
-                                 [s[0] for s in slots], [s[1] for s in slots],
+                                 self._group_state(g, "exp_avg"), self._group_state(g, "exp_avg_sq"),
                                  step=self.step_count, lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1],
-                                 eps=g["eps"], weight_decay=g["weight_decay"], decoupled=self.decoupled)
+                                 eps=g["eps"], weight_decay=g["weight_decay"], decoupled=self.decoupled,
+                                 hyper_key=key)
 
 
 class AdamW(Adam):

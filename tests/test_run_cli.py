@@ -78,6 +78,9 @@ BAD = [
     (["--threads", "4"], "numba"),
     (["--train-subset", "999999"], "train"),
     (["--nesterov", "--optimizer", "adam"], "nesterov"),
+    (["--precision", "tf32"], "GPU mode"),
+    (["--precision", "fp16", "--impl", "torch"], "GPU mode"),
+    (["--cuda-graph"], "--cuda-graph"),
 ]
 
 

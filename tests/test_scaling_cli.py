@@ -26,3 +26,16 @@ def test_writes_csv_and_chart_and_redraws_it(tmp_path, capsys):
     assert png.stat().st_size > 10_000
     png.unlink()
     assert scaling.main(["--plot", f"{stem}.csv"]) == 0 and png.exists()
+
+
+def test_bench_gpu_flags_are_validated():
+    from experiments import bench
+
+    a = bench.parse_args(["--scratch-backends", "cupy", "--precision", "tf32", "--cuda-graph", "both", "--csv"])
+    assert a.gpu and a.csv == bench.DEFAULT_GPU_CSV
+    assert bench.parse_args(["--csv"]).csv == bench.DEFAULT_CSV
+    labels = [label for label, _ in bench.bench_sides(a)]
+    assert labels == ["scratch-cupy", "torch-cuda", "scratch-cupy+graph", "torch-cuda+graph"]
+    for bad in (["--precision", "tf32"], ["--cuda-graph", "on"], ["--scratch-backends", "cupy,numba"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)

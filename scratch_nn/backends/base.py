@@ -144,8 +144,10 @@ class Backend:
     # ------------------------------------------------------------------ batch norm
     # BN may carry what follows it in the graph: y = relu?(BN(x) + residual?). The reference
     # composes the pieces; a backend fuses them into one pass over memory.
-    def batchnorm_forward_train(self, x, gamma, beta, eps, relu=False, residual=None):
-        """Normalise with batch statistics. Returns (y, mean, biased var, cache)."""
+    def batchnorm_forward_train(self, x, gamma, beta, eps, relu=False, residual=None, running=None):
+        """Normalise with batch statistics. Returns (y, mean, biased var, cache). With
+        running=(running_mean, running_var, momentum), also update those in place as
+        nn.BatchNorm2d does (a GPU backend does it inside its statistics kernel)."""
         xp = self.xp
         c = x.shape[1]
         m = x.size // c
@@ -159,7 +161,19 @@ class Backend:
         y = xhat * gamma.reshape(bshape)
         y += beta.reshape(bshape)
         y = self._residual_relu(y, relu, residual)
+        self._update_running_stats(running, mean, var, m)
         return y, mean, var, (xhat, invstd, gamma, y if relu else None, residual is not None)
+
+    @staticmethod
+    def _update_running_stats(running, mean, var, m):
+        """running = mom*batch + (1-mom)*running, with the unbiased batch variance."""
+        if running is None:
+            return
+        run_mean, run_var, mom = running
+        run_mean *= 1.0 - mom
+        run_mean += mom * mean
+        run_var *= 1.0 - mom
+        run_var += (mom * m / (m - 1)) * var
 
     def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps, relu=False, residual=None):
         c = x.shape[1]
@@ -276,9 +290,29 @@ class Backend:
         grad *= 1.0 / n
         return loss, grad
 
+    # ------------------------------------------------------------------ parameter storage
+    # The optimizer hands each parameter group here once. A backend may move the group into
+    # one flat buffer (p.data and p.grad become views) so that updates and zeroing take one
+    # launch per group; the reference keeps one array per parameter.
+    def pack_parameters(self, params):
+        """Optionally re-home a group's Parameters' data and grad arrays (in place)."""
+
+    def zeros_like_params(self, arrays):
+        """Zeroed optimizer state shaped like `arrays` (one per parameter of a group)."""
+        return [self.xp.zeros_like(a) for a in arrays]
+
+    def zero_(self, arrays):
+        for a in arrays:
+            a.fill(0)
+
+    def set_hyper(self, key, values):
+        """Where an update reads step-dependent scalars from device memory, write them there
+        (a GPU backend; see cuda_graph.py). The reference passes them as arguments."""
+
     # ------------------------------------------------------------------ optimizer updates
     # Each takes whole lists so a backend can fuse all parameters into few launches.
-    def sgd_update(self, params, grads, bufs, *, lr, momentum, dampening, nesterov, weight_decay, first_step):
+    def sgd_update(self, params, grads, bufs, *, lr, momentum, dampening, nesterov, weight_decay, first_step,
+                   hyper_key=None):
         """In-place SGD as torch.optim.SGD (weight decay added to the gradient)."""
         for p, g, buf in zip(params, grads, bufs):
             d = g + weight_decay * p if weight_decay else g
@@ -292,7 +326,7 @@ class Backend:
             p -= lr * d
 
     def adam_update(self, params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1, beta2, eps,
-                    weight_decay, decoupled):
+                    weight_decay, decoupled, hyper_key=None):
         """In-place Adam (decoupled=False, L2 added to the gradient) or AdamW, as torch.optim."""
         xp = self.xp
         bc1 = 1.0 - beta1 ** step

@@ -132,7 +132,7 @@ class NumbaBackend(Backend):
         n, c = a.shape[:2]
         return np.ascontiguousarray(a).reshape(n, c, -1)
 
-    def batchnorm_forward_train(self, x, gamma, beta, eps, relu=False, residual=None):
+    def batchnorm_forward_train(self, x, gamma, beta, eps, relu=False, residual=None, running=None):
         c = x.shape[1]
         x3 = self._flat3(x)
         res3 = self._flat3(residual) if residual is not None else x3[:0]
@@ -141,6 +141,7 @@ class NumbaBackend(Backend):
         self.k.batchnorm_train_forward(x3, gamma, beta, eps, res3, residual is not None, relu,
                                        y.reshape(x3.shape), mean, var, invstd)
         cache = (x3, y if relu else None, mean, invstd, gamma, residual is not None)
+        self._update_running_stats(running, mean, var, x3.size // c)
         return y, mean, var, cache
 
     def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps, relu=False, residual=None):
@@ -222,7 +223,8 @@ class NumbaBackend(Backend):
         return np.asarray(loss, dtype=logits.dtype), grad
 
     # ------------------------------------------------------------------ optimizer updates
-    def sgd_update(self, params, grads, bufs, *, lr, momentum, dampening, nesterov, weight_decay, first_step):
+    def sgd_update(self, params, grads, bufs, *, lr, momentum, dampening, nesterov, weight_decay, first_step,
+                   hyper_key=None):
         for p, g, buf in zip(params, grads, bufs):
             pf = _flat(p)
             self.k.sgd_update(pf, _flat(g), _flat(buf) if buf is not None else pf[:0],
@@ -230,7 +232,7 @@ class NumbaBackend(Backend):
                               float(weight_decay), bool(first_step))
 
     def adam_update(self, params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1, beta2, eps,
-                    weight_decay, decoupled):
+                    weight_decay, decoupled, hyper_key=None):
         bc1 = 1.0 - beta1 ** step
         bc2_sqrt = (1.0 - beta2 ** step) ** 0.5
         decay = 1.0 - lr * weight_decay if decoupled else 1.0

@@ -14,7 +14,7 @@ KERNELS = ("gemm", "im2col", "col2im", "conv2d_forward", "conv2d_backward", "lin
            "batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward",
            "relu_forward", "relu_backward", "maxpool2d_forward", "maxpool2d_backward",
            "global_avgpool_forward", "global_avgpool_backward", "softmax_cross_entropy",
-           "sgd_update", "adam_update")
+           "sgd_update", "adam_update", "_im2col", "_partials", "_channel_sum")
 
 
 class KernelProfile:

@@ -33,16 +33,11 @@ class BatchNorm2d(Module):
             self._cache = None
             return be.batchnorm_forward_eval(x, self.weight.data, self.bias.data, self.running_mean,
                                              self.running_var, self.eps, relu=self.relu, residual=residual)
-        y, mean, var, self._cache = be.batchnorm_forward_train(x, self.weight.data, self.bias.data, self.eps,
-                                                               relu=self.relu, residual=residual)
-        m = x.size // x.shape[1]
-        if m < 2:
+        if x.size // x.shape[1] < 2:
             raise ValueError("BatchNorm2d in training mode needs more than one value per channel")
-        mom = self.momentum
-        self.running_mean *= 1.0 - mom
-        self.running_mean += mom * mean
-        self.running_var *= 1.0 - mom
-        self.running_var += (mom * m / (m - 1)) * var
+        y, _, _, self._cache = be.batchnorm_forward_train(
+            x, self.weight.data, self.bias.data, self.eps, relu=self.relu, residual=residual,
+            running=(self.running_mean, self.running_var, self.momentum))
         self.num_batches_tracked += 1
         return y
 

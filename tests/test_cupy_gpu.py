@@ -1,0 +1,220 @@
+"""The cupy backend against torch on the same GPU, and its GPU-only features (precision modes,
+CUDA graphs, flat parameter arenas). Skipped where no GPU is visible; the shared correctness
+suite (gradcheck, torch parity on the CPU, models) also runs on cupy there, via conftest's
+`be` fixture.
+
+Run on a GPU machine with: python -m pytest -q tests/test_cupy_gpu.py
+"""
+import numpy as np
+import pytest
+
+from scratch_nn import backends, losses, models, optim
+
+from .conftest import rel_err
+
+try:
+    GPU = backends.get("cupy")
+except backends.BackendUnavailable as e:
+    pytest.skip(f"no GPU backend here: {e}", allow_module_level=True)
+
+torch = pytest.importorskip("torch")
+import torch_impl  # noqa: E402
+
+if not torch.cuda.is_available():
+    pytest.skip("torch sees no CUDA GPU", allow_module_level=True)
+
+from experiments.adapters import OptimSpec, make_adapter, set_torch_cuda_precision  # noqa: E402
+
+BATCH = {"cnn": 16, "resnet18": 8}
+
+
+def pair(name, dtype="float32", precision="fp32", seed=0):
+    be = backends.get("cupy", precision=precision)
+    net = models.build(name, backend=be, seed=seed, dtype=dtype)
+    set_torch_cuda_precision(precision)
+    tnet = torch_impl.models.build(name, dtype=getattr(torch, dtype))
+    tnet.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()})
+    return be, net, tnet.cuda()
+
+
+def data(name, seed, dtype="float32", n=None):
+    n = n or BATCH[name]
+    r = np.random.default_rng(seed)
+    return r.standard_normal((n, 3, 32, 32)).astype(dtype), r.integers(0, 10, n)
+
+
+def step_both(be, net, tnet, x, y):
+    logits = net.forward(be.asarray(x))
+    loss, d = losses.softmax_cross_entropy(logits, be.asarray(y), backend=be)
+    net.backward(d, input_grad=False)
+    tl = tnet(torch.from_numpy(x).cuda())
+    tloss = torch.nn.functional.cross_entropy(tl, torch.from_numpy(y).cuda())
+    tloss.backward()
+    return be.to_host(logits), float(loss), tl.detach().cpu().numpy(), float(tloss)
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_fp32_matches_torch_cuda(name):
+    """Strict fp32 on both sides: logits within 1e-4, every gradient within 1e-3 relative."""
+    be, net, tnet = pair(name)
+    net.train(); tnet.train()
+    x, y = data(name, seed=3)
+    logits, loss, tlogits, tloss = step_both(be, net, tnet, x, y)
+    assert rel_err(logits, tlogits) < 1e-4
+    assert abs(loss - tloss) < 1e-4 * abs(tloss)
+    tp = dict(tnet.named_parameters())
+    for k, p in net.named_parameters():
+        assert rel_err(be.to_host(p.grad), tp[k].grad.cpu().numpy()) < 1e-3, k
+    tsd = tnet.state_dict()
+    for k, v in net.state_dict().items():
+        assert rel_err(v, tsd[k].cpu().numpy()) < 1e-5, k     # running statistics, counters
+    net.eval(); tnet.eval()
+    with torch.no_grad():
+        te = tnet(torch.from_numpy(x).cuda()).cpu().numpy()
+    assert rel_err(be.to_host(net.forward(be.asarray(x))), te) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_parameters_after_steps_match_torch_cuda(name, kind):
+    """Four optimizer steps on both sides. Where float32 itself cannot say 1e-3 (small-batch
+    ResNet steps amplify rounding; see test_torch_parity.test_five_steps_float32), the scratch
+    run must be no further from torch than twice torch's own float32-to-float64 distance."""
+    be, net, tnet = pair(name)
+    t64 = torch_impl.models.build(name, dtype=torch.float64).cuda()
+    t64.load_state_dict(tnet.state_dict())
+    if kind == "sgd":
+        hp = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        make = lambda ps: torch.optim.SGD(ps, **hp)  # noqa: E731
+        opt = optim.SGD(net.parameters(), **hp)
+    else:
+        hp = dict(lr=1e-3, weight_decay=1e-2)
+        make = lambda ps: torch.optim.AdamW(ps, **hp)  # noqa: E731
+        opt = optim.AdamW(net.parameters(), **hp)
+    topt, t64opt = make(tnet.parameters()), make(t64.parameters())
+    before = net.state_dict()
+    for s in range(4):
+        x, y = data(name, seed=10 + s, n=32)   # batches of 32: small ones make 4 steps chaotic
+        opt.zero_grad(); topt.zero_grad(); t64opt.zero_grad()
+        step_both(be, net, tnet, x, y)
+        torch.nn.functional.cross_entropy(t64(torch.from_numpy(x).double().cuda()),
+                                          torch.from_numpy(y).cuda()).backward()
+        opt.step(); topt.step(); t64opt.step()
+    tsd, t64sd = tnet.state_dict(), t64.state_dict()
+    for k, v in net.state_dict().items():
+        ref = tsd[k].cpu().numpy()
+        floor = rel_err(ref, t64sd[k].cpu().numpy())
+        err = rel_err(v, ref)
+        assert err < max(1e-3, 2 * floor), (k, err, floor)
+        assert "num_batches" in k or not np.array_equal(v, before[k]), f"{k} did not move"
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_float64_matches_numpy_reference(name):
+    """The GPU kernels compute the reference's function: float64 on both, 1e-10 apart."""
+    gpu = backends.get("cupy")
+    ref = backends.get("numpy")
+    x, y = data(name, seed=5, dtype="float64")
+    outs = []
+    for be in (gpu, ref):
+        net = models.build(name, backend=be, seed=1, dtype="float64")
+        logits = net.forward(be.asarray(x))
+        loss, d = losses.softmax_cross_entropy(logits, be.asarray(y), backend=be)
+        dx = net.backward(d)
+        outs.append([be.to_host(logits), float(loss), be.to_host(dx)]
+                    + [be.to_host(p.grad) for _, p in net.named_parameters()])
+    for a, b in zip(*outs):
+        assert rel_err(a, b) < 1e-10
+
+
+def test_tf32_matches_torch_tf32():
+    """TF32 GEMMs round operands to 10 mantissa bits: logits agree with torch's TF32 run to
+    about 1e-3 (each side is ~3e-4 from fp32)."""
+    be = backends.get("cupy")
+    major = int(be.describe()["compute_capability"].split(".")[0])
+    if major < 8:
+        with pytest.raises(backends.BackendUnavailable, match="tf32"):
+            backends.get("cupy", precision="tf32")
+        return
+    be, net, tnet = pair("resnet18", precision="tf32")
+    net.train(); tnet.train()
+    x, y = data("resnet18", seed=3)
+    logits, _, tlogits, _ = step_both(be, net, tnet, x, y)
+    assert rel_err(logits, tlogits) < 1e-2
+    set_torch_cuda_precision("fp32")
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_cuda_graph_replays_the_eager_step(name):
+    """Captured and replayed steps give the same parameters as eager steps, with a learning
+    rate that changes every step (read from device memory by the replayed update)."""
+    spec = OptimSpec("sgd", lr=0.05, momentum=0.9, weight_decay=5e-4)
+    runs = []
+    for graph in (False, True):
+        ad = make_adapter("scratch", model=name, backend="cupy", optimizer=spec, seed=0, cuda_graph=graph)
+        losses_seen = []
+        for s in range(6):
+            ad.set_lr(0.05 * (1 - s / 10))
+            x, y = data(name, seed=20 + s)
+            losses_seen.append(float(ad.train_step(*ad.to_device(x, y))))
+        runs.append((ad.state_dict(), losses_seen))
+    (eager, l_eager), (graphed, l_graph) = runs
+    assert np.allclose(l_eager, l_graph, rtol=1e-5)
+    for k in eager:
+        assert rel_err(graphed[k], eager[k]) < 1e-5, k
+    if name == "resnet18":
+        assert int(graphed["bn1.num_batches_tracked"]) == 6
+
+
+def test_parameters_live_in_one_arena_per_group():
+    be = backends.get("cupy")
+    net = models.build("resnet18", backend=be, seed=0)
+    sd = net.state_dict()
+    opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    ps = net.parameters()
+    assert be._flat([p.data for p in ps]) is not None
+    assert be._flat([p.grad for p in ps]) is not None
+    for k, v in net.state_dict().items():        # packing moved the values, not changed them
+        assert np.array_equal(v, sd[k]), k
+    opt.step()
+    assert be._flat(opt._group_state(opt.param_groups[0], "momentum_buffer")) is not None
+
+
+def test_cublas_enums_match_cupys():
+    from cupy_backends.cuda.libs import cublas
+    from cupy.cuda import runtime
+
+    from scratch_nn.backends import cublas_gemm as g
+
+    assert (g.OP_N, g.OP_T) == (cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_T)
+    assert g.COMPUTE_32F == cublas.CUBLAS_COMPUTE_32F
+    assert g.COMPUTE_32F_FAST_TF32 == cublas.CUBLAS_COMPUTE_32F_FAST_TF32
+    assert g.COMPUTE_64F == cublas.CUBLAS_COMPUTE_64F
+    assert g.CUDA_R[np.dtype(np.float32)] == runtime.CUDA_R_32F
+    assert g.CUDA_R[np.dtype(np.float16)] == runtime.CUDA_R_16F
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gemm_layouts_and_accumulate(dtype):
+    """Every operand layout the layers use (C-contiguous and transposed views), against numpy
+    in float64; accumulate adds into the output."""
+    be = backends.get("cupy")
+    r = np.random.default_rng(0)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    for m, k, n in [(7, 5, 3), (64, 576, 300), (1, 9, 4)]:
+        a = r.standard_normal((m, k)).astype(dtype)
+        b = r.standard_normal((k, n)).astype(dtype)
+        ref = a.astype(np.float64) @ b.astype(np.float64)
+        for ga in (be.asarray(a), be.asarray(np.ascontiguousarray(a.T)).T):
+            for gb in (be.asarray(b), be.asarray(np.ascontiguousarray(b.T)).T):
+                assert rel_err(be.to_host(be.gemm(ga, gb)), ref) < tol
+        out = be.asarray(np.ones((m, n), dtype))
+        be.gemm(be.asarray(a), be.asarray(b), out=out, accumulate=True)
+        assert rel_err(be.to_host(out), ref + 1) < tol
+
+
+def test_precision_modes_are_checked():
+    with pytest.raises(ValueError, match="precision"):
+        backends.get("cupy", precision="bf16")
+    with pytest.raises(ValueError, match="GPU mode"):
+        make_adapter("scratch", model="cnn", backend="numpy", precision="tf32")
