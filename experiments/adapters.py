@@ -79,6 +79,13 @@ class ScratchAdapter:
         cls = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW}[spec.name]
         self.opt = cls(param_groups(list(self.net.named_parameters()), spec), **_optimizer_kwargs(spec))
         self.device_name = self.be.name
+        # fp16: half activations from the first layer on; the loss is scaled on the device
+        self.input_dtype = np.dtype(np.float16) if precision == "fp16" else self.dtype
+        self.scaler = None
+        if precision == "fp16":
+            from scratch_nn import amp
+
+            self.scaler = amp.GradScaler(self.be)
         self.graph = None
         if cuda_graph:
             from scratch_nn.cuda_graph import CapturedStep
@@ -91,7 +98,19 @@ class ScratchAdapter:
         return self.be.xp is np
 
     def to_device(self, x, y):
-        return self.be.asarray(x, self.dtype), self.be.asarray(y)
+        """Host batch -> device arrays (the input in the compute dtype); device batches pass."""
+        return self.be.asarray(x, self.input_dtype), self.be.asarray(y)
+
+    def host(self, a):
+        return np.asarray(self.be.to_host(a))
+
+    def device_loader(self, loader):
+        """The loader's data resident on the GPU (cupy backend), batches in the input dtype."""
+        if self.be.name != "cupy":
+            raise ValueError("device-resident data needs backend cupy")
+        from .device_data import CupyBatchOps, DeviceBatchLoader
+
+        return DeviceBatchLoader(loader, CupyBatchOps(self.be.xp, self.input_dtype))
 
     def set_lr(self, lr):
         self.opt.set_lr(lr)
@@ -110,9 +129,13 @@ class ScratchAdapter:
 
         self.opt.zero_grad()
         logits = self.net.forward(x)
-        loss, dlogits = losses.softmax_cross_entropy(logits, y, self.label_smoothing, backend=self.be)
+        loss, dlogits = losses.softmax_cross_entropy(logits, y, self.label_smoothing, backend=self.be,
+                                                     scaler=self.scaler)
         self.net.backward(dlogits, input_grad=False)
-        self.opt.step()
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+        else:
+            self.opt.step()
         return loss, logits
 
     def peak_gpu_mem_mb(self):
@@ -196,8 +219,19 @@ class TorchAdapter:
 
     def to_device(self, x, y):
         t = self.torch
+        if isinstance(x, t.Tensor):     # a device loader's batch
+            return x.to(self.device, self.tdtype), y.to(self.device)
         return (t.from_numpy(np.ascontiguousarray(x)).to(self.device, self.tdtype),
                 t.from_numpy(np.ascontiguousarray(y)).to(self.device))
+
+    def host(self, a):
+        return a.cpu().numpy() if isinstance(a, self.torch.Tensor) else np.asarray(a)
+
+    def device_loader(self, loader):
+        """The loader's data resident on this device, augmented there with torch ops."""
+        from .device_data import DeviceBatchLoader, TorchBatchOps
+
+        return DeviceBatchLoader(loader, TorchBatchOps(self.torch, self.device, self.tdtype))
 
     @property
     def reads_are_free(self):

@@ -497,7 +497,13 @@ class BatchLoader:
             return np.arange(n)
         return np.random.default_rng([self.seed, int(epoch)]).permutation(n)
 
-    def _aug_params(self, epoch: int):
+    def scale_shift(self):
+        """Per-channel (scale, shift), each (C,): a batch is uint8 * scale + shift in self.dtype."""
+        return self._scale.reshape(-1), self._shift.reshape(-1)
+
+    def aug_params(self, epoch: int):
+        """(crop row offsets, crop column offsets, flips) for `epoch`, one of each per position
+        in the epoch's order (offsets into the image padded by CROP_PADDING on every side)."""
         # A separate stream from the order's, so switching shuffle off does not change crops.
         rng = np.random.default_rng([self.seed, int(epoch), 1])
         n = self.x.shape[0]
@@ -514,7 +520,7 @@ class BatchLoader:
         self.data_time_s = 0.0
         t0 = time.perf_counter()
         order = self.order(epoch)
-        params = self._aug_params(epoch) if self.augment else None
+        params = self.aug_params(epoch) if self.augment else None
         self.data_time_s += time.perf_counter() - t0
         return self._batches(order, params)
 

@@ -53,9 +53,9 @@ print(prof.table(5))
 # per-GEMM shapes
 times = collections.defaultdict(float); counts = collections.Counter()
 orig = ad.be.gemm
-def timed(a, b, out=None, accumulate=False):
+def timed(a, b, out=None, accumulate=False, out_dtype=None):
     s, e = cupy.cuda.Event(), cupy.cuda.Event()
-    s.record(); r_ = orig(a, b, out=out, accumulate=accumulate); e.record(); e.synchronize()
+    s.record(); r_ = orig(a, b, out=out, accumulate=accumulate, out_dtype=out_dtype); e.record(); e.synchronize()
     key = (a.shape, "T" if not a.flags.c_contiguous else "N", b.shape, "T" if not b.flags.c_contiguous else "N")
     times[key] += cupy.cuda.get_elapsed_time(s, e); counts[key] += 1
     return r_

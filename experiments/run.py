@@ -67,6 +67,9 @@ def build_parser():
     g.add_argument("--download", action="store_true", help="download CIFAR-10 if it is not there")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
                    help="random crop (pad 4) + horizontal flip (default off)")
+    g.add_argument("--host-data", action="store_true",
+                   help="GPU runs: feed batches from host memory (default: the dataset is uploaded once and "
+                        "cropped, flipped and normalised on the GPU, with the same batches bitwise)")
     g.add_argument("--norm", default="cifar", help="normalisation: cifar (per-channel mean/std) | half "
                    "(mean = std = 0.5, the original study's) (default cifar)")
     g.add_argument("--train-subset", type=int, default=None, help="use the first N training images")
@@ -124,6 +127,10 @@ def validate(a):
         raise UsageError(f"--precision {a.precision} is a GPU mode: use --backend cupy or --device cuda")
     if a.cuda_graph and not on_gpu:
         raise UsageError("--cuda-graph needs a GPU: --backend cupy or --device cuda")
+    if a.host_data and not on_gpu:
+        raise UsageError("--host-data is for GPU runs (CPU runs always read host memory)")
+    # fp64 batches would need the normalisation in float64: those few runs read host batches
+    a.device_data = on_gpu and not a.host_data and a.precision != "fp64"
     if a.impl == "scratch" and a.backend == "numpy" and a.threads not in (None, 1):
         raise UsageError("the numpy backend is the single-core reference: use --threads 1 or --backend numba")
     if a.threads is None:
@@ -234,6 +241,8 @@ def main(argv=None):
         a = validate(build_parser().parse_args(argv))
         ds, train_loader, test_loader = load_data(a)
         adapter = make_adapter(a)
+        if a.device_data:
+            train_loader, test_loader = adapter.device_loader(train_loader), adapter.device_loader(test_loader)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ def build_summary(a, cfg, ds, state, res, status, wall_s):
         "model": a.model, "threads": a.threads, "batch_size": a.batch_size, "precision": a.precision,
         "optimizer": a.optimizer, "lr": a.lr, "epochs": state.get("epochs_done", 0), "steps": state.get("step", 0),
         "dataset": ds.source, "n_train": ds.n_train, "n_test": ds.n_test, "seed": a.seed,
+        "data_on_gpu": bool(getattr(a, "device_data", False)),
         "train_time_s": state.get("train_time_s", 0.0), "images_per_s": ips,
         "warmup_steps": min(a.warmup_steps, state.get("step", 0)), "warmup_time_s": state.get("warmup_time_s", 0.0),
         "data_time_s": state.get("data_time_s", 0.0), "eval_time_s": state.get("eval_time_s", 0.0),
@@ -37,7 +38,8 @@ def print_summary(s, run_dir, runs_csv):
 
     rows = [
         ("run", f"{s['impl']} {s['backend_or_device']} {s['model']} ({s['status']})"),
-        ("data", f"{s['dataset']} {s['n_train']} train / {s['n_test']} test"),
+        ("data", f"{s['dataset']} {s['n_train']} train / {s['n_test']} test"
+                 + (", resident on the GPU" if s.get("data_on_gpu") else "")),
         ("steps", f"{s['steps']} in {s['epochs']} epoch(s), batch {s['batch_size']}, {s['threads']} thread(s)"),
         ("train time", f"{f(s['train_time_s'], '.1f')} s (warm-up {s['warmup_steps']} steps "
                        f"{f(s['warmup_time_s'], '.2f')} s; data {f(s['data_time_s'], '.1f')} s; "

@@ -22,6 +22,7 @@ def evaluate(adapter, loader, label_smoothing=0.0):
     total_loss, correct, n = 0.0, 0, 0
     for x, y in loader.epoch(0):
         logits = adapter.predict(adapter.to_device(x, y)[0]).astype(np.float64)
+        y = adapter.host(y)
         z = logits - logits.max(axis=1, keepdims=True)
         logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         nll = -logp[np.arange(len(y)), y]

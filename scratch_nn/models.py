@@ -5,22 +5,22 @@
 import numpy as np
 
 from . import backends, init
-from .layers import (BasicBlock, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, ReLU,
+from .layers import (BasicBlock, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Linear, MaxPool2d,
                      Sequential)
 
 MODELS = ("cnn", "resnet18")
 
 
 def simple_cnn(be, num_classes, rng, dtype):
-    """The original study's SimpleCNN (210,998 parameters for 10 classes). The convs' ReLUs
-    run inside the conv kernels (relu=True); the state dict is the torch twin's."""
+    """The original study's SimpleCNN (210,998 parameters for 10 classes). The ReLUs after
+    conv1, conv2 and fc1 run inside those layers (relu=True); the state dict is the torch twin's."""
     kw = dict(rng=rng, dtype=dtype)
     return Sequential(
         be,
         ("conv1", Conv2d(be, 3, 16, 3, 1, 1, relu=True, **kw)), ("pool1", MaxPool2d(be, 2)),
         ("conv2", Conv2d(be, 16, 32, 3, 1, 1, relu=True, **kw)), ("pool2", MaxPool2d(be, 2)),
         ("flatten", Flatten(be)),
-        ("fc1", Linear(be, 32 * 8 * 8, 100, **kw)), ("relu3", ReLU(be)),
+        ("fc1", Linear(be, 32 * 8 * 8, 100, relu=True, **kw)),
         ("fc2", Linear(be, 100, num_classes, **kw)))
 
 

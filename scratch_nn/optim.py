@@ -59,10 +59,13 @@ class Optimizer:
                 self.state.setdefault(id(p), {})[name] = arr
         return [self.state[id(p)][name] for p in ps]
 
-    def step(self):
+    def step(self, amp_state=None):
+        """One update of every group. amp_state (from amp.GradScaler.step) makes the update
+        kernels unscale the gradients, or skip when they overflowed."""
         self.step_count += 1
+        extra = {} if amp_state is None else {"amp_state": amp_state}
         for i, g in enumerate(self.param_groups):
-            self._update(g, (type(self).__name__, i))
+            self._update(g, (type(self).__name__, i), extra)
 
     def push_hyper(self):
         """Write the next step's learning rate (and bias corrections) where a device-side update
@@ -109,13 +112,13 @@ class SGD(Optimizer):
     def _hyper(self, g):
         return (g["lr"],)
 
-    def _update(self, g, key):
+    def _update(self, g, key, extra):
         ps = g["params"]
         bufs = self._group_state(g, "momentum_buffer") if g["momentum"] else [None] * len(ps)
         self.backend.sgd_update([p.data for p in ps], [p.grad for p in ps], bufs,
                                 lr=g["lr"], momentum=g["momentum"], dampening=g["dampening"],
                                 nesterov=g["nesterov"], weight_decay=g["weight_decay"],
-                                first_step=self.step_count == 1, hyper_key=key)
+                                first_step=self.step_count == 1, hyper_key=key, **extra)
 
 
 class Adam(Optimizer):
@@ -127,13 +130,13 @@ class Adam(Optimizer):
         b1, b2 = g["betas"]
         return g["lr"], 1.0 - b1 ** self.step_count, math.sqrt(1.0 - b2 ** self.step_count)
 
-    def _update(self, g, key):
+    def _update(self, g, key, extra):
         ps = g["params"]
         self.backend.adam_update([p.data for p in ps], [p.grad for p in ps],
                                  self._group_state(g, "exp_avg"), self._group_state(g, "exp_avg_sq"),
                                  step=self.step_count, lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1],
                                  eps=g["eps"], weight_decay=g["weight_decay"], decoupled=self.decoupled,
-                                 hyper_key=key)
+                                 hyper_key=key, **extra)
 
 
 class AdamW(Adam):

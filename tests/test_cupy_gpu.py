@@ -218,3 +218,188 @@ def test_precision_modes_are_checked():
         backends.get("cupy", precision="bf16")
     with pytest.raises(ValueError, match="GPU mode"):
         make_adapter("scratch", model="cnn", backend="numpy", precision="tf32")
+
+
+# ---------------------------------------------------------------------- fp16 mixed precision
+def _autocast_pair(name, seed=0):
+    """scratch fp16, and torch fp32 plus an identical torch copy run under autocast."""
+    be = backends.get("cupy", precision="fp16")
+    net = models.build(name, backend=be, seed=seed)
+    set_torch_cuda_precision("fp32")
+    sd = {k: torch.from_numpy(v) for k, v in net.state_dict().items()}
+    t32, t16 = (torch_impl.models.build(name).cuda() for _ in range(2))
+    t32.load_state_dict(sd)
+    t16.load_state_dict(sd)
+    return be, net, t32, t16
+
+
+def _torch_step(tnet, x, y, amp, scale):
+    with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+        logits = tnet(torch.from_numpy(x).cuda())
+        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y).cuda())
+    (loss * scale).backward()
+    return logits.float().detach().cpu().numpy()
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_fp16_is_as_close_to_fp32_as_torch_autocast(name):
+    """One step in fp16 mixed precision: scratch's logits and (unscaled) gradients are no
+    further from torch fp32 than three times torch autocast's own distance from it."""
+    from scratch_nn import amp
+
+    be, net, t32, t16 = _autocast_pair(name)
+    scale = 1024.0
+    scaler = amp.GradScaler(be, init_scale=scale)
+    x, y = data(name, seed=3, n=32)
+    logits = net.forward(be.asarray(x))
+    assert logits.dtype == np.float16
+    _, d = losses.softmax_cross_entropy(logits, be.asarray(y), backend=be, scaler=scaler)
+    net.backward(d, input_grad=False)
+    ref = _torch_step(t32, x, y, False, scale)
+    auto = _torch_step(t16, x, y, True, scale)
+    e_s, e_t = rel_err(be.to_host(logits).astype(np.float32), ref), rel_err(auto, ref)
+    print(f"{name} logits: scratch fp16 {e_s:.2e}, torch autocast {e_t:.2e} from fp32")
+    assert e_s < 3 * e_t + 1e-4
+    g32, g16 = dict(t32.named_parameters()), dict(t16.named_parameters())
+    worst = []
+    for k, p in net.named_parameters():
+        r = g32[k].grad.cpu().numpy()
+        # both sides' gradients carry the loss scale here (scratch unscales inside the update)
+        e_s, e_t = rel_err(be.to_host(p.grad), r), rel_err(g16[k].grad.float().cpu().numpy(), r)
+        worst.append((e_s / max(e_t, 1e-4), k, e_s, e_t))
+        assert e_s < 3 * e_t + 1e-4, (k, e_s, e_t)
+    print("worst gradient ratio:", max(worst))
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_fp16_training_follows_torch_autocast(name):
+    """Four SGD steps with dynamic loss scaling on both sides (GradScaler's defaults): the
+    scratch parameters stay as close to torch fp32's as torch autocast's do (3x)."""
+    from scratch_nn import amp
+
+    be, net, t32, t16 = _autocast_pair(name)
+    hp = dict(lr=0.02, momentum=0.9, weight_decay=5e-4)
+    opt, o32, o16 = optim.SGD(net.parameters(), **hp), torch.optim.SGD(t32.parameters(), **hp), \
+        torch.optim.SGD(t16.parameters(), **hp)
+    scaler, tscaler = amp.GradScaler(be), torch.amp.GradScaler("cuda")
+    for s in range(4):
+        x, y = data(name, seed=40 + s, n=32)
+        opt.zero_grad(); o32.zero_grad(); o16.zero_grad()
+        logits = net.forward(be.asarray(x))
+        _, d = losses.softmax_cross_entropy(logits, be.asarray(y), backend=be, scaler=scaler)
+        net.backward(d, input_grad=False)
+        scaler.step(opt)
+        _torch_step(t32, x, y, False, 1.0)
+        o32.step()
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = torch.nn.functional.cross_entropy(t16(torch.from_numpy(x).cuda()), torch.from_numpy(y).cuda())
+        tscaler.scale(loss).backward()
+        tscaler.step(o16)
+        tscaler.update()
+    assert scaler.scale == tscaler.get_scale()
+    s32, s16 = t32.state_dict(), t16.state_dict()
+    for k, v in net.state_dict().items():
+        if "num_batches" in k:
+            continue
+        r = s32[k].cpu().numpy()
+        e_s, e_t = rel_err(v, r), rel_err(s16[k].float().cpu().numpy(), r)
+        assert e_s < 3 * e_t + 1e-5, (k, e_s, e_t)
+
+
+def test_loss_scaler_skips_overflowing_steps_and_adapts():
+    """A scale that overflows half leaves every parameter as it was and halves; after
+    growth_interval good steps the scale doubles; the half weight copy follows the update."""
+    from scratch_nn import amp
+
+    be = backends.get("cupy", precision="fp16")
+    net = models.build("cnn", backend=be, seed=0)
+    opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    scaler = amp.GradScaler(be, init_scale=2.0 ** 40, growth_interval=2)
+    x, y = data("cnn", seed=1)
+
+    def step():
+        opt.zero_grad()
+        _, d = losses.softmax_cross_entropy(net.forward(be.asarray(x)), be.asarray(y), backend=be, scaler=scaler)
+        net.backward(d, input_grad=False)
+        scaler.step(opt)
+
+    before = net.state_dict()
+    step()
+    assert scaler.scale == 2.0 ** 39
+    for k, v in net.state_dict().items():
+        assert np.array_equal(v, before[k]), k
+    scaler.load_state_dict({"scale": 256.0, "growth_tracker": 0})
+    step()
+    assert scaler.scale == 256.0
+    step()
+    assert scaler.scale == 512.0
+    w = net.parameters()[0]
+    assert np.array_equal(be.to_host(be._w(w.data)), be.to_host(w.data).astype(np.float16))
+    assert not np.array_equal(net.state_dict()["conv1.weight"], before["conv1.weight"])
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_fp16_cuda_graph_replays_the_eager_step(name):
+    spec = OptimSpec("sgd", lr=0.05, momentum=0.9, weight_decay=5e-4)
+    runs = []
+    for graph in (False, True):
+        ad = make_adapter("scratch", model=name, backend="cupy", optimizer=spec, seed=0, precision="fp16",
+                          cuda_graph=graph)
+        seen = [float(ad.train_step(*ad.to_device(*data(name, seed=20 + s)))) for s in range(5)]
+        runs.append((ad.state_dict(), seen, ad.scaler.scale))
+    (eager, l_e, s_e), (graphed, l_g, s_g) = runs
+    assert np.allclose(l_e, l_g, rtol=1e-3) and s_e == s_g
+    for k in eager:
+        assert rel_err(graphed[k], eager[k]) < 1e-3, k
+
+
+def test_fp16_needs_float32_master_weights():
+    be = backends.get("cupy", precision="fp16")
+    with pytest.raises(ValueError, match="float32 master"):
+        models.build("cnn", backend=be, dtype="float64")
+
+
+def test_half_gemm_accumulates_into_float32():
+    be = backends.get("cupy")
+    r = np.random.default_rng(0)
+    a, b = r.standard_normal((64, 300)).astype(np.float16), r.standard_normal((300, 48)).astype(np.float16)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    out = be.asarray(np.ones((64, 48), np.float32))
+    be.gemm(be.asarray(a), be.asarray(np.ascontiguousarray(b.T)).T, out=out, accumulate=True)
+    assert rel_err(be.to_host(out), ref + 1) < 1e-5
+    assert be.gemm(be.asarray(a), be.asarray(b)).dtype == np.float16
+
+
+def test_convolution_split_over_the_batch_matches_the_whole(monkeypatch):
+    """Rebuilding im2col columns in backward, a batch slice at a time (column blocks of the
+    output and strided GEMM operands), gives what keeping them does."""
+    from scratch_nn.backends import cupy_backend
+
+    r = np.random.default_rng(0)
+    x = r.standard_normal((10, 16, 12, 12)).astype(np.float32)
+    w = r.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    b = r.standard_normal(24).astype(np.float32)
+    dy = r.standard_normal((10, 24, 6, 6)).astype(np.float32)
+    monkeypatch.setattr(cupy_backend, "COLS_BUDGET", 3 * 16 * 9 * 36 * 4)    # slices of 3 images
+    outs = []
+    for recompute in (False, True):
+        be = backends.get("cupy", recompute_cols=recompute)
+        gx, gw, gb = be.asarray(x), be.asarray(w), be.asarray(b)
+        assert len(be._batch_slices(gx, 3, 2, 6, 6)) == (4 if recompute else 1)
+        y, cache = be.conv2d_forward(gx, gw, gb, 2, 1, relu=True)
+        dx, dw, db = be.conv2d_backward(be.asarray(dy), cache, gw)
+        outs.append([be.to_host(a) for a in (y, dx, dw, db)])
+    for a, b_ in zip(*outs):
+        assert rel_err(a, b_) < 1e-6
+
+
+def test_gemm_reads_and_writes_column_blocks():
+    be = backends.get("cupy")
+    r = np.random.default_rng(1)
+    a = be.asarray(r.standard_normal((8, 5)).astype(np.float32))
+    big = be.asarray(r.standard_normal((5, 30)).astype(np.float32))
+    out = be.xp.zeros((8, 30), dtype=np.float32)
+    be.gemm(a, big[:, 10:20], out=out[:, 10:20])
+    ref = be.to_host(a) @ be.to_host(big)[:, 10:20]
+    assert rel_err(be.to_host(out)[:, 10:20], ref) < 1e-5
+    assert not be.to_host(out)[:, :10].any() and not be.to_host(out)[:, 20:].any()

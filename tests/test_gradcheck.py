@@ -61,6 +61,11 @@ def test_conv2d(be, rng, k, stride, pad, bias):
 def test_linear(be, rng):
     check_layer(be, layers.Linear(be, 6, 5, rng=rng, dtype="float64"), rng_x((4, 6)))
     check_layer(be, layers.Linear(be, 6, 5, bias=False, rng=rng, dtype="float64"), rng_x((4, 6)))
+    check_layer(be, layers.Linear(be, 6, 5, relu=True, rng=rng, dtype="float64"), rng_x((4, 6)))
+
+
+def test_conv2d_with_fused_relu(be, rng):
+    check_layer(be, layers.Conv2d(be, 3, 4, 3, 1, 1, relu=True, rng=rng, dtype="float64"), rng_x((2, 3, 5, 5)))
 
 
 def test_batchnorm_train(be):

@@ -81,6 +81,7 @@ BAD = [
     (["--precision", "tf32"], "GPU mode"),
     (["--precision", "fp16", "--impl", "torch"], "GPU mode"),
     (["--cuda-graph"], "--cuda-graph"),
+    (["--host-data"], "--host-data"),
 ]
 
 

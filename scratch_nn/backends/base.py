@@ -130,16 +130,33 @@ class Backend:
             dx = self.col2im(dcols, x_shape, kh, kw, stride, pad, oh, ow)
         return dx, dw, db
 
+    def conv2d_backward_into(self, dy, cache, w, wgrad, bgrad, need_dx=True):
+        """conv2d_backward that adds dw (and db) into the parameters' gradient buffers and
+        returns dx: what the layers call, so a backend can accumulate inside its GEMM."""
+        dx, dw, db = self.conv2d_backward(dy, cache, w, need_dx=need_dx)
+        wgrad += dw
+        if bgrad is not None:
+            bgrad += db
+        return dx
+
     # ------------------------------------------------------------------ linear
-    def linear_forward(self, x, w, b):
+    def linear_forward(self, x, w, b, relu=False):
         y = self.gemm(x, w.T)
         if b is not None:
             y += b
-        return y
+        return self.relu_forward(y) if relu else y
 
     def linear_backward(self, dy, x, w, need_dx=True):
         dx = self.gemm(dy, w) if need_dx else None
         return dx, self.gemm(dy.T, x), dy.sum(axis=0)
+
+    def linear_backward_into(self, dy, x, w, wgrad, bgrad, need_dx=True):
+        """linear_backward that adds into the gradient buffers and returns dx."""
+        dx, dw, db = self.linear_backward(dy, x, w, need_dx=need_dx)
+        wgrad += dw
+        if bgrad is not None:
+            bgrad += db
+        return dx
 
     # ------------------------------------------------------------------ batch norm
     # BN may carry what follows it in the graph: y = relu?(BN(x) + residual?). The reference
@@ -296,6 +313,10 @@ class Backend:
     # launch per group; the reference keeps one array per parameter.
     def pack_parameters(self, params):
         """Optionally re-home a group's Parameters' data and grad arrays (in place)."""
+
+    def params_changed(self):
+        """Parameters were overwritten from outside the optimizer (load_state_dict): a backend
+        that keeps derived copies (the fp16 mode's half weights) refreshes them."""
 
     def zeros_like_params(self, arrays):
         """Zeroed optimizer state shaped like `arrays` (one per parameter of a group)."""

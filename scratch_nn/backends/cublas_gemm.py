@@ -6,9 +6,14 @@ cuBLAS itself supports capture; and a direct call can accumulate into its output
 which saves a pass over weight gradients. The handle's default workspace is allocated when
 it is created, so nothing is allocated during a capture.
 
-C (m, n) = A (m, k) @ B (k, n) for C-contiguous C and A, B each C- or F-contiguous (a
-transposed view): cuBLAS is column-major, so it computes C^T = B^T A^T, reading a row-major
-matrix as its column-major transpose.
+C (m, n) = A (m, k) @ B (k, n) for C with contiguous rows and A, B each with contiguous rows
+or contiguous columns (a transposed view), at any leading stride (a column block of a wider
+matrix, which is how a convolution is split over the batch). cuBLAS is column-major, so it
+computes C^T = B^T A^T, reading a row-major matrix as its column-major transpose.
+
+float16 operands accumulate in float32 (tensor cores) and may write a float32 C: that is how
+the fp16 mode's weight gradients land in their fp32 master buffers without a rounding to
+half or a pass of their own.
 """
 import ctypes
 
@@ -63,17 +68,21 @@ class Gemm:
 
     @staticmethod
     def _layout(a):
-        """(op, leading dimension) of a 2-D operand read as its column-major transpose."""
+        """(op, leading dimension) of a 2-D operand read as its column-major transpose: rows
+        (or, transposed, columns) contiguous, at any stride of whole elements, so a column
+        block of a wider matrix is an operand too."""
         r, c = a.shape
         it = a.itemsize
-        if a.strides[1] == it and (a.strides[0] == c * it or r == 1):
-            return OP_N, max(c, 1)
-        if a.strides[0] == it and (a.strides[1] == r * it or c == 1):
-            return OP_T, max(r, 1)
+        s0, s1 = a.strides
+        if s1 == it and (r == 1 or (s0 >= c * it and s0 % it == 0)):
+            return OP_N, max(c, s0 // it if r > 1 else c, 1)
+        if s0 == it and (c == 1 or (s1 >= r * it and s1 % it == 0)):
+            return OP_T, max(r, s1 // it if c > 1 else r, 1)
         return None
 
-    def __call__(self, a, b, out=None, accumulate=False, tf32=False):
-        """out = a @ b, or out += a @ b with accumulate=True (out given, C-contiguous)."""
+    def __call__(self, a, b, out=None, accumulate=False, tf32=False, out_dtype=None):
+        """out = a @ b, or out += a @ b with accumulate=True (out given: rows contiguous, at
+        any row stride). The output has the operands' dtype, or float32 for float16 operands."""
         cupy = self.cupy
         m, k = a.shape
         k2, n = b.shape
@@ -89,9 +98,11 @@ class Gemm:
         if out is None:
             if accumulate:
                 raise ValueError("accumulate needs an output array")
-            out = cupy.empty((m, n), dtype=a.dtype)
-        elif out.shape != (m, n) or not out.flags.c_contiguous or out.dtype != a.dtype:
-            raise ValueError("gemm output must be C-contiguous, (m, n), of the operands' dtype")
+            out = cupy.empty((m, n), dtype=out_dtype or a.dtype)
+        elif out.shape != (m, n) or not (out.strides[1] == out.itemsize and (m == 1 or out.strides[0] >= n * out.itemsize)):
+            raise ValueError(f"gemm output must be {(m, n)} with contiguous rows, got {out.shape} {out.strides}")
+        if out.dtype != a.dtype and not (a.dtype == np.float16 and out.dtype == np.float32):
+            raise TypeError(f"gemm of {a.dtype} operands cannot write {out.dtype}")
         if m == 0 or n == 0:
             return out
         if k == 0:
@@ -108,10 +119,10 @@ class Gemm:
         else:   # float32 (strict or TF32) and float16 operands accumulate in float32
             compute = COMPUTE_32F_FAST_TF32 if (tf32 and dt == np.float32) else COMPUTE_32F
             one, beta = self._one32, (self._one32 if accumulate else self._zero32)
-        ct = CUDA_R[dt]
+        ct, oct_ = CUDA_R[dt], CUDA_R[out.dtype]
         # column-major: C^T (n, m) = B^T (n, k) @ A^T (k, m)
         status = self.lib.cublasGemmEx(self.handle, lb[0], la[0], n, m, k, ctypes.addressof(one), b.data.ptr, ct,
-                                       lb[1], a.data.ptr, ct, la[1], ctypes.addressof(beta), out.data.ptr, ct, n,
-                                       compute, GEMM_DEFAULT)
+                                       lb[1], a.data.ptr, ct, la[1], ctypes.addressof(beta), out.data.ptr, oct_,
+                                       max(n, out.strides[0] // out.itemsize if m > 1 else n), compute, GEMM_DEFAULT)
         self._check(status, f"cublasGemmEx ({m}x{k} @ {k}x{n}, {dt})")
         return out

@@ -59,10 +59,11 @@ __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols, int N, int
 }
 
 // The adjoint, as a gather (each input element sums the column entries that copied it):
-// dx (C, N, H, W) contiguous. grid: (ceil(N*H*W / block), C).
+// dx (C, N, H, W) with channel stride dx_cs (N*H*W, or more when dx is a batch slice of a
+// larger buffer). grid: (ceil(N*H*W / block), C).
 template <class T>
 __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int N, int H, int W,
-                       int k, int s, int p, int OH, int OW) {
+                       int k, int s, int p, int OH, int OW, long long dx_cs) {
     typedef typename Acc<T>::type A;
     int c = blockIdx.y;
     int m = N * H * W, np = N * OH * OW;
@@ -79,7 +80,7 @@ __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int N, i
                     acc += to_a(dcols[(long long)((c * k + i) * k + j) * np + (n * OH + oh) * OW + ow]);
                 }
             }
-            dx[(long long)c * m + q] = from_a_t<T>(acc);
+            dx[c * dx_cs + q] = from_a_t<T>(acc);
             continue;
         }
         for (int i = 0; i < k; ++i) {
@@ -95,17 +96,17 @@ __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int N, i
                 acc += to_a(dcols[(long long)((c * k + i) * k + j) * np + (n * OH + oh) * OW + ow]);
             }
         }
-        dx[(long long)c * m + q] = from_a_t<T>(acc);
+        dx[c * dx_cs + q] = from_a_t<T>(acc);
     }
 }
 
 // ------------------------------------------------------------------ conv epilogue (the CNN's convs)
-// y (F, M) += b[f], then ReLU if relu. grid: (ceil(M / block), F).
-template <class T>
-__global__ void bias_relu(T* __restrict__ y, const T* __restrict__ b, int M, int relu) {
+// y (F, M) += b[f], then ReLU if relu. grid: (ceil(M / block), F). b is a parameter (P).
+template <class T, class P>
+__global__ void bias_relu(T* __restrict__ y, const P* __restrict__ b, int M, int relu) {
     typedef typename Acc<T>::type A;
     int f = blockIdx.y;
-    A bias = b ? to_a(b[f]) : (A)0;
+    A bias = b ? (A)b[f] : (A)0;
     T* row = y + (long long)f * M;
     for (int q = blockIdx.x * blockDim.x + threadIdx.x; q < M; q += gridDim.x * blockDim.x) {
         A v = to_a(row[q]) + bias;
@@ -113,11 +114,20 @@ __global__ void bias_relu(T* __restrict__ y, const T* __restrict__ b, int M, int
     }
 }
 
+// Linear layers: y (N, F) row-major += b[f], then ReLU if relu. One thread per value.
+template <class T, class P>
+__global__ void bias_rows(T* __restrict__ y, const P* __restrict__ b, long long total, int F, int relu) {
+    typedef typename Acc<T>::type A;
+    for (long long q = blockIdx.x * (long long)blockDim.x + threadIdx.x; q < total; q += (long long)gridDim.x * blockDim.x) {
+        A v = to_a(y[q]) + (b ? (A)b[q % F] : (A)0);
+        y[q] = from_a_t<T>(relu ? (v > 0 ? v : (v != v ? v : (A)0)) : v);
+    }
+}
+
 // ------------------------------------------------------------------ per-channel partial sums
 // One partial per (chunk, channel) of two sums over x (C, M):
 //   MODE 0 (BN forward):  sum(x - x[c, 0]) and sum((x - x[c, 0])^2)  (shifted: no cancellation)
 //   MODE 1 (BN backward): sum(g) and sum(g * (x - mean[c]))  with g = relu ? dy * (y > 0) : dy
-//   MODE 2 (bias grad):   sum(g)  (ReLU-masked by y if given)
 // grid: (S, C); block: 256 threads (a power of two).
 template <class T, int MODE>
 __global__ void channel_sums(const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ y,
@@ -130,21 +140,21 @@ __global__ void channel_sums(const T* __restrict__ x, const T* __restrict__ dy, 
     int chunk = (M + S - 1) / S;
     int lo = blockIdx.x * chunk, hi = min(M, lo + chunk);
     A s1 = 0, s2 = 0;
-    A shift = MODE == 0 ? to_a(x[base]) : (MODE == 1 ? mean[c] : (A)0);
+    A shift = MODE == 0 ? to_a(x[base]) : mean[c];
     int q = lo + threadIdx.x;
     // four independent loads per iteration keep enough bytes in flight to reach bandwidth
     for (; q + 3 * bd < hi; q += 4 * bd) {
         A v[4], g[4];
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
-            if (MODE != 2) v[u] = to_a(x[base + q + u * bd]);
-            if (MODE != 0) g[u] = to_a(dy[base + q + u * bd]);
-            if (MODE != 0 && y && !(to_a(y[base + q + u * bd]) > 0)) g[u] = 0;
+            v[u] = to_a(x[base + q + u * bd]);
+            if (MODE == 1) g[u] = to_a(dy[base + q + u * bd]);
+            if (MODE == 1 && y && !(to_a(y[base + q + u * bd]) > 0)) g[u] = 0;
         }
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
             if (MODE == 0) { A d = v[u] - shift; s1 += d; s2 += d * d; }
-            else { s1 += g[u]; if (MODE == 1) s2 += g[u] * (v[u] - shift); }
+            else { s1 += g[u]; s2 += g[u] * (v[u] - shift); }
         }
     }
     for (; q < hi; q += bd) {
@@ -155,7 +165,7 @@ __global__ void channel_sums(const T* __restrict__ x, const T* __restrict__ dy, 
             A g = to_a(dy[base + q]);
             if (y && !(to_a(y[base + q]) > 0)) g = 0;
             s1 += g;
-            if (MODE == 1) s2 += g * (to_a(x[base + q]) - shift);
+            s2 += g * (to_a(x[base + q]) - shift);
         }
     }
     sh1[threadIdx.x] = s1; sh2[threadIdx.x] = s2;
@@ -165,16 +175,6 @@ __global__ void channel_sums(const T* __restrict__ x, const T* __restrict__ dy, 
         __syncthreads();
     }
     if (threadIdx.x == 0) { part1[c * S + blockIdx.x] = sh1[0]; part2[c * S + blockIdx.x] = sh2[0]; }
-}
-
-// Bias gradient: db[c] = sum of the S partials. One thread per channel.
-template <class T>
-__global__ void sum_partials(const typename Acc<T>::type* __restrict__ part, T* __restrict__ out, int C, int S) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    typename Acc<T>::type s = 0;
-    for (int i = 0; i < S; ++i) s += part[c * S + i];
-    out[c] = (T)s;
 }
 
 // ------------------------------------------------------------------ batch norm (+ residual, ReLU)
@@ -265,18 +265,22 @@ __global__ void relu_backward(const T* __restrict__ dy, const T* __restrict__ y,
         dx[q] = to_a(y[q]) > 0 ? dy[q] : (T)0;
 }
 
-// ------------------------------------------------------------------ 2x2 max-pool, stride 2 (CNHW)
+// ------------------------------------------------------------------ 2x2 max-pool, stride 2
 // Ties and NaN as torch: the first maximum in row-major window order; a NaN wins.
-// idx holds the window offset 0..3 for backward. One thread per output; P = C*N planes.
+// Forward reads x (n, c) planes at n*sn + c*sc (a CNHW buffer's NCHW view, or NCHW) and writes
+// y and idx (the window offset 0..3) NCHW-contiguous, which is what a following Flatten wants
+// as it is; backward reads dy planes at any (n, c) strides and writes dx channel-major (C, N, H, W),
+// what the convolution before it consumes. One thread per pooled value.
 template <class T>
-__global__ void maxpool2x2_forward(const T* __restrict__ x, T* __restrict__ y, unsigned char* __restrict__ idx,
-                                   long long planes, int H, int W) {
+__global__ void maxpool2x2_forward(const T* __restrict__ x, long long sn, long long sc, T* __restrict__ y,
+                                   unsigned char* __restrict__ idx, int N, int C, int H, int W) {
     int OH = H / 2, OW = W / 2;
-    long long total = planes * OH * OW;
+    long long total = (long long)N * C * OH * OW;
     for (long long q = blockIdx.x * (long long)blockDim.x + threadIdx.x; q < total; q += (long long)gridDim.x * blockDim.x) {
-        long long pl = q / (OH * OW);
+        long long pl = q / (OH * OW);            // n*C + c
         int rem = (int)(q - pl * OH * OW), oh = rem / OW, ow = rem - oh * OW;
-        const T* src = x + pl * H * W + (2 * oh) * W + 2 * ow;
+        int n = (int)(pl / C), c = (int)(pl - (long long)n * C);
+        const T* src = x + n * sn + c * sc + (2 * oh) * W + 2 * ow;
         float best = to_f(src[0]); int bi = 0;
         for (int o = 1; o < 4; ++o) {
             float v = to_f(src[(o >> 1) * W + (o & 1)]);
@@ -289,16 +293,18 @@ __global__ void maxpool2x2_forward(const T* __restrict__ x, T* __restrict__ y, u
 }
 
 template <class T>
-__global__ void maxpool2x2_backward(const T* __restrict__ dy, const unsigned char* __restrict__ idx, T* __restrict__ dx,
-                                    long long planes, int H, int W) {
+__global__ void maxpool2x2_backward(const T* __restrict__ dy, long long dsn, long long dsc,
+                                    const unsigned char* __restrict__ idx, T* __restrict__ dx, int N, int C, int H, int W) {
     int OH = H / 2, OW = W / 2;
-    long long total = planes * OH * OW;
+    long long total = (long long)N * C * OH * OW;
     for (long long q = blockIdx.x * (long long)blockDim.x + threadIdx.x; q < total; q += (long long)gridDim.x * blockDim.x) {
-        long long pl = q / (OH * OW);
+        long long pl = q / (OH * OW);            // c*N + n: dx's plane
         int rem = (int)(q - pl * OH * OW), oh = rem / OW, ow = rem - oh * OW;
+        int c = (int)(pl / N), n = (int)(pl - (long long)c * N);
+        T g = dy[n * dsn + c * dsc + oh * OW + ow];
+        int bi = idx[(((long long)n * C + c) * OH + oh) * OW + ow];
         T* dst = dx + pl * H * W + (2 * oh) * W + 2 * ow;
-        int bi = idx[q];
-        for (int o = 0; o < 4; ++o) dst[(o >> 1) * W + (o & 1)] = o == bi ? dy[q] : (T)0;
+        for (int o = 0; o < 4; ++o) dst[(o >> 1) * W + (o & 1)] = o == bi ? g : (T)0;
     }
 }
 
@@ -327,13 +333,15 @@ __global__ void global_avgpool_backward(const T* __restrict__ dy, T* __restrict_
 
 // ------------------------------------------------------------------ softmax cross-entropy
 // One block of 256 threads; a thread per row (strided). loss[0] = mean over rows, computed in
-// the accumulation type; dlogits = (softmax - onehot_smoothed) / N. Labels out of range give NaN.
+// the accumulation type; dlogits = (softmax - onehot_smoothed) * scale / N, where scale is the
+// fp16 mode's loss scale read from device memory (amp_state[0]; null: 1). Labels out of range give NaN.
 template <class T>
 __global__ void softmax_xent(const T* __restrict__ logits, const long long* __restrict__ labels, int N, int K,
-                             double smoothing, T* __restrict__ dlogits, typename Acc<T>::type* __restrict__ loss, float loss_scale) {
+                             double smoothing, T* __restrict__ dlogits, typename Acc<T>::type* __restrict__ loss, const float* __restrict__ amp_state) {
     typedef typename Acc<T>::type A;
     __shared__ A sh[256];
     A total = 0;
+    A loss_scale = amp_state ? (A)amp_state[0] : (A)1;
     for (int r = threadIdx.x; r < N; r += blockDim.x) {
         const T* z = logits + (long long)r * K;
         long long t = labels[r];
@@ -348,7 +356,7 @@ __global__ void softmax_xent(const T* __restrict__ logits, const long long* __re
         total += per;
         for (int k = 0; k < K; ++k) {
             A g = exp(to_a(z[k]) - mx - lse) - (A)(smoothing / K) - (k == t ? (A)(1 - smoothing) : (A)0);
-            dlogits[(long long)r * K + k] = from_a_t<T>(g * (A)loss_scale / N);
+            dlogits[(long long)r * K + k] = from_a_t<T>(g * loss_scale / N);
         }
     }
     sh[threadIdx.x] = total;
@@ -362,7 +370,12 @@ __global__ void softmax_xent(const T* __restrict__ logits, const long long* __re
 
 // ------------------------------------------------------------------ optimizer updates (flat arenas)
 // hyper[0] is the learning rate, read from device memory so a captured CUDA graph follows
-// the schedule. grad_scale multiplies the gradient first (1/loss scale in fp16 mode).
+// the schedule. In the fp16 mode two more pointers are set:
+//   amp_state [scale, found_inf, growth_tracker]: the update divides the gradient by the loss
+//     scale, or leaves everything untouched when amp_check found an inf/NaN (a skipped step,
+//     as torch's GradScaler skips optimizer.step());
+//   p16: the half copy of the parameters that forward and backward read, rewritten here so
+//     that it never needs a pass of its own.
 __global__ void set_scalars(double* __restrict__ out, double a, double b, double c) {
     out[0] = a; out[1] = b; out[2] = c;
 }
@@ -370,17 +383,22 @@ __global__ void set_scalars(double* __restrict__ out, double a, double b, double
 template <class P>
 __global__ void sgd_update(P* __restrict__ p, const P* __restrict__ g, P* __restrict__ buf, long long n,
                            const double* __restrict__ hyper, double momentum, double dampening, int nesterov,
-                           double weight_decay, int first_step) {
+                           double weight_decay, int first_step, const float* __restrict__ amp_state,
+                           __half* __restrict__ p16) {
+    if (amp_state && amp_state[1] != 0.0f) return;
     P lr = (P)hyper[0];
+    P inv_scale = amp_state ? (P)(1.0f / amp_state[0]) : (P)1;
     for (long long q = blockIdx.x * (long long)blockDim.x + threadIdx.x; q < n; q += (long long)gridDim.x * blockDim.x) {
-        P d = g[q];
+        P d = amp_state ? g[q] * inv_scale : g[q];
         if (weight_decay != 0) d += (P)weight_decay * p[q];
         if (momentum != 0) {
             P b = first_step ? d : (P)momentum * buf[q] + (P)(1 - dampening) * d;
             buf[q] = b;
             d = nesterov ? d + (P)momentum * b : b;
         }
-        p[q] -= lr * d;
+        P np_ = p[q] - lr * d;
+        p[q] = np_;
+        if (p16) p16[q] = __float2half_rn((float)np_);
     }
 }
 
@@ -388,10 +406,13 @@ __global__ void sgd_update(P* __restrict__ p, const P* __restrict__ g, P* __rest
 template <class P>
 __global__ void adam_update(P* __restrict__ p, const P* __restrict__ g, P* __restrict__ m, P* __restrict__ v, long long n,
                             const double* __restrict__ hyper, double beta1, double beta2, double eps,
-                            double weight_decay, int decoupled) {
+                            double weight_decay, int decoupled, const float* __restrict__ amp_state,
+                            __half* __restrict__ p16) {
+    if (amp_state && amp_state[1] != 0.0f) return;
     P lr = (P)hyper[0], bc1 = (P)hyper[1], bc2s = (P)hyper[2];
+    P inv_scale = amp_state ? (P)(1.0f / amp_state[0]) : (P)1;
     for (long long q = blockIdx.x * (long long)blockDim.x + threadIdx.x; q < n; q += (long long)gridDim.x * blockDim.x) {
-        P gq = g[q], pq = p[q];
+        P gq = amp_state ? g[q] * inv_scale : g[q], pq = p[q];
         if (weight_decay != 0) {
             if (decoupled) pq *= (P)1 - lr * (P)weight_decay;
             else gq += (P)weight_decay * pq;
@@ -399,26 +420,51 @@ __global__ void adam_update(P* __restrict__ p, const P* __restrict__ g, P* __res
         P mq = (P)beta1 * m[q] + (P)(1 - beta1) * gq;
         P vq = (P)beta2 * v[q] + (P)(1 - beta2) * gq * gq;
         m[q] = mq; v[q] = vq;
-        p[q] = pq - (lr / bc1) * (mq / (sqrt(vq) / bc2s + (P)eps));
+        P np_ = pq - (lr / bc1) * (mq / (sqrt(vq) / bc2s + (P)eps));
+        p[q] = np_;
+        if (p16) p16[q] = __float2half_rn((float)np_);
     }
+}
+
+// ------------------------------------------------------------------ dynamic loss scaling (fp16 mode)
+// amp_check: found_inf = 1 if any gradient is inf or NaN (any thread may write the same 1).
+template <class P>
+__global__ void amp_check(const P* __restrict__ g, long long n, float* __restrict__ amp_state) {
+    bool bad = false;
+    for (long long q = blockIdx.x * (long long)blockDim.x + threadIdx.x; q < n; q += (long long)gridDim.x * blockDim.x)
+        bad |= !isfinite(g[q]);
+    if (__syncthreads_or(bad) && threadIdx.x == 0) amp_state[1] = 1.0f;
+}
+
+// After the updates, as GradScaler.update(): back off on a skipped step, grow after `interval`
+// good steps in a row; clears found_inf for the next step. One thread.
+__global__ void amp_update(float* __restrict__ amp_state, float growth, float backoff, int interval) {
+    if (amp_state[1] != 0.0f) {
+        amp_state[0] *= backoff;
+        amp_state[2] = 0.0f;
+    } else {
+        amp_state[2] += 1.0f;
+        if (amp_state[2] >= (float)interval) { amp_state[0] *= growth; amp_state[2] = 0.0f; }
+    }
+    amp_state[1] = 0.0f;
 }
 """
 
 # (C++ type of the storage, C++ type of the parameters/statistics) per mode
 STORAGE = {"float32": ("float", "float"), "float64": ("double", "double"), "float16": ("__half", "float")}
 
-_TEMPLATES_T = ["im2col", "col2im", "bias_relu", "sum_partials", "relu_backward", "maxpool2x2_forward",
+_TEMPLATES_T = ["im2col", "col2im", "relu_backward", "maxpool2x2_forward",
                 "maxpool2x2_backward", "global_avgpool_forward", "global_avgpool_backward", "softmax_xent",
                 "bn_backward_apply"]
-_TEMPLATES_TP = ["bn_stats", "bn_apply", "bn_grad_coeffs"]
-_TEMPLATES_P = ["sgd_update", "adam_update"]
-_PLAIN = ["set_scalars"]
+_TEMPLATES_TP = ["bias_relu", "bias_rows", "bn_stats", "bn_apply", "bn_grad_coeffs"]
+_TEMPLATES_P = ["sgd_update", "adam_update", "amp_check"]
+_PLAIN = ["set_scalars", "amp_update"]
 
 
 def name_expressions(storage):
     t, p = STORAGE[storage]
     names = [f"{k}<{t}>" for k in _TEMPLATES_T]
-    names += [f"channel_sums<{t}, {m}>" for m in (0, 1, 2)]
+    names += [f"channel_sums<{t}, {m}>" for m in (0, 1)]
     names += [f"{k}<{t}, {p}>" for k in _TEMPLATES_TP]
     names += [f"{k}<{p}>" for k in _TEMPLATES_P]
     return names + _PLAIN

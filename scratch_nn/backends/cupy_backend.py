@@ -7,8 +7,11 @@ views (see cuda_kernels.py), so no layer pays for a transpose.
 Precision (`precision=`):
 - "fp32": strict float32, cuBLAS without TF32 (torch: allow_tf32 off for matmul and cuDNN).
 - "tf32": float32 storage, GEMMs on TF32 tensor cores; needs compute capability 8.0+.
-- "fp16": mixed precision: float16 activations and GEMM operands (fp32 accumulation), fp32
-  master weights, BatchNorm statistics and optimizer; the trainer scales the loss.
+- "fp16": mixed precision, as torch's autocast + GradScaler: float16 activations and GEMM
+  operands (fp32 accumulation on tensor cores), fp32 master weights, weight gradients,
+  BatchNorm statistics and optimizer state; the loss is scaled dynamically (scratch_nn.amp).
+  The half copy of the weights lives in a flat arena beside the fp32 one and is rewritten by
+  the optimizer's update kernel, so it costs no pass of its own.
 
 Nothing is copied between host and device in a training step except the loss when it is read,
 and nothing synchronises: the optimizer reads its learning rate from device memory, so a
@@ -24,6 +27,7 @@ from .base import Backend, BackendUnavailable
 PRECISIONS = ("fp32", "tf32", "fp16")
 NULL = np.uint64(0)           # a null pointer argument
 BLOCK = 256
+COLS_BUDGET = 128 * 2**20     # bytes of im2col columns at a time when they are rebuilt in backward
 _KERNELS = {}
 
 
@@ -91,14 +95,11 @@ class CupyBackend(Backend):
     name = "cupy"
     supported_dtypes = ("float32", "float64")
 
-    def __init__(self, threads=None, precision="fp32", device=None):
+    def __init__(self, threads=None, precision="fp32", device=None, recompute_cols=None):
         cupy = _import_cupy()
         self.xp = cupy
         self.device_id = cupy.cuda.Device(device).id if device is not None else cupy.cuda.Device().id
         check_precision(precision, cupy, self.device_id)
-        if precision == "fp16":
-            raise PrecisionUnavailable("precision 'fp16' (mixed) is not implemented for backend 'cupy' yet; "
-                                       "use fp32 or tf32")
         super().__init__(threads=threads)
         self.precision = precision
         self._sms = cupy.cuda.Device(self.device_id).attributes["MultiProcessorCount"]
@@ -106,6 +107,17 @@ class CupyBackend(Backend):
 
         self._gemm = Gemm(cupy)
         self._tf32 = precision == "tf32"
+        self.fp16 = precision == "fp16"
+        if self.fp16:
+            self.supported_dtypes = ("float32",)   # the master weights; compute is half
+        # Keep each convolution's im2col columns for its backward (one pass less over the
+        # largest arrays of a step), or rebuild them there, a slice of the batch at a time
+        # (less memory). Default: rebuild in the fp16 mode, whose point is a small footprint
+        # and whose tensor-core GEMMs leave memory traffic the larger share; keep otherwise.
+        self.recompute_cols = self.fp16 if recompute_cols is None else bool(recompute_cols)
+        self._half_arenas = {}      # fp32 parameter arena pointer -> its float16 copy (fp16 mode)
+        self._half_views = {}       # (pointer, shape) of an fp32 parameter -> its view in that copy
+        self._ones = {}             # (length, dtype) -> ones vector (bias gradients as GEMVs)
         self._hyper = {}            # optimizer group key -> (host values, device float32[3])
         self._arenas = {}           # first array's pointer -> flat arrays (see _flat)
         self.debug_sync = os.environ.get("SCRATCH_NN_CUDA_SYNC") == "1"
@@ -118,7 +130,36 @@ class CupyBackend(Backend):
         major, minor = compute_capability(cupy, self.device_id)
         return dict(super().describe(), precision=self.precision, gpu=name, compute_capability=f"{major}.{minor}",
                     cupy=cupy.__version__, cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(),
-                    layout="CNHW behind NCHW views")
+                    layout="CNHW behind NCHW views", recompute_cols=self.recompute_cols)
+
+    def check_dtype(self, dtype):
+        if self.fp16 and self.xp.dtype(dtype).name != "float32":
+            raise ValueError("precision fp16 keeps float32 master weights: build the model with dtype float32")
+        return super().check_dtype(dtype)
+
+    @property
+    def compute_dtype(self):
+        """The dtype activations are stored in: float16 in the fp16 mode, else the model's."""
+        return np.float16 if self.fp16 else None
+
+    def _act(self, x):
+        """An activation in the compute dtype (the fp16 mode casts a float32 input once)."""
+        return x.astype(np.float16) if self.fp16 and x.dtype != np.float16 else x
+
+    def _w(self, w):
+        """The weight a GEMM reads: in the fp16 mode its half copy (kept up to date by the
+        optimizer), or a fresh cast for a parameter no optimizer owns."""
+        if not self.fp16 or w.dtype == np.float16:
+            return w
+        h = self._half_views.get((w.data.ptr, w.shape))
+        return h if h is not None else w.astype(np.float16)
+
+    def _ones_vec(self, n, dtype):
+        key = (n, np.dtype(dtype).str)
+        v = self._ones.get(key)
+        if v is None:
+            v = self._ones[key] = self.xp.ones((n, 1), dtype=dtype)
+        return v
 
     def _k(self, dtype):
         return kernels(np.dtype(dtype).name)
@@ -152,9 +193,10 @@ class CupyBackend(Backend):
     def _nchw(buf):
         return buf.transpose(1, 0, 2, 3)
 
-    def gemm(self, a, b, out=None, accumulate=False):
-        """a @ b on cuBLAS (TF32 tensor cores in tf32 mode), optionally accumulated into out."""
-        return self._gemm(a, b, out=out, accumulate=accumulate, tf32=self._tf32)
+    def gemm(self, a, b, out=None, accumulate=False, out_dtype=None):
+        """a @ b on cuBLAS (TF32 tensor cores in tf32 mode), optionally accumulated into out
+        (which may be float32 for float16 operands)."""
+        return self._gemm(a, b, out=out, accumulate=accumulate, tf32=self._tf32, out_dtype=out_dtype)
 
     # ------------------------------------------------------------------ convolution
     def _im2col(self, x, k, stride, pad, oh, ow):
@@ -174,49 +216,108 @@ class CupyBackend(Backend):
             return self._cnhw(x).reshape(c, n * h * w)   # a 1x1 conv's columns are its input
         return self._im2col(x, k, stride, pad, oh, ow)
 
+    def _batch_slices(self, x, k, stride, oh, ow):
+        """Batch slices whose im2col columns fit COLS_BUDGET bytes each (the whole batch when
+        columns are kept for backward, or for a 1x1 stride-1 conv, whose columns are its input)."""
+        n, c = x.shape[:2]
+        per_image = c * k * k * oh * ow * x.itemsize
+        if not self.recompute_cols or (k == 1 and stride == 1):
+            return [(0, n)]
+        step = max(1, min(n, COLS_BUDGET // max(per_image, 1)))
+        return [(a, min(n, a + step)) for a in range(0, n, step)]
+
     def conv2d_forward(self, x, w, b, stride, pad, relu=False):
         f, c, kh, kw = w.shape
         if kh != kw:
             raise ValueError("the cupy backend's convolution takes square kernels")
+        x = self._act(x)
         n, _, h, wd = x.shape
         oh = self.conv_output_size(h, kh, stride, pad)
         ow = self.conv_output_size(wd, kw, stride, pad)
-        cols = self._cols(x, kh, stride, pad, oh, ow)
-        y = self.gemm(w.reshape(f, -1), cols)          # (F, N*OH*OW): already CNHW
-        del cols                                       # recomputed in backward: saves its memory
+        wm = self._w(w).reshape(f, -1)
+        slices = self._batch_slices(x, kh, stride, oh, ow)
+        if len(slices) == 1:
+            cols = self._cols(x, kh, stride, pad, oh, ow)
+            y = self.gemm(wm, cols)                        # (F, N*OH*OW): already CNHW
+        else:
+            cols, p = None, oh * ow
+            y = self.xp.empty((f, n * p), dtype=x.dtype)
+            for a, e in slices:                            # a column block of y per batch slice
+                self.gemm(wm, self._cols(x[a:e], kh, stride, pad, oh, ow), out=y[:, a * p:e * p])
         if b is not None or relu:
             self._launch(self._k(y.dtype)("bias_relu"), _grid_per_channel(y.shape[1], f),
                          (y, b if b is not None else NULL, np.int32(y.shape[1]), np.int32(relu)))
         y = self._nchw(y.reshape(f, n, oh, ow))
-        return y, (x, stride, pad, oh, ow, y if relu else None, b is not None)
+        saved = (x, None) if self.recompute_cols else (x.shape, cols)
+        return y, (saved, stride, pad, oh, ow, y if relu else None, b is not None)
 
     def conv2d_backward(self, dy, cache, w, need_dx=True):
-        x, stride, pad, oh, ow, relu_out, has_bias = cache
+        dw = self.xp.empty(w.shape, dtype=w.dtype)
+        db = self.xp.empty(w.shape[0], dtype=w.dtype) if cache[6] else None
+        dx = self._conv_backward(dy, cache, w, dw, db, need_dx, accumulate=False)
+        return dx, dw, db
+
+    def conv2d_backward_into(self, dy, cache, w, wgrad, bgrad, need_dx=True):
+        return self._conv_backward(dy, cache, w, wgrad, bgrad, need_dx, accumulate=True)
+
+    def _conv_backward(self, dy, cache, w, wgrad, bgrad, need_dx, accumulate):
+        """dx (or None); dw and db written, or added, into wgrad and bgrad by the GEMMs."""
+        (x_or_shape, cols), stride, pad, oh, ow, relu_out, has_bias = cache
         f, c, k, _ = w.shape
-        n, _, h, wd = x.shape
-        dym = self._cnhw(dy).reshape(f, -1)
+        x = x_or_shape if cols is None else None
+        n, _, h, wd = x.shape if x is not None else x_or_shape
+        dym = self._cnhw(self._act(dy)).reshape(f, -1)
         kt = self._k(dym.dtype)
         if relu_out is not None:
             masked = self.xp.empty_like(dym)
             self._launch(kt("relu_backward"), _grid1(dym.size),
                          (dym, self._cnhw(relu_out), masked, np.int64(dym.size)))
             dym = masked
-        db = self._channel_sum(dym) if has_bias else None
-        cols = self._cols(x, k, stride, pad, oh, ow)
-        dw = self.gemm(dym, cols.T).reshape(w.shape)
-        del cols
-        dx = None
-        if need_dx:
-            dcols = self.gemm(w.reshape(f, -1).T, dym)    # (C*k*k, N*OH*OW)
-            if k == 1 and stride == 1 and pad == 0:
-                dx = self._nchw(dcols.reshape(c, n, h, wd))
-            else:
-                buf = self.xp.empty((c, n, h, wd), dtype=dcols.dtype)
-                self._launch(kt("col2im"), _grid_per_channel(n * h * wd, c),
-                             (dcols, buf, np.int32(n), np.int32(h), np.int32(wd), np.int32(k),
-                              np.int32(stride), np.int32(pad), np.int32(oh), np.int32(ow)))
-                dx = self._nchw(buf)
+        if has_bias:   # db = dym @ ones: a GEMV that accumulates like the weight gradient
+            self.gemm(dym, self._ones_vec(dym.shape[1], dym.dtype), out=bgrad.reshape(f, 1), accumulate=accumulate)
+        wm = self._w(w).reshape(f, -1)
+        p = oh * ow
+        one_by_one = k == 1 and stride == 1 and pad == 0
+        dx = None if not need_dx or one_by_one else self.xp.empty((c, n, h, wd), dtype=dym.dtype)
+        slices = [(0, n)] if cols is not None else self._batch_slices(x, k, stride, oh, ow)
+        for i, (a, e) in enumerate(slices):
+            dys = dym[:, a * p:e * p]
+            cs = cols if cols is not None else self._cols(x[a:e], k, stride, pad, oh, ow)
+            self.gemm(dys, cs.T, out=wgrad.reshape(f, -1), accumulate=accumulate or i > 0)
+            del cs
+            if not need_dx:
+                continue
+            dcols = self.gemm(wm.T, dys)                  # (C*k*k, slice*OH*OW)
+            if one_by_one:
+                return self._nchw(dcols.reshape(c, n, h, wd))
+            self._launch(kt("col2im"), _grid_per_channel((e - a) * h * wd, c),
+                         (dcols, dx[:, a:e], np.int32(e - a), np.int32(h), np.int32(wd), np.int32(k),
+                          np.int32(stride), np.int32(pad), np.int32(oh), np.int32(ow), np.int64(n * h * wd)))
+        return None if dx is None else self._nchw(dx)
+
+    # ------------------------------------------------------------------ linear
+    def linear_forward(self, x, w, b, relu=False):
+        y = self.gemm(self._act(x), self._w(w).T)
+        if b is not None or relu:
+            self._launch(self._k(y.dtype)("bias_rows"), _grid1(y.size),
+                         (y, b if b is not None else NULL, np.int64(y.size), np.int32(y.shape[1]), np.int32(relu)))
+        return y
+
+    def linear_backward(self, dy, x, w, need_dx=True):
+        dw = self.xp.empty(w.shape, dtype=w.dtype)
+        db = self.xp.empty(w.shape[0], dtype=w.dtype)
+        dx = self._linear_backward(dy, x, w, dw, db, need_dx, accumulate=False)
         return dx, dw, db
+
+    def linear_backward_into(self, dy, x, w, wgrad, bgrad, need_dx=True):
+        return self._linear_backward(dy, x, w, wgrad, bgrad, need_dx, accumulate=True)
+
+    def _linear_backward(self, dy, x, w, wgrad, bgrad, need_dx, accumulate):
+        dy, x = self._act(dy), self._act(x)
+        self.gemm(dy.T, x, out=wgrad, accumulate=accumulate)
+        if bgrad is not None:
+            self.gemm(dy.T, self._ones_vec(dy.shape[0], dy.dtype), out=bgrad.reshape(-1, 1), accumulate=accumulate)
+        return self.gemm(dy, self._w(w)) if need_dx else None
 
     # ------------------------------------------------------------------ per-channel reductions
     def _splits(self, c, m):
@@ -238,17 +339,10 @@ class CupyBackend(Backend):
                       y if y is not None else NULL, mean if mean is not None else NULL, np.int32(m), p1, p2))
         return p1, p2, s
 
-    def _channel_sum(self, a2):
-        """Sum over the rows of a (C, M) array."""
-        c, m = a2.shape
-        p1, _, s = self._partials(2, None, a2, None, None, c, m)
-        out = self.xp.empty(c, dtype=a2.dtype)
-        self._launch(self._k(a2.dtype)("sum_partials"), (-(-c // BLOCK),), (p1, out, np.int32(c), np.int32(s)))
-        return out
-
     # ------------------------------------------------------------------ batch norm
     def batchnorm_forward_train(self, x, gamma, beta, eps, relu=False, residual=None, running=None):
         xp = self.xp
+        x = self._act(x)
         n, c, h, w = x.shape
         m = n * h * w
         xc = self._cnhw(x)
@@ -275,6 +369,7 @@ class CupyBackend(Backend):
 
     def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps, relu=False, residual=None):
         xp = self.xp
+        x = self._act(x)
         n, c, h, w = x.shape
         xc = self._cnhw(x)
         scale = gamma / xp.sqrt(running_var + eps)
@@ -290,7 +385,7 @@ class CupyBackend(Backend):
         xc, mean_, invstd_, gamma, yc, has_res = cache
         c = xc.shape[0]
         m = xc.size // c
-        dyc = self._cnhw(dy)
+        dyc = self._cnhw(self._act(dy))
         k = self._k(dyc.dtype)
         p1, p2, s = self._partials(1, xc, dyc, yc, mean_, c, m)
         dgamma = xp.empty(c, dtype=gamma.dtype)
@@ -317,21 +412,27 @@ class CupyBackend(Backend):
         n, c, h, w = x.shape
         if not (k == 2 and stride == 2 and pad == 0 and h % 2 == 0 and w % 2 == 0):
             return super().maxpool2d_forward(x, k, stride, pad)
-        xc = self._cnhw(x)
-        yc = self.xp.empty((c, n, h // 2, w // 2), dtype=x.dtype)
-        idx = self.xp.empty(yc.shape, dtype=np.uint8)
-        self._launch(self._k(x.dtype)("maxpool2x2_forward"), _grid1(yc.size),
-                     (xc, yc, idx, np.int64(c * n), np.int32(h), np.int32(w)))
-        return self._nchw(yc), ("2x2", idx, (n, c, h, w))
+        if x.strides[3] != x.itemsize or x.strides[2] != w * x.itemsize:
+            x = self.xp.ascontiguousarray(x)
+        y = self.xp.empty((n, c, h // 2, w // 2), dtype=x.dtype)    # NCHW: see the kernel
+        idx = self.xp.empty(y.shape, dtype=np.uint8)
+        it = x.itemsize
+        self._launch(self._k(x.dtype)("maxpool2x2_forward"), _grid1(y.size),
+                     (x, np.int64(x.strides[0] // it), np.int64(x.strides[1] // it), y, idx,
+                      np.int32(n), np.int32(c), np.int32(h), np.int32(w)))
+        return y, ("2x2", idx, (n, c, h, w))
 
     def maxpool2d_backward(self, dy, cache):
         if not isinstance(cache[0], str):
             return super().maxpool2d_backward(dy, cache)
         _, idx, (n, c, h, w) = cache
-        dyc = self._cnhw(dy)
+        if dy.strides[3] != dy.itemsize or dy.strides[2] != dy.shape[3] * dy.itemsize:
+            dy = self.xp.ascontiguousarray(dy)
         dx = self.xp.empty((c, n, h, w), dtype=dy.dtype)
-        self._launch(self._k(dy.dtype)("maxpool2x2_backward"), _grid1(dyc.size),
-                     (dyc, idx, dx, np.int64(c * n), np.int32(h), np.int32(w)))
+        it = dy.itemsize
+        self._launch(self._k(dy.dtype)("maxpool2x2_backward"), _grid1(idx.size),
+                     (dy, np.int64(dy.strides[0] // it), np.int64(dy.strides[1] // it), idx, dx,
+                      np.int32(n), np.int32(c), np.int32(h), np.int32(w)))
         return self._nchw(dx)
 
     def global_avgpool_forward(self, x):
@@ -351,7 +452,9 @@ class CupyBackend(Backend):
         return self._nchw(dx)
 
     # ------------------------------------------------------------------ loss
-    def softmax_cross_entropy(self, logits, labels, label_smoothing=0.0, loss_scale=1.0):
+    def softmax_cross_entropy(self, logits, labels, label_smoothing=0.0, amp_state=None):
+        """As the reference; with amp_state (a GradScaler's device state) the gradient is
+        multiplied by the current loss scale, read on the device."""
         xp = self.xp
         n, k = logits.shape
         logits = xp.ascontiguousarray(logits)
@@ -360,7 +463,7 @@ class CupyBackend(Backend):
         loss = xp.empty((), dtype=self._acc_dtype(logits.dtype))
         self._launch(self._k(logits.dtype)("softmax_xent"), (1,),
                      (logits, labels, np.int32(n), np.int32(k), np.float64(label_smoothing), grad, loss,
-                      np.float32(loss_scale)))
+                      amp_state if amp_state is not None else NULL))
         return loss, grad
 
     # ------------------------------------------------------------------ parameters in flat arenas
@@ -378,6 +481,27 @@ class CupyBackend(Backend):
             v[...] = p.data.reshape(-1)
             p.data = v.reshape(p.data.shape)
             p.grad = g.reshape(p.data.shape)
+        if self.fp16 and flat_p.dtype == np.float32:
+            flat_h = flat_p.astype(np.float16)
+            self._half_arenas[flat_p.data.ptr] = (flat_p, flat_h)
+            for p, hv in zip(params, self._split(flat_h, sizes)):
+                self._half_views[(p.data.data.ptr, p.data.shape)] = hv.reshape(p.data.shape)
+
+    def params_changed(self):
+        for flat_p, flat_h in self._half_arenas.values():
+            flat_h[...] = flat_p
+
+    def _half_of(self, p):
+        """The float16 copy an update kernel rewrites beside fp32 parameters p (flat or one)."""
+        if not self.fp16:
+            return NULL
+        hit = self._half_arenas.get(p.data.ptr)
+        if hit is not None and hit[0].size == p.size:
+            return hit[1]
+        for (ptr, _), hv in self._half_views.items():
+            if ptr == p.data.ptr and hv.size == p.size:
+                return hv
+        return NULL
 
     @staticmethod
     def _split(flat, sizes):
@@ -441,19 +565,36 @@ class CupyBackend(Backend):
                 for i in range(n)]
 
     def sgd_update(self, params, grads, bufs, *, lr, momentum, dampening, nesterov, weight_decay, first_step,
-                   hyper_key=None):
+                   hyper_key=None, amp_state=None):
         hyper = self.set_hyper(hyper_key or ("sgd", params[0].data.ptr), (lr,))
         fn = self._k(params[0].dtype)("sgd_update")
         for p, g, b in self._groups(params, grads, bufs if momentum else None):
             self._launch(fn, _grid1(p.size), (p, g, b if b is not None else NULL, np.int64(p.size), hyper,
                                               np.float64(momentum), np.float64(dampening), np.int32(nesterov),
-                                              np.float64(weight_decay), np.int32(first_step)))
+                                              np.float64(weight_decay), np.int32(first_step),
+                                              amp_state if amp_state is not None else NULL, self._half_of(p)))
 
     def adam_update(self, params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1, beta2, eps,
-                    weight_decay, decoupled, hyper_key=None):
+                    weight_decay, decoupled, hyper_key=None, amp_state=None):
         hyper = self.set_hyper(hyper_key or ("adam", params[0].data.ptr), adam_hyper(lr, beta1, beta2, step))
         fn = self._k(params[0].dtype)("adam_update")
         for p, g, m, v in self._groups(params, grads, exp_avgs, exp_avg_sqs):
             self._launch(fn, _grid1(p.size), (p, g, m, v, np.int64(p.size), hyper, np.float64(beta1),
                                               np.float64(beta2), np.float64(eps), np.float64(weight_decay),
-                                              np.int32(decoupled)))
+                                              np.int32(decoupled), amp_state if amp_state is not None else NULL,
+                                              self._half_of(p)))
+
+    # ------------------------------------------------------------------ dynamic loss scaling (scratch_nn.amp)
+    def amp_state(self, init_scale):
+        """Device memory for [scale, found_inf, growth_tracker]."""
+        return self.xp.asarray(np.array([init_scale, 0.0, 0.0], np.float32))
+
+    def amp_check(self, grad_lists, amp_state):
+        """Flag an inf/NaN in any gradient (the groups' flat buffers: one launch each)."""
+        for grads in grad_lists:
+            for (g,) in self._groups(grads):
+                self._launch(self._k(g.dtype)("amp_check"), _grid1(g.size), (g, np.int64(g.size), amp_state))
+
+    def amp_update(self, amp_state, growth, backoff, interval):
+        self._k(np.float32)("amp_update")((1,), (1,), (amp_state, np.float32(growth), np.float32(backoff),
+                                                      np.int32(interval)))

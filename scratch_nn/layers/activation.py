@@ -7,10 +7,13 @@ class ReLU(Module):
         self._y = None
 
     def forward(self, x):
-        self._y = self.be.relu_forward(x)
-        return self._y
+        y = self.be.relu_forward(x)
+        self._y = y if self.training else None
+        return y
 
     def backward(self, dy, input_grad=True):
+        if self._y is None:
+            raise RuntimeError("ReLU.backward needs a training-mode forward first")
         dx = self.be.relu_backward(dy, self._y)
         self._y = None
         return dx

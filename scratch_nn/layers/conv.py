@@ -23,13 +23,14 @@ class Conv2d(Module):
 
     def forward(self, x):
         b = self.bias.data if self.bias is not None else None
-        y, self._cache = self.be.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, relu=self.relu)
+        y, cache = self.be.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, relu=self.relu)
+        self._cache = cache if self.training else None   # eval keeps nothing (cached columns are large)
         return y
 
     def backward(self, dy, input_grad=True):
-        dx, dw, db = self.be.conv2d_backward(dy, self._cache, self.weight.data, need_dx=input_grad)
+        if self._cache is None:
+            raise RuntimeError("Conv2d.backward needs a training-mode forward first")
+        dx = self.be.conv2d_backward_into(dy, self._cache, self.weight.data, self.weight.grad,
+                                          self.bias.grad if self.bias is not None else None, need_dx=input_grad)
         self._cache = None
-        self.weight.grad += dw
-        if self.bias is not None:
-            self.bias.grad += db
         return dx

@@ -55,7 +55,8 @@ class Module:
     def backward(self, dy, input_grad=True):
         """Accumulate parameter gradients and return the gradient of the input. With
         input_grad=False a layer may skip that work and return None (the network's first
-        layer in training: nothing consumes the data's gradient, and torch skips it too)."""
+        layer in training: nothing consumes the data's gradient, and torch skips it too).
+        Backward follows a training-mode forward: in eval mode layers keep no caches."""
         raise NotImplementedError
 
     def __call__(self, x):
@@ -131,4 +132,5 @@ class Module:
                 dst[...] = src
             else:
                 dst[...] = self.be.asarray(src.astype(dst.dtype, copy=False))
+        self.be.params_changed()
         return self

@@ -11,10 +11,13 @@ class MaxPool2d(Module):
         self._cache = None
 
     def forward(self, x):
-        y, self._cache = self.be.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        y, cache = self.be.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        self._cache = cache if self.training else None
         return y
 
     def backward(self, dy, input_grad=True):
+        if self._cache is None:
+            raise RuntimeError("MaxPool2d.backward needs a training-mode forward first")
         dx = self.be.maxpool2d_backward(dy, self._cache)
         self._cache = None
         return dx
