@@ -5,7 +5,9 @@ the layers NCHW-shaped views of it (`buf.transpose(1, 0, 2, 3)`). A convolution'
 W (F, C*k*k) @ cols (C*k*k, N*OH*OW) then writes its output straight into that layout, the
 backward GEMMs read dy with no transpose, and every channel's values lie contiguous, which
 is what BatchNorm's per-channel reductions want. Kernels that take "CNHW" arrays take them
-contiguous; im2col also reads NCHW (the data batch) through its two strides.
+contiguous; im2col and the max-pool also read NCHW (the data batch) through (n, c) strides.
+The max-pool writes its output NCHW (a following Flatten then needs no copy) and its input
+gradient CNHW (what the convolution before it consumes).
 
 Templates: T is the storage type (float, double, or __half for the fp16 mode) and A the type
 sums are kept in (double for double, float otherwise), so fp16 activations are reduced in
