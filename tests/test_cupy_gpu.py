@@ -403,3 +403,18 @@ def test_gemm_reads_and_writes_column_blocks():
     ref = be.to_host(a) @ be.to_host(big)[:, 10:20]
     assert rel_err(be.to_host(out)[:, 10:20], ref) < 1e-5
     assert not be.to_host(out)[:, :10].any() and not be.to_host(out)[:, 20:].any()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_split_weight_gradient_matches_one_gemm(dtype):
+    """A small dW over a long reduction runs as batched GEMMs over K slices plus a summing GEMV
+    (and accumulates); float16 operands write float32, as the fp16 mode's gradients."""
+    be = backends.get("cupy")
+    r = np.random.default_rng(3)
+    dy = r.standard_normal((16, 65536)).astype(dtype)
+    cols = r.standard_normal((27, 65536)).astype(dtype)
+    out_dtype = np.float32 if dtype == "float16" else dtype
+    ref = dy.astype(np.float64) @ cols.astype(np.float64).T + 1
+    out = be.asarray(np.ones((16, 27), out_dtype))
+    be._wgrad_call(be.asarray(dy), be.asarray(cols), out, True)(be._gemm)
+    assert rel_err(be.to_host(out), ref) < (1e-12 if dtype == "float64" else 1e-5)

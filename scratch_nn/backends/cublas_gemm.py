@@ -55,6 +55,10 @@ class Gemm:
         lib.cublasGemmEx.argtypes = [vp, i32, i32, i32, i32, i32, vp, vp, i32, i32, vp, i32, i32, vp, vp, i32, i32,
                                      i32, i32]
         lib.cublasGemmEx.restype = i32
+        i64 = ctypes.c_longlong
+        lib.cublasGemmStridedBatchedEx.argtypes = [vp, i32, i32, i32, i32, i32, vp, vp, i32, i32, i64, vp, i32, i32,
+                                                   i64, vp, vp, i32, i32, i64, i32, i32, i32]
+        lib.cublasGemmStridedBatchedEx.restype = i32
         lib.cublasSetStream_v2.argtypes = [vp, vp]
         lib.cublasSetStream_v2.restype = i32
         self._stream = None
@@ -80,9 +84,12 @@ class Gemm:
             return OP_T, max(r, s1 // it if c > 1 else r, 1)
         return None
 
-    def __call__(self, a, b, out=None, accumulate=False, tf32=False, out_dtype=None):
+    def __call__(self, a, b, out=None, accumulate=False, tf32=False, out_dtype=None, batch=None):
         """out = a @ b, or out += a @ b with accumulate=True (out given: rows contiguous, at
-        any row stride). The output has the operands' dtype, or float32 for float16 operands."""
+        any row stride). The output has the operands' dtype, or float32 for float16 operands.
+
+        batch=(count, stride_a, stride_b, stride_out), in elements: `count` products at once
+        (cublasGemmStridedBatchedEx), a, b and out being the first one's matrices."""
         cupy = self.cupy
         m, k = a.shape
         k2, n = b.shape
@@ -120,9 +127,16 @@ class Gemm:
             compute = COMPUTE_32F_FAST_TF32 if (tf32 and dt == np.float32) else COMPUTE_32F
             one, beta = self._one32, (self._one32 if accumulate else self._zero32)
         ct, oct_ = CUDA_R[dt], CUDA_R[out.dtype]
+        ldc = max(n, out.strides[0] // out.itemsize if m > 1 else n)
         # column-major: C^T (n, m) = B^T (n, k) @ A^T (k, m)
-        status = self.lib.cublasGemmEx(self.handle, lb[0], la[0], n, m, k, ctypes.addressof(one), b.data.ptr, ct,
-                                       lb[1], a.data.ptr, ct, la[1], ctypes.addressof(beta), out.data.ptr, oct_,
-                                       max(n, out.strides[0] // out.itemsize if m > 1 else n), compute, GEMM_DEFAULT)
-        self._check(status, f"cublasGemmEx ({m}x{k} @ {k}x{n}, {dt})")
+        if batch is None:
+            status = self.lib.cublasGemmEx(self.handle, lb[0], la[0], n, m, k, ctypes.addressof(one), b.data.ptr, ct,
+                                           lb[1], a.data.ptr, ct, la[1], ctypes.addressof(beta), out.data.ptr, oct_,
+                                           ldc, compute, GEMM_DEFAULT)
+        else:
+            count, sa, sb, sc = batch
+            status = self.lib.cublasGemmStridedBatchedEx(
+                self.handle, lb[0], la[0], n, m, k, ctypes.addressof(one), b.data.ptr, ct, lb[1], sb, a.data.ptr, ct,
+                la[1], sa, ctypes.addressof(beta), out.data.ptr, oct_, ldc, sc, count, compute, GEMM_DEFAULT)
+        self._check(status, f"cublasGemm{'StridedBatched' if batch else ''}Ex ({m}x{k} @ {k}x{n}, {dt})")
         return out

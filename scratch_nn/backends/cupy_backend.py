@@ -28,6 +28,7 @@ PRECISIONS = ("fp32", "tf32", "fp16")
 NULL = np.uint64(0)           # a null pointer argument
 BLOCK = 256
 COLS_BUDGET = 128 * 2**20     # bytes of im2col columns at a time when they are rebuilt in backward
+SIDE_FMAS = 2**28             # weight gradients up to this many multiply-adds run on the side stream
 _KERNELS = {}
 
 
@@ -118,6 +119,11 @@ class CupyBackend(Backend):
         self._half_arenas = {}      # fp32 parameter arena pointer -> its float16 copy (fp16 mode)
         self._half_views = {}       # (pointer, shape) of an fp32 parameter -> its view in that copy
         self._ones = {}             # (length, dtype) -> ones vector (bias gradients as GEMVs)
+        # Small layers' weight gradients run on a second stream, beside the input-gradient chain
+        # (see _side_gemms); _keep holds what they read until the streams are joined.
+        self._side = self._side_gemm = None
+        self._side_pending = False
+        self._keep = []
         self._hyper = {}            # optimizer group key -> (host values, device float32[3])
         self._arenas = {}           # first array's pointer -> flat arrays (see _flat)
         self.debug_sync = os.environ.get("SCRATCH_NN_CUDA_SYNC") == "1"
@@ -174,10 +180,47 @@ class CupyBackend(Backend):
         return self.xp.asarray(a, dtype=dtype)
 
     def to_host(self, a):
+        self._join()
         return self.xp.asnumpy(a)
 
     def synchronize(self):
+        self._join()
         self.xp.cuda.get_current_stream().synchronize()
+
+    # ------------------------------------------------------------------ the weight-gradient side stream
+    # A small layer's weight-gradient GEMMs (the CNN's: a 16x27 or 32x144 result reduced over tens
+    # of thousands of positions) leave most of the GPU idle; nothing downstream needs them before
+    # the optimizer, so in a captured step they run on a second stream (its own cuBLAS handle and
+    # workspace) while the main stream goes on with the input gradients. Eager steps keep one
+    # stream: there the host's launches are the bottleneck, and a fork and join only add to them. The streams fork with an event, and join before anything reads gradients:
+    # the optimizer update, amp_check, zero_, to_host, synchronize. Inside a CUDA-graph capture
+    # the fork and join become graph edges. CuPy's pool hands a freed block back to the stream
+    # that allocated it, so the arrays the side stream reads are kept alive until the join.
+    def _side_gemms(self, calls, keep):
+        """Run calls, each fn(gemm) given the side stream's Gemm, on the side stream after
+        everything queued so far."""
+        cupy = self.xp
+        if self._side is None:
+            from .cublas_gemm import Gemm
+
+            self._side = cupy.cuda.Stream(non_blocking=True)
+            self._side_gemm = Gemm(cupy)
+        main = cupy.cuda.get_current_stream()
+        self._side.wait_event(main.record())
+        with self._side:
+            for fn in calls:
+                fn(self._side_gemm)
+        self._side_pending = True
+        self._keep.extend(keep)
+
+    def _capturing(self):
+        return self.xp.cuda.get_current_stream().is_capturing()
+
+    def _join(self):
+        if self._side_pending:
+            self.xp.cuda.get_current_stream().wait_event(self._side.record())
+            self._side_pending = False
+            self._keep.clear()
 
     def rng(self, seed):
         return self.xp.random.default_rng(seed)
@@ -273,18 +316,28 @@ class CupyBackend(Backend):
             self._launch(kt("relu_backward"), _grid1(dym.size),
                          (dym, self._cnhw(relu_out), masked, np.int64(dym.size)))
             dym = masked
-        if has_bias:   # db = dym @ ones: a GEMV that accumulates like the weight gradient
-            self.gemm(dym, self._ones_vec(dym.shape[1], dym.dtype), out=bgrad.reshape(f, 1), accumulate=accumulate)
         wm = self._w(w).reshape(f, -1)
         p = oh * ow
         one_by_one = k == 1 and stride == 1 and pad == 0
         dx = None if not need_dx or one_by_one else self.xp.empty((c, n, h, wd), dtype=dym.dtype)
         slices = [(0, n)] if cols is not None else self._batch_slices(x, k, stride, oh, ow)
+        # db = dym @ ones: a GEMV that accumulates like the weight gradient
+        bias = [self._gemm_call(dym, self._ones_vec(dym.shape[1], dym.dtype), bgrad.reshape(f, 1), accumulate)
+                ] if has_bias else []
+        on_side = len(slices) == 1 and f * wm.shape[1] * dym.shape[1] <= SIDE_FMAS and self._capturing()
+        if on_side:
+            if cols is None:
+                cols = self._cols(x, k, stride, pad, oh, ow)
+            self._side_gemms([self._wgrad_call(dym, cols, wgrad.reshape(f, -1), accumulate)] + bias, keep=[dym, cols])
+        else:
+            for fn in bias:
+                fn(self._gemm)
         for i, (a, e) in enumerate(slices):
             dys = dym[:, a * p:e * p]
-            cs = cols if cols is not None else self._cols(x[a:e], k, stride, pad, oh, ow)
-            self.gemm(dys, cs.T, out=wgrad.reshape(f, -1), accumulate=accumulate or i > 0)
-            del cs
+            if not on_side:
+                cs = cols if cols is not None else self._cols(x[a:e], k, stride, pad, oh, ow)
+                self._wgrad_call(dys, cs, wgrad.reshape(f, -1), accumulate or i > 0)(self._gemm)
+                del cs
             if not need_dx:
                 continue
             dcols = self.gemm(wm.T, dys)                  # (C*k*k, slice*OH*OW)
@@ -294,6 +347,32 @@ class CupyBackend(Backend):
                          (dcols, dx[:, a:e], np.int32(e - a), np.int32(h), np.int32(wd), np.int32(k),
                           np.int32(stride), np.int32(pad), np.int32(oh), np.int32(ow), np.int64(n * h * wd)))
         return None if dx is None else self._nchw(dx)
+
+    def _gemm_call(self, a, b, out, accumulate):
+        """out (+)= a @ b, to run on a given Gemm (the main stream's or the side stream's)."""
+        return lambda gemm: gemm(a, b, out=out, accumulate=accumulate, tf32=self._tf32)
+
+    def _wgrad_call(self, dy, cols, out, accumulate):
+        """out (F, J) (+)= dy (F, K) @ cols (J, K)^T. A small result over a long K (the CNN's
+        16x27 over 65,536 positions) runs as S batched GEMMs over K slices of >= 512 and a
+        (1, S) @ (S, F*J) GEMV that sums them (and accumulates): cuBLAS's own split-K picks
+        32x32 tiles and one CTA per split for these shapes and takes ~5x longer."""
+        f, k = dy.shape
+        j = cols.shape[0]
+        s = 1
+        if f * j <= 8192:
+            while s < 128 and k % (2 * s) == 0 and k // (2 * s) >= 512:
+                s *= 2
+        if s == 1:
+            return self._gemm_call(dy, cols.T, out, accumulate)
+        ck = k // s
+
+        def run(gemm):
+            part = self.xp.empty((s, f, j), dtype=out.dtype)
+            gemm(dy[:, :ck], cols.T[:ck], out=part[0], tf32=self._tf32, out_dtype=out.dtype, batch=(s, ck, ck, f * j))
+            gemm(self._ones_vec(s, out.dtype).T, part.reshape(s, f * j), out=out.reshape(1, f * j),
+                 accumulate=accumulate, tf32=self._tf32)
+        return run
 
     # ------------------------------------------------------------------ linear
     def linear_forward(self, x, w, b, relu=False):
@@ -314,9 +393,14 @@ class CupyBackend(Backend):
 
     def _linear_backward(self, dy, x, w, wgrad, bgrad, need_dx, accumulate):
         dy, x = self._act(dy), self._act(x)
-        self.gemm(dy.T, x, out=wgrad, accumulate=accumulate)
+        calls = [self._gemm_call(dy.T, x, wgrad, accumulate)]
         if bgrad is not None:
-            self.gemm(dy.T, self._ones_vec(dy.shape[0], dy.dtype), out=bgrad.reshape(-1, 1), accumulate=accumulate)
+            calls.append(self._gemm_call(dy.T, self._ones_vec(dy.shape[0], dy.dtype), bgrad.reshape(-1, 1), accumulate))
+        if wgrad.size * dy.shape[0] <= SIDE_FMAS and self._capturing():
+            self._side_gemms(calls, keep=[dy, x])
+        else:
+            for fn in calls:
+                fn(self._gemm)
         return self.gemm(dy, self._w(w)) if need_dx else None
 
     # ------------------------------------------------------------------ per-channel reductions
@@ -536,6 +620,7 @@ class CupyBackend(Backend):
         return flat
 
     def zero_(self, arrays):
+        self._join()
         flat = self._flat(arrays)
         if flat is not None:
             flat.fill(0)
@@ -566,6 +651,7 @@ class CupyBackend(Backend):
 
     def sgd_update(self, params, grads, bufs, *, lr, momentum, dampening, nesterov, weight_decay, first_step,
                    hyper_key=None, amp_state=None):
+        self._join()
         hyper = self.set_hyper(hyper_key or ("sgd", params[0].data.ptr), (lr,))
         fn = self._k(params[0].dtype)("sgd_update")
         for p, g, b in self._groups(params, grads, bufs if momentum else None):
@@ -576,6 +662,7 @@ class CupyBackend(Backend):
 
     def adam_update(self, params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1, beta2, eps,
                     weight_decay, decoupled, hyper_key=None, amp_state=None):
+        self._join()
         hyper = self.set_hyper(hyper_key or ("adam", params[0].data.ptr), adam_hyper(lr, beta1, beta2, step))
         fn = self._k(params[0].dtype)("adam_update")
         for p, g, m, v in self._groups(params, grads, exp_avgs, exp_avg_sqs):
@@ -591,6 +678,7 @@ class CupyBackend(Backend):
 
     def amp_check(self, grad_lists, amp_state):
         """Flag an inf/NaN in any gradient (the groups' flat buffers: one launch each)."""
+        self._join()
         for grads in grad_lists:
             for (g,) in self._groups(grads):
                 self._launch(self._k(g.dtype)("amp_check"), _grid1(g.size), (g, np.int64(g.size), amp_state))

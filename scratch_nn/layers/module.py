@@ -94,8 +94,7 @@ class Module:
         return sum(int(np.prod(p.shape)) for p in self.parameters())
 
     def zero_grad(self):
-        for p in self.parameters():
-            p.grad.fill(0)
+        self.be.zero_([p.grad for p in self.parameters()])
 
     # ------------------------------------------------------------------ state dicts
     def _state_entries(self):
