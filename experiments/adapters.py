@@ -57,6 +57,7 @@ def _optimizer_kwargs(spec):
 
 class ScratchAdapter:
     impl = "scratch"
+    checkpoint_suffix = ".pkl"
 
     def __init__(self, model, backend="numpy", optimizer=None, seed=0, num_classes=10, dtype=None,
                  label_smoothing=0.0, threads=None, precision="fp32", cuda_graph=False):
@@ -159,6 +160,28 @@ class ScratchAdapter:
     def state_dict(self):
         return self.net.state_dict()
 
+    def save_checkpoint(self, path):
+        """Model, optimizer (step count, learning rates, momentum/Adam buffers), loss scaler and
+        NumPy's global RNG state, as host arrays in one pickle."""
+        import pickle
+
+        obj = {"model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+               "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+               "rng": {"numpy": np.random.get_state()}}
+        with open(path, "wb") as f:
+            pickle.dump(obj, f, protocol=4)
+
+    def load_checkpoint(self, path):
+        import pickle
+
+        with open(path, "rb") as f:
+            obj = pickle.load(f)
+        self.net.load_state_dict(obj["model"])
+        self.opt.load_state_dict(obj["optimizer"])
+        if self.scaler is not None and obj["scaler"] is not None:
+            self.scaler.load_state_dict(obj["scaler"])
+        np.random.set_state(obj["rng"]["numpy"])
+
 
 def set_torch_threads(n):
     """Intra- and inter-op threads. torch accepts the inter-op count only before its first
@@ -174,6 +197,7 @@ def set_torch_threads(n):
 
 class TorchAdapter:
     impl = "torch"
+    checkpoint_suffix = ".pt"
 
     def __init__(self, model, device="cpu", optimizer=None, seed=0, num_classes=10, dtype=None,
                  label_smoothing=0.0, threads=None, initial_state=None, precision="fp32", cuda_graph=False):
@@ -322,6 +346,26 @@ class TorchAdapter:
 
     def state_dict(self):
         return {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+
+    def save_checkpoint(self, path):
+        t = self.torch
+        obj = {"model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+               "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+               "rng": {"torch": t.get_rng_state(), "numpy": np.random.get_state(),
+                       "cuda": t.cuda.get_rng_state_all() if self.device.type == "cuda" else None}}
+        t.save(obj, path)
+
+    def load_checkpoint(self, path):
+        t = self.torch
+        obj = t.load(path, map_location="cpu", weights_only=False)
+        self.net.load_state_dict(obj["model"])
+        self.opt.load_state_dict(obj["optimizer"])
+        if self.scaler is not None and obj["scaler"] is not None:
+            self.scaler.load_state_dict(obj["scaler"])
+        t.set_rng_state(obj["rng"]["torch"])
+        np.random.set_state(obj["rng"]["numpy"])
+        if obj["rng"]["cuda"] is not None and self.device.type == "cuda":
+            t.cuda.set_rng_state_all(obj["rng"]["cuda"])
 
 
 def set_torch_cuda_precision(precision):

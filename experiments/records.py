@@ -17,7 +17,8 @@ RUNS_COLUMNS = ["run_id", "status", "impl", "backend_or_device", "model", "threa
                 "train_time_s", "images_per_s", "warmup_steps", "warmup_time_s",
                 "peak_rss_mb", "mean_cpu_percent", "peak_gpu_mem_mb", "mean_gpu_util_percent", "energy_j",
                 "final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc",
-                "cpu", "gpu", "date", "run_dir"]
+                "tta_50_s", "tta_80_s", "tta_85_s", "tta_90_s", "tta_50_epoch", "tta_80_epoch", "tta_85_epoch",
+                "tta_90_epoch", "cpu", "gpu", "date", "run_dir"]
 
 
 def _fmt(v):
@@ -29,13 +30,21 @@ def _fmt(v):
 
 
 class CsvLog:
-    """A CSV written a row at a time, header first, flushed after every row."""
+    """A CSV written a row at a time, header first, flushed after every row. With keep (a
+    predicate on a row of the existing file), the file is continued instead: the rows kept
+    are rewritten, the others (written after the checkpoint a run resumes from) dropped."""
 
-    def __init__(self, path, columns):
+    def __init__(self, path, columns, keep=None):
         self.columns = columns
+        rows = []
+        if keep is not None and os.path.exists(path):
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if keep(r)]
         self._f = open(path, "w", newline="")
         self._w = csv.DictWriter(self._f, fieldnames=columns)
         self._w.writeheader()
+        for r in rows:
+            self._w.writerow({k: r.get(k, "") for k in columns})
         self._f.flush()
 
     def write(self, row):
@@ -56,23 +65,22 @@ def write_json(path, obj):
 
 
 def append_runs_row(path, row):
-    """Append one row to runs.csv atomically: copy + row into a temp file, then rename."""
+    """Add one row to runs.csv atomically (a temp file, then rename). A row of the same run_id
+    (the same run before it was resumed) is replaced, so a run has one row."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    existing = ""
-    if os.path.exists(path):
+    rows = []
+    if os.path.exists(path) and os.path.getsize(path):
         with open(path, newline="") as f:
-            existing = f.read()
+            reader = csv.DictReader(f)
+            if reader.fieldnames != RUNS_COLUMNS:
+                raise ValueError(f"{path} has other columns than this version writes; move it aside")
+            rows = [r for r in reader if r["run_id"] != row.get("run_id")]
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".runs.", suffix=".csv")
     try:
         with os.fdopen(fd, "w", newline="") as f:
-            if existing:
-                f.write(existing if existing.endswith("\n") else existing + "\n")
-                header = existing.splitlines()[0].split(",")
-                if header != RUNS_COLUMNS:
-                    raise ValueError(f"{path} has other columns than this version writes; move it aside")
             w = csv.DictWriter(f, fieldnames=RUNS_COLUMNS)
-            if not existing:
-                w.writeheader()
+            w.writeheader()
+            w.writerows(rows)
             w.writerow({k: _fmt(row.get(k)) for k in RUNS_COLUMNS})
         os.replace(tmp, path)
     except BaseException:
@@ -83,14 +91,28 @@ def append_runs_row(path, row):
 
 class RunFolder:
     """Creates the run folder and owns its files. Create it only after every input has been
-    validated, so that bad input never leaves a half-written folder behind."""
+    validated, so that bad input never leaves a half-written folder behind.
 
-    def __init__(self, out_root, run_id, config):
+    RunFolder.reopen continues an existing folder from a checkpoint: epochs.csv and steps.csv
+    keep their rows before it (epochs < epochs_done, steps < step) and go on from there."""
+
+    def __init__(self, out_root, run_id, config, resume_at=None):
         self.dir = os.path.join(out_root, run_id)
-        os.makedirs(self.dir, exist_ok=False)
-        write_json(self.path("config.json"), config)
-        self.epochs = CsvLog(self.path("epochs.csv"), EPOCH_COLUMNS)
-        self.steps = CsvLog(self.path("steps.csv"), STEP_COLUMNS)
+        if resume_at is None:
+            os.makedirs(self.dir, exist_ok=False)
+            write_json(self.path("config.json"), config)
+            keep_epoch = keep_step = None
+        else:
+            epochs_done, step = resume_at
+            keep_epoch = lambda r: int(r["epoch"]) < epochs_done  # noqa: E731
+            keep_step = lambda r: int(r["step"]) < step  # noqa: E731
+        self.epochs = CsvLog(self.path("epochs.csv"), EPOCH_COLUMNS, keep=keep_epoch)
+        self.steps = CsvLog(self.path("steps.csv"), STEP_COLUMNS, keep=keep_step)
+
+    @classmethod
+    def reopen(cls, run_dir, epochs_done, step):
+        run_dir = os.path.abspath(run_dir)
+        return cls(os.path.dirname(run_dir), os.path.basename(run_dir), None, resume_at=(epochs_done, step))
 
     def path(self, name):
         return os.path.join(self.dir, name)

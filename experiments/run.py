@@ -3,15 +3,22 @@
     python -m experiments.run                                     # scratch numpy cnn, 1 epoch
     python -m experiments.run --impl scratch --backend numba --model resnet18 --epochs 5
     python -m experiments.run --impl torch --device cpu --threads 1
+    python -m experiments.run --recipe fast --model resnet18 --impl scratch --backend cupy --checkpoint-every 1
+    python -m experiments.run --resume results/runs/<run_id>      # continue an interrupted run
 
 Writes results/runs/<run_id>/ (config.json, epochs.csv, steps.csv, resources.csv,
-summary.json) and appends one row to results/runs.csv. Bad input prints one line and exits 2.
+summary.json, checkpoints) and appends one row to results/runs.csv. Bad input prints one line
+and exits 2. --recipe fills in a set of hyperparameters (experiments/recipes.py); any flag
+given explicitly overrides it.
 """
 import argparse
 import datetime
+import json
 import os
 import sys
 import time
+
+from .recipes import BASE, RECIPES, resolve as resolve_recipe
 
 IMPLS = ("scratch", "torch")
 BACKENDS = ("numpy", "numba", "cupy")
@@ -47,17 +54,22 @@ def build_parser():
     g.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: 1 for numpy, every core otherwise)")
     g.add_argument("--seed", type=int, default=0, help="weights, data order and augmentation (default 0)")
-    g = ap.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=1, help="(default 1)")
-    g.add_argument("--batch-size", type=int, default=64, help="(default 64)")
-    g.add_argument("--optimizer", default="sgd", help=f"{' | '.join(OPTIMIZERS)} (default sgd)")
-    g.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default 0.01)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    g.add_argument("--nesterov", action="store_true", help="SGD with nesterov momentum")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="(default 0)")
-    g.add_argument("--label-smoothing", type=float, default=0.0, help="(default 0)")
-    g.add_argument("--schedule", default="constant", help=f"{' | '.join(SCHEDULES)} (default constant)")
-    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear LR warm-up (default 0)")
+    g = ap.add_argument_group("optimisation (defaults: the --recipe's, else the ones shown)")
+    g.add_argument("--recipe", default=None, help=f"{' | '.join(RECIPES)}: a whole set of the flags below "
+                   "(experiments/recipes.py); flags given explicitly override it")
+    g.add_argument("--epochs", type=int, default=None, help=f"(default {BASE['epochs']})")
+    g.add_argument("--batch-size", type=int, default=None, help=f"(default {BASE['batch_size']})")
+    g.add_argument("--optimizer", default=None, help=f"{' | '.join(OPTIMIZERS)} (default {BASE['optimizer']})")
+    g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {BASE['lr']})")
+    g.add_argument("--momentum", type=float, default=None, help=f"SGD momentum (default {BASE['momentum']})")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="SGD with nesterov momentum (default off)")
+    g.add_argument("--weight-decay", type=float, default=None, help=f"(default {BASE['weight_decay']:g})")
+    g.add_argument("--decay-norm-bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="apply weight decay to BatchNorm parameters and biases too (default on)")
+    g.add_argument("--label-smoothing", type=float, default=None, help=f"(default {BASE['label_smoothing']:g})")
+    g.add_argument("--schedule", default=None, help=f"{' | '.join(SCHEDULES)} (default {BASE['schedule']})")
+    g.add_argument("--warmup-epochs", type=float, default=None, help="linear LR warm-up (default 0)")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in all")
     g = ap.add_argument_group("data")
     g.add_argument("--dataset", default="auto", help=f"{' | '.join(DATASETS)} (default auto: a local copy, "
@@ -65,12 +77,12 @@ def build_parser():
     g.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ "
                    "(default $CIFAR10_DIR or ./data)")
     g.add_argument("--download", action="store_true", help="download CIFAR-10 if it is not there")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop (pad 4) + horizontal flip (default off)")
     g.add_argument("--host-data", action="store_true",
                    help="GPU runs: feed batches from host memory (default: the dataset is uploaded once and "
                         "cropped, flipped and normalised on the GPU, with the same batches bitwise)")
-    g.add_argument("--norm", default="cifar", help="normalisation: cifar (per-channel mean/std) | half "
+    g.add_argument("--norm", default=None, help="normalisation: cifar (per-channel mean/std) | half "
                    "(mean = std = 0.5, the original study's) (default cifar)")
     g.add_argument("--train-subset", type=int, default=None, help="use the first N training images")
     g.add_argument("--test-subset", type=int, default=None, help="use the first N test images")
@@ -83,6 +95,12 @@ def build_parser():
     g.add_argument("--out", default=os.path.join("results", "runs"), help="run folders go here (default results/runs)")
     g.add_argument("--runs-csv", default=None, help="table to append to (default: runs.csv beside --out)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = ap.add_argument_group("checkpoints")
+    g.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="save model, optimizer, schedule position and RNG states every N epochs and at the end, "
+                        "in the run folder (default 0: never)")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint, with its own configuration")
     return ap
 
 
@@ -93,9 +111,14 @@ def _choice(value, allowed, flag):
 
 
 def validate(a):
-    """Check every flag and combination before anything is created. Raises UsageError."""
+    """Resolve the recipe, then check every flag and combination before anything is created.
+    Raises UsageError."""
     _choice(a.impl, IMPLS, "--impl")
     _choice(a.model, MODELS, "--model")
+    if a.recipe is not None:
+        _choice(a.recipe, tuple(RECIPES), "--recipe")
+    for k, v in resolve_recipe(a.recipe, a.model, vars(a)).items():
+        setattr(a, k, v)
     _choice(a.optimizer, OPTIMIZERS, "--optimizer")
     _choice(a.schedule, SCHEDULES, "--schedule")
     _choice(a.precision, PRECISIONS, "--precision")
@@ -109,6 +132,8 @@ def validate(a):
         if a.backend is not None:
             raise UsageError(f"--backend {a.backend} is for --impl scratch; torch runs choose --device cpu|cuda")
         a.device = _choice(a.device or "cpu", DEVICES, "--device")
+    if a.checkpoint_every < 0:
+        raise UsageError("--checkpoint-every must be >= 0")
     for name in ("epochs", "batch_size", "eval_every", "log_every", "max_steps", "train_subset", "test_subset",
                  "threads"):
         v = getattr(a, name)
@@ -145,7 +170,7 @@ def make_adapter(a):
     from .adapters import OptimSpec, make_adapter as build
 
     spec = OptimSpec(a.optimizer, lr=a.lr, momentum=a.momentum if a.optimizer == "sgd" else 0.0,
-                     nesterov=a.nesterov, weight_decay=a.weight_decay)
+                     nesterov=a.nesterov, weight_decay=a.weight_decay, decay_norm_and_bias=a.decay_norm_bias)
     common = dict(model=a.model, optimizer=spec, seed=a.seed, precision=a.precision, cuda_graph=a.cuda_graph,
                   label_smoothing=a.label_smoothing,
                   threads=a.threads)
@@ -236,41 +261,84 @@ def _pool_fn(a):
     return None
 
 
+def resume_args(a, argv):
+    """The Namespace of the run being resumed (its config.json), and its checkpoint index."""
+    from . import checkpoint
+
+    given = [t.split("=")[0] for t in (sys.argv[1:] if argv is None else argv) if t.startswith("--")]
+    extra = sorted(set(given) - {"--resume", "--quiet"})
+    if extra:
+        raise UsageError(f"--resume continues a run with its own configuration; drop {', '.join(extra)}")
+    try:
+        index = checkpoint.read(a.resume)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    with open(os.path.join(a.resume, "config.json")) as f:
+        cfg = json.load(f)
+    r = build_parser().parse_args([])
+    for k in vars(r):
+        if k in cfg:
+            setattr(r, k, cfg[k])
+    r.resume, r.quiet = os.path.abspath(a.resume), a.quiet or r.quiet
+    if index["epochs_done"] >= r.epochs:
+        raise UsageError(f"{a.resume} finished all {r.epochs} epochs already; nothing to resume")
+    return r, index
+
+
 def main(argv=None):
     try:
-        a = validate(build_parser().parse_args(argv))
+        a = build_parser().parse_args(argv)
+        resume = None
+        if a.resume is not None:
+            a, resume = resume_args(a, argv)
+        a = validate(a)
         ds, train_loader, test_loader = load_data(a)
         adapter = make_adapter(a)
         if a.device_data:
             train_loader, test_loader = adapter.device_loader(train_loader), adapter.device_loader(test_loader)
+        if resume is not None:
+            adapter.load_checkpoint(resume["state_path"])
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return execute(a, ds, adapter, train_loader, test_loader)
+    return execute(a, ds, adapter, train_loader, test_loader, resume)
 
 
-def execute(a, ds, adapter, train_loader, test_loader):
+def execute(a, ds, adapter, train_loader, test_loader, resume=None):
     from scratch_nn.optim import make_schedule
 
     from . import records, summary as S
+    from .checkpoint import Checkpointer
     from .sampler import ResourceSampler
     from .trainer import Diverged, train
 
-    os.makedirs(a.out, exist_ok=True)
-    run_id = new_run_id(a, a.out)
-    cfg = resolved_config(a, ds, adapter)
-    cfg["run_id"] = run_id
-    folder = records.RunFolder(a.out, run_id, cfg)
+    if resume is None:
+        os.makedirs(a.out, exist_ok=True)
+        run_id = new_run_id(a, a.out)
+        cfg = resolved_config(a, ds, adapter)
+        cfg["run_id"] = run_id
+        folder = records.RunFolder(a.out, run_id, cfg)
+        state = {}
+    else:
+        with open(os.path.join(a.resume, "config.json")) as f:
+            cfg = json.load(f)
+        cfg.setdefault("resumed", []).append({"at_epoch": resume["epochs_done"], "command": " ".join(
+            ["python -m experiments.run"] + sys.argv[1:]), "started": datetime.datetime.now().isoformat(
+            timespec="seconds"), "git_commit": resolved_config(a, ds, adapter)["git_commit"]})
+        records.write_json(os.path.join(a.resume, "config.json"), cfg)
+        state = dict(resume["state"])
+        folder = records.RunFolder.reopen(a.resume, state["epochs_done"], state["step"])
     total = a.epochs * len(train_loader) if a.max_steps is None else min(a.max_steps, a.epochs * len(train_loader))
     schedule = make_schedule(a.schedule, a.lr, total, warmup_steps=int(a.warmup_epochs * len(train_loader)))
+    ckpt = Checkpointer(folder.dir, adapter, a.checkpoint_every)
     sampler = ResourceSampler(folder.path("resources.csv"), hz=a.sample_hz, gpu_index=cfg["gpu_index"],
-                              pool_bytes_fn=_pool_fn(a)).start()
-    status, state, message, t0 = "completed", {}, None, time.perf_counter()
+                              pool_bytes_fn=_pool_fn(a), resume=resume is not None).start()
+    status, message, t0 = "completed", None, time.perf_counter()
     try:
         train(adapter, train_loader, test_loader, epochs=a.epochs, schedule=schedule, folder=folder,
-                      warmup_steps=a.warmup_steps, max_steps=a.max_steps, log_every=a.log_every,
-                      eval_every=a.eval_every, label_smoothing=a.label_smoothing, progress=_progress_factory(a),
-              state=state)
+              warmup_steps=a.warmup_steps, max_steps=a.max_steps, log_every=a.log_every,
+              eval_every=a.eval_every, label_smoothing=a.label_smoothing, progress=_progress_factory(a),
+              state=state, on_epoch_end=ckpt.on_epoch_end)
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted by the user; the run folder keeps what was measured"
     except Diverged as e:
@@ -278,7 +346,11 @@ def execute(a, ds, adapter, train_loader, test_loader):
     finally:
         sampler.stop()
         folder.close()
+    last_ckpt = ckpt.last_path or (resume["state_path"] if resume else None)
+    if message and last_ckpt:
+        message += f"; the last good checkpoint is {last_ckpt} (--resume {folder.dir})"
     summary = S.build_summary(a, cfg, ds, state, sampler.summary(), status, wall_s=time.perf_counter() - t0)
+    summary["checkpoint"] = last_ckpt
     records.write_json(folder.path("summary.json"), summary)
     runs_csv = a.runs_csv or os.path.join(os.path.dirname(os.path.abspath(a.out)), "runs.csv")
     records.append_runs_row(runs_csv, S.runs_row(summary, folder.dir))

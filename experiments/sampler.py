@@ -82,13 +82,15 @@ class ResourceSampler:
     """
 
     def __init__(self, csv_path, hz: float = 5.0, gpu_index: Optional[int] = None,
-                 pool_bytes_fn: Optional[Callable[[], float]] = None):
+                 pool_bytes_fn: Optional[Callable[[], float]] = None, resume: bool = False):
         if not hz > 0:
             raise ValueError(f"sampling rate must be positive, got hz={hz!r}")
         self.csv_path = os.fspath(csv_path)
         self.hz = float(hz)
         self.gpu_index = gpu_index
         self.pool_bytes_fn = pool_bytes_fn
+        self.resume = resume        # continue an existing CSV (a resumed run): its clock goes on
+        self._t_offset = 0.0
         self.gpu_available = False
         self.samples: List[dict] = []
         self._proc = psutil.Process()
@@ -114,9 +116,18 @@ class ResourceSampler:
         parent = os.path.dirname(self.csv_path)
         if parent:
             os.makedirs(parent, exist_ok=True)
-        self._file = open(self.csv_path, "w", newline="", buffering=1)
-        self._writer = csv.writer(self._file)
-        self._writer.writerow(RESOURCE_COLUMNS)
+        if self.resume and os.path.exists(self.csv_path):
+            with open(self.csv_path, newline="") as f:
+                self.samples = [{c: (float(r[c]) if r.get(c) not in (None, "") else None) for c in RESOURCE_COLUMNS}
+                                for r in csv.DictReader(f)]
+            if self.samples:
+                self._t_offset = self.samples[-1]["t_s"] + 1.0 / self.hz
+            self._file = open(self.csv_path, "a", newline="", buffering=1)
+            self._writer = csv.writer(self._file)
+        else:
+            self._file = open(self.csv_path, "w", newline="", buffering=1)
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(RESOURCE_COLUMNS)
         self._file.flush()
         if self.gpu_index is not None and _nvml_init():
             self._nvml = True
@@ -181,7 +192,7 @@ class ResourceSampler:
 
     def _read(self) -> dict:
         row = dict.fromkeys(RESOURCE_COLUMNS)
-        row["t_s"] = time.perf_counter() - self._t0
+        row["t_s"] = time.perf_counter() - self._t0 + self._t_offset
         mem = _safe(self._proc.memory_info)
         row["rss_mb"] = None if mem is None else mem.rss / _MB
         cpu = _safe(lambda: self._proc.cpu_percent(None))

@@ -23,9 +23,21 @@ def build_summary(a, cfg, ds, state, res, status, wall_s):
         "energy_j": energy, "energy_per_image_j": energy / steady_n if energy and steady_n else None,
         "final_train_loss": last.get("train_loss"), "final_train_acc": last.get("train_acc"),
         "final_test_loss": last.get("test_loss"), "final_test_acc": last.get("test_acc"),
+        "time_to_accuracy": state.get("time_to_accuracy") or {},
+        **_tta_columns(state.get("time_to_accuracy") or {}),
         "cpu": machine.get("cpu_model"), "gpu": machine.get("gpu_name"),
         "date": datetime.date.today().isoformat(),
     }
+
+
+def _tta_columns(tta):
+    """runs.csv's flat view of time_to_accuracy: training seconds and epochs to each threshold."""
+    out = {}
+    for key in ("50", "80", "85", "90"):
+        hit = tta.get(key)
+        out[f"tta_{key}_s"] = hit["train_time_s"] if hit else None
+        out[f"tta_{key}_epoch"] = hit["epoch"] if hit else None
+    return out
 
 
 def runs_row(summary, run_dir):
@@ -47,6 +59,8 @@ def print_summary(s, run_dir, runs_csv):
         ("throughput", f"{f(s['images_per_s'], '.1f')} images/s (steady state)"),
         ("train", f"loss {f(s['final_train_loss'], '.4f')}  acc {f(s['final_train_acc'], '.2%')}"),
         ("test", f"loss {f(s['final_test_loss'], '.4f')}  acc {f(s['final_test_acc'], '.2%')}"),
+        ("to accuracy", "  ".join(f"{k}%: {v['train_time_s']:.1f} s (epoch {v['epoch']})"
+                                  for k, v in s["time_to_accuracy"].items()) or "below 50% test accuracy"),
         ("memory / CPU", f"peak RSS {f(s['peak_rss_mb'], '.0f')} MB, mean CPU {f(s['mean_cpu_percent'], '.0f')}%"),
     ]
     if s.get("peak_gpu_mem_mb") is not None:

@@ -13,6 +13,9 @@ import time
 import numpy as np
 
 
+TTA_THRESHOLDS = (0.50, 0.80, 0.85, 0.90)   # test accuracies whose first crossing is timed
+
+
 class Diverged(RuntimeError):
     pass
 
@@ -34,21 +37,37 @@ def evaluate(adapter, loader, label_smoothing=0.0):
     return total_loss / n, correct / n
 
 
+def record_time_to_accuracy(state, test_acc, epoch):
+    """Note the training seconds (evaluation excluded) and epochs at which test accuracy first
+    reached each of TTA_THRESHOLDS."""
+    tta = state.setdefault("time_to_accuracy", {})
+    for thr in TTA_THRESHOLDS:
+        key = f"{round(thr * 100)}"
+        if key not in tta and test_acc >= thr:
+            tta[key] = {"train_time_s": state["train_time_s"], "epoch": epoch + 1}
+
+
 def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmup_steps=5, max_steps=None,
-          log_every=10, eval_every=1, label_smoothing=0.0, progress=None, state=None):
+          log_every=10, eval_every=1, label_smoothing=0.0, progress=None, state=None, on_epoch_end=None):
     """Train for `epochs` (or until max_steps) and return the measurements for the summary.
 
     `schedule(step) -> lr` is applied before every step. `progress` (optional) is a callable
     factory progress(epoch, total_batches) returning an object with update(n, **postfix) and
     close(). `state` (a dict, filled in as the run goes) lets the caller keep what was
-    measured when an exception such as KeyboardInterrupt ends the loop early.
+    measured when an exception such as KeyboardInterrupt ends the loop early; a state restored
+    from a checkpoint resumes at its epochs_done and step. The first `warmup_steps` steps of
+    every (re)start are warm-up. `on_epoch_end(epoch, state, last)` runs after each epoch's row
+    is written (checkpoints).
     """
     steps_per_epoch = len(train_loader)
     total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     state = {} if state is None else state
-    state.update(step=0, warmup_time_s=0.0, steady_time_s=0.0, steady_images=0, train_time_s=0.0,
-                 epochs_done=0, last_epoch=None, data_time_s=0.0, eval_time_s=0.0)
-    for epoch in range(epochs):
+    fresh = dict(step=0, warmup_time_s=0.0, steady_time_s=0.0, steady_images=0, train_time_s=0.0,
+                 epochs_done=0, last_epoch=None, data_time_s=0.0, eval_time_s=0.0, time_to_accuracy={})
+    for k, v in fresh.items():
+        state.setdefault(k, v)
+    session_steps = 0
+    for epoch in range(state["epochs_done"], epochs):
         if state["step"] >= total_steps:
             break
         bar = progress(epoch, min(steps_per_epoch, total_steps - state["step"])) if progress else None
@@ -82,7 +101,7 @@ def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmu
                     ep_loss += loss_v * len(y)
                     ep_correct += correct
                     ep_n += len(y)
-                if step < warmup_steps:
+                if session_steps < warmup_steps:
                     state["warmup_time_s"] += dt
                 else:
                     state["steady_time_s"] += dt
@@ -90,6 +109,7 @@ def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmu
                 ep_time += dt
                 state["train_time_s"] += dt
                 state["step"] += 1
+                session_steps += 1
                 if logged:
                     folder.steps.write(dict(step=step, epoch=epoch, loss=loss_v, batch_acc=correct / len(y),
                                             step_time_s=dt, lr=lr))
@@ -109,7 +129,10 @@ def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmu
             row["test_loss"], row["test_acc"] = evaluate(adapter, test_loader, label_smoothing)
             row["eval_time_s"] = time.perf_counter() - t0
             state["eval_time_s"] += row["eval_time_s"]
+            record_time_to_accuracy(state, row["test_acc"], epoch)
         folder.epochs.write(row)
         state["epochs_done"] = epoch + 1
         state["last_epoch"] = row
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, state, last)
     return state
