@@ -191,3 +191,17 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys
     assert pd.read_csv(tmp_path / "runs.csv").status[0] == "diverged"
     err = capsys.readouterr().err
     assert "loss became nan" in err and "last good checkpoint" in err
+
+
+def test_accuracy_time_chart_from_run_records(tmp_path):
+    from experiments import plots
+
+    out = tmp_path / "runs"
+    for impl in ("scratch", "torch"):
+        if impl == "torch":
+            pytest.importorskip("torch")
+        assert run.main([*SMALL, "--impl", impl, "--epochs", "2", "--recipe", "fast", "--out", str(out)]) == 0
+    png = tmp_path / "chart.png"
+    assert plots.main(["accuracy-time", str(tmp_path / "runs.csv"), "--out", str(png)]) == 0
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert plots.main(["accuracy-time", str(tmp_path / "missing.csv"), "--out", str(png)]) == 2
