@@ -23,8 +23,8 @@ STATE_KEYS = ("step", "warmup_time_s", "steady_time_s", "steady_images", "train_
 
 
 class Checkpointer:
-    def __init__(self, run_dir, adapter, every):
-        self.dir, self.adapter, self.every = run_dir, adapter, every
+    def __init__(self, run_dir, adapter, every, seed):
+        self.dir, self.adapter, self.every, self.seed = run_dir, adapter, every, seed
         self.last_path = None
 
     def on_epoch_end(self, epoch, state, last):
@@ -39,6 +39,8 @@ class Checkpointer:
         os.replace(path + ".tmp", path)
         write_json(os.path.join(self.dir, INDEX),
                    {"epochs_done": epochs_done, "state_file": name,
+                    # where the data and the schedule go on: epoch e's order is a function of (seed, e)
+                    "data_order": {"seed": self.seed, "next_epoch": epochs_done}, "schedule_step": state["step"],
                     "state": {k: state[k] for k in STATE_KEYS if k in state}})
         for old in os.listdir(self.dir):
             if old.startswith("checkpoint-e") and old != name and not old.endswith(".tmp"):

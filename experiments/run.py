@@ -330,7 +330,7 @@ def execute(a, ds, adapter, train_loader, test_loader, resume=None):
         folder = records.RunFolder.reopen(a.resume, state["epochs_done"], state["step"])
     total = a.epochs * len(train_loader) if a.max_steps is None else min(a.max_steps, a.epochs * len(train_loader))
     schedule = make_schedule(a.schedule, a.lr, total, warmup_steps=int(a.warmup_epochs * len(train_loader)))
-    ckpt = Checkpointer(folder.dir, adapter, a.checkpoint_every)
+    ckpt = Checkpointer(folder.dir, adapter, a.checkpoint_every, a.seed)
     sampler = ResourceSampler(folder.path("resources.csv"), hz=a.sample_hz, gpu_index=cfg["gpu_index"],
                               pool_bytes_fn=_pool_fn(a), resume=resume is not None).start()
     status, message, t0 = "completed", None, time.perf_counter()
