@@ -223,6 +223,14 @@ class Backend:
         dx *= (gamma * invstd).reshape(bshape)
         return dx, dgamma, dbeta, (dy if has_residual else None)
 
+    def batchnorm_backward_into(self, dy, cache, wgrad, bgrad):
+        """batchnorm_backward that adds dgamma and dbeta into the parameters' gradients and
+        returns (dx, dresidual): what the layer calls, so a backend can add in its own kernel."""
+        dx, dgamma, dbeta, dres = self.batchnorm_backward(dy, cache)
+        wgrad += dgamma
+        bgrad += dbeta
+        return dx, dres
+
     # ------------------------------------------------------------------ activations
     def relu_forward(self, x):
         return self.xp.maximum(x, 0)

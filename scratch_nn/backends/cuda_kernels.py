@@ -230,7 +230,7 @@ template <class T, class P>
 __global__ void bn_grad_coeffs(const typename Acc<T>::type* __restrict__ p1, const typename Acc<T>::type* __restrict__ p2,
                                int C, int S, int M, const P* __restrict__ gamma, const typename Acc<T>::type* __restrict__ mean,
                                const typename Acc<T>::type* __restrict__ invstd, P* __restrict__ dgamma, P* __restrict__ dbeta,
-                               typename Acc<T>::type* __restrict__ coef) {
+                               typename Acc<T>::type* __restrict__ coef, int accumulate) {
     typedef typename Acc<T>::type A;
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
@@ -238,7 +238,8 @@ __global__ void bn_grad_coeffs(const typename Acc<T>::type* __restrict__ p1, con
     for (int i = 0; i < S; ++i) { s1 += p1[c * S + i]; s2 += p2[c * S + i]; }
     A is = invstd[c];
     A dg = s2 * is;
-    dbeta[c] = (P)s1; dgamma[c] = (P)dg;
+    dbeta[c] = (P)(accumulate ? (A)dbeta[c] + s1 : s1);     // accumulate: straight into the gradients
+    dgamma[c] = (P)(accumulate ? (A)dgamma[c] + dg : dg);
     A a = (A)gamma[c] * is;
     A b = -a * is * dg / M;
     coef[3 * c] = a; coef[3 * c + 1] = b; coef[3 * c + 2] = -a * s1 / M - b * mean[c];

@@ -415,8 +415,8 @@ class CupyBackend(Backend):
     def _partials(self, mode, x, dy, y, mean, c, m):
         s = self._splits(c, m)
         acc = self._acc_dtype(x.dtype if x is not None else dy.dtype)
-        p1 = self.xp.empty(c * s, dtype=acc)
-        p2 = self.xp.empty(c * s, dtype=acc)
+        p = self.xp.empty(2 * c * s, dtype=acc)     # one allocation: host time is what eager steps spend
+        p1, p2 = p[:c * s], p[c * s:]
         dt = (x if x is not None else dy).dtype
         self._launch(self._k(dt)("channel_sums", mode), (s, c),
                      (x if x is not None else NULL, dy if dy is not None else NULL,
@@ -434,9 +434,10 @@ class CupyBackend(Backend):
         p1, p2, s = self._partials(0, xc, None, None, None, c, m)
         pdt = gamma.dtype
         acc = self._acc_dtype(x.dtype)
-        mean_ = xp.empty(c, dtype=acc)
-        invstd_ = xp.empty(c, dtype=acc)
-        scale, shift, bmean, bvar = (xp.empty(c, dtype=pdt) for _ in range(4))
+        stats = xp.empty(2 * c, dtype=acc)
+        mean_, invstd_ = stats[:c], stats[c:]
+        coef = xp.empty(4 * c, dtype=pdt)
+        scale, shift, bmean, bvar = (coef[i * c:(i + 1) * c] for i in range(4))
         if running is None:   # statistics only: scratch buffers take the running update
             run_mean, run_var, mom = xp.zeros(c, dtype=pdt), xp.ones(c, dtype=pdt), 0.0
         else:
@@ -465,6 +466,17 @@ class CupyBackend(Backend):
         return self._nchw(yc)
 
     def batchnorm_backward(self, dy, cache):
+        gamma = cache[3]
+        dgb = self.xp.empty(2 * gamma.shape[0], dtype=gamma.dtype)
+        dgamma, dbeta = dgb[:gamma.shape[0]], dgb[gamma.shape[0]:]
+        dx, dres = self._bn_backward(dy, cache, dgamma, dbeta, accumulate=False)
+        return dx, dgamma, dbeta, dres
+
+    def batchnorm_backward_into(self, dy, cache, wgrad, bgrad):
+        return self._bn_backward(dy, cache, wgrad, bgrad, accumulate=True)
+
+    def _bn_backward(self, dy, cache, dgamma, dbeta, accumulate):
+        """(dx, dresidual); dgamma and dbeta written, or added, by the coefficients kernel."""
         xp = self.xp
         xc, mean_, invstd_, gamma, yc, has_res = cache
         c = xc.shape[0]
@@ -472,16 +484,15 @@ class CupyBackend(Backend):
         dyc = self._cnhw(self._act(dy))
         k = self._k(dyc.dtype)
         p1, p2, s = self._partials(1, xc, dyc, yc, mean_, c, m)
-        dgamma = xp.empty(c, dtype=gamma.dtype)
-        dbeta = xp.empty(c, dtype=gamma.dtype)
         coef = xp.empty(3 * c, dtype=self._acc_dtype(dyc.dtype))
         self._launch(k("bn_grad_coeffs"), (-(-c // BLOCK),),
-                     (p1, p2, np.int32(c), np.int32(s), np.int32(m), gamma, mean_, invstd_, dgamma, dbeta, coef))
+                     (p1, p2, np.int32(c), np.int32(s), np.int32(m), gamma, mean_, invstd_, dgamma, dbeta, coef,
+                      np.int32(accumulate)))
         dx = xp.empty_like(xc)
         dres = xp.empty_like(xc) if has_res else None
         self._launch(k("bn_backward_apply"), _grid_per_channel(m, c),
                      (dyc, xc, yc if yc is not None else NULL, coef, dx, dres if has_res else NULL, np.int32(m)))
-        return self._nchw(dx), dgamma, dbeta, (self._nchw(dres) if has_res else None)
+        return self._nchw(dx), (self._nchw(dres) if has_res else None)
 
     # ------------------------------------------------------------------ activations
     def relu_backward(self, dy, y):

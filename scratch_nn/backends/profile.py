@@ -12,7 +12,7 @@ import time
 
 KERNELS = ("gemm", "im2col", "col2im", "conv2d_forward", "conv2d_backward", "conv2d_backward_into",
            "linear_forward", "linear_backward", "linear_backward_into",
-           "batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward",
+           "batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward", "batchnorm_backward_into",
            "relu_forward", "relu_backward", "maxpool2d_forward", "maxpool2d_backward",
            "global_avgpool_forward", "global_avgpool_backward", "softmax_cross_entropy",
            "sgd_update", "adam_update", "_im2col", "_partials")

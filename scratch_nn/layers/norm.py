@@ -44,8 +44,6 @@ class BatchNorm2d(Module):
     def backward(self, dy, input_grad=True):
         if self._cache is None:
             raise RuntimeError("BatchNorm2d.backward needs a training-mode forward first")
-        dx, dgamma, dbeta, dresidual = self.be.batchnorm_backward(dy, self._cache)
+        dx, dresidual = self.be.batchnorm_backward_into(dy, self._cache, self.weight.grad, self.bias.grad)
         self._cache = None
-        self.weight.grad += dgamma
-        self.bias.grad += dbeta
         return dx if dresidual is None else (dx, dresidual)
