@@ -17,9 +17,6 @@ import os
 from .records import write_json
 
 INDEX = "checkpoint.json"
-# trainer state carried across a resume (what trainer.train keeps in its `state` dict)
-STATE_KEYS = ("step", "warmup_time_s", "steady_time_s", "steady_images", "train_time_s", "epochs_done",
-              "last_epoch", "data_time_s", "eval_time_s", "time_to_accuracy")
 
 
 class Checkpointer:
@@ -41,7 +38,7 @@ class Checkpointer:
                    {"epochs_done": epochs_done, "state_file": name,
                     # where the data and the schedule go on: epoch e's order is a function of (seed, e)
                     "data_order": {"seed": self.seed, "next_epoch": epochs_done}, "schedule_step": state["step"],
-                    "state": {k: state[k] for k in STATE_KEYS if k in state}})
+                    "state": state})     # trainer.train's measurements so far, carried across the resume
         for old in os.listdir(self.dir):
             if old.startswith("checkpoint-e") and old != name and not old.endswith(".tmp"):
                 os.unlink(os.path.join(self.dir, old))

@@ -524,16 +524,18 @@ class BatchLoader:
         self.data_time_s += time.perf_counter() - t0
         return self._batches(order, params)
 
-    def _batches(self, order, params):
+    def slices(self, order, params):
+        """(image indices, augmentation parameters or None) of each batch of an epoch: the
+        order and the per-position parameters cut alike (host or device arrays)."""
         b = self.batch_size
         for i in range(len(self)):
-            t0 = time.perf_counter()
             sl = slice(i * b, (i + 1) * b)
-            idx = order[sl]
-            if params is None:
-                raw = self.x[idx]
-            else:
-                raw = self._crop_flip(idx, params[0][sl], params[1][sl], params[2][sl])
+            yield order[sl], (None if params is None else tuple(a[sl] for a in params))
+
+    def _batches(self, order, params):
+        for idx, p in self.slices(order, params):
+            t0 = time.perf_counter()
+            raw = self.x[idx] if p is None else self._crop_flip(idx, *p)
             xb = np.empty(raw.shape, self.dtype)
             np.multiply(raw, self._scale, out=xb)
             xb += self._shift

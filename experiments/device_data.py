@@ -75,10 +75,6 @@ class CupyBatchOps:
                                 np.int32(w), np.int32(CROP_PADDING), scale, shift, out))
         return out
 
-    @staticmethod
-    def take(a, idx):
-        return a[idx]
-
 
 class TorchBatchOps:
     """The torch side: the same arithmetic with torch's indexing ops (a few kernels a batch)."""
@@ -106,10 +102,6 @@ class TorchBatchOps:
         out = raw.to(scale.dtype) * scale.view(1, -1, 1, 1)
         out += shift.view(1, -1, 1, 1)
         return out.to(self.out_dtype)
-
-    @staticmethod
-    def take(a, idx):
-        return a[idx]
 
 
 class DeviceBatchLoader:
@@ -145,13 +137,9 @@ class DeviceBatchLoader:
         return self._batches(order, params)
 
     def _batches(self, order, params):
-        b = self.batch_size
-        for i in range(len(self)):
+        for idx, p in self.host.slices(order, params):
             t0 = time.perf_counter()
-            sl = slice(i * b, (i + 1) * b)
-            idx = order[sl]
-            p = None if params is None else tuple(a[sl] for a in params)
             xb = self.ops.batch(self.x, idx, p, self.scale, self.shift)
-            yb = self.ops.take(self.y, idx)
+            yb = self.y[idx]
             self.data_time_s += time.perf_counter() - t0
             yield xb, yb

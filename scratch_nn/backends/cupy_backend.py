@@ -116,8 +116,10 @@ class CupyBackend(Backend):
         # (less memory). Default: rebuild in the fp16 mode, whose point is a small footprint
         # and whose tensor-core GEMMs leave memory traffic the larger share; keep otherwise.
         self.recompute_cols = self.fp16 if recompute_cols is None else bool(recompute_cols)
-        self._half_arenas = {}      # fp32 parameter arena pointer -> its float16 copy (fp16 mode)
-        self._half_views = {}       # (pointer, shape) of an fp32 parameter -> its view in that copy
+        # fp16 mode: (pointer, size) of an fp32 parameter arena, or of one parameter in it -> its
+        # float16 copy (a view into the arena's copy); the (arena, copy) pairs for refreshing
+        self._halves = {}
+        self._half_arenas = []
         self._ones = {}             # (length, dtype) -> ones vector (bias gradients as GEMVs)
         # Small layers' weight gradients run on a second stream, beside the input-gradient chain
         # (see _side_gemms); _keep holds what they read until the streams are joined.
@@ -143,11 +145,6 @@ class CupyBackend(Backend):
             raise ValueError("precision fp16 keeps float32 master weights: build the model with dtype float32")
         return super().check_dtype(dtype)
 
-    @property
-    def compute_dtype(self):
-        """The dtype activations are stored in: float16 in the fp16 mode, else the model's."""
-        return np.float16 if self.fp16 else None
-
     def _act(self, x):
         """An activation in the compute dtype (the fp16 mode casts a float32 input once)."""
         return x.astype(np.float16) if self.fp16 and x.dtype != np.float16 else x
@@ -157,8 +154,10 @@ class CupyBackend(Backend):
         optimizer), or a fresh cast for a parameter no optimizer owns."""
         if not self.fp16 or w.dtype == np.float16:
             return w
-        h = self._half_views.get((w.data.ptr, w.shape))
-        return h if h is not None else w.astype(np.float16)
+        h = self._halves.get((w.data.ptr, w.size))
+        if h is None:
+            return w.astype(np.float16)
+        return h if h.shape == w.shape else h.reshape(w.shape)
 
     def _ones_vec(self, n, dtype):
         key = (n, np.dtype(dtype).str)
@@ -578,25 +577,19 @@ class CupyBackend(Backend):
             p.grad = g.reshape(p.data.shape)
         if self.fp16 and flat_p.dtype == np.float32:
             flat_h = flat_p.astype(np.float16)
-            self._half_arenas[flat_p.data.ptr] = (flat_p, flat_h)
+            self._half_arenas.append((flat_p, flat_h))
+            self._halves[(flat_p.data.ptr, flat_p.size)] = flat_h
             for p, hv in zip(params, self._split(flat_h, sizes)):
-                self._half_views[(p.data.data.ptr, p.data.shape)] = hv.reshape(p.data.shape)
+                self._halves[(p.data.data.ptr, p.data.size)] = hv.reshape(p.data.shape)
 
     def params_changed(self):
-        for flat_p, flat_h in self._half_arenas.values():
+        for flat_p, flat_h in self._half_arenas:
             flat_h[...] = flat_p
 
     def _half_of(self, p):
         """The float16 copy an update kernel rewrites beside fp32 parameters p (flat or one)."""
-        if not self.fp16:
-            return NULL
-        hit = self._half_arenas.get(p.data.ptr)
-        if hit is not None and hit[0].size == p.size:
-            return hit[1]
-        for (ptr, _), hv in self._half_views.items():
-            if ptr == p.data.ptr and hv.size == p.size:
-                return hv
-        return NULL
+        h = self._halves.get((p.data.ptr, p.size))
+        return NULL if h is None else h
 
     @staticmethod
     def _split(flat, sizes):
