@@ -71,6 +71,9 @@ def build_parser():
     g.add_argument("--schedule", default=None, help=f"{' | '.join(SCHEDULES)} (default {BASE['schedule']})")
     g.add_argument("--warmup-epochs", type=float, default=None, help="linear LR warm-up (default 0)")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in all")
+    g.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop training once the steady-state training time reaches SECONDS (mid-epoch if need "
+                        "be; warm-up steps always run), then evaluate: bounds slow runs of a study")
     g = ap.add_argument_group("data")
     g.add_argument("--dataset", default="auto", help=f"{' | '.join(DATASETS)} (default auto: a local copy, "
                    "else download, else synthetic with a warning)")
@@ -139,6 +142,8 @@ def validate(a):
         v = getattr(a, name)
         if v is not None and v <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    if a.time_budget is not None and a.time_budget <= 0:
+        raise UsageError(f"--time-budget must be positive seconds, got {a.time_budget}")
     if a.lr <= 0 or a.sample_hz <= 0:
         raise UsageError("--lr and --sample-hz must be positive")
     if a.momentum < 0 or a.weight_decay < 0 or a.warmup_steps < 0 or a.warmup_epochs < 0:
@@ -338,7 +343,7 @@ def execute(a, ds, adapter, train_loader, test_loader, resume=None):
         train(adapter, train_loader, test_loader, epochs=a.epochs, schedule=schedule, folder=folder,
               warmup_steps=a.warmup_steps, max_steps=a.max_steps, log_every=a.log_every,
               eval_every=a.eval_every, label_smoothing=a.label_smoothing, progress=_progress_factory(a),
-              state=state, on_epoch_end=ckpt.on_epoch_end)
+              state=state, on_epoch_end=ckpt.on_epoch_end, time_budget_s=a.time_budget)
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted by the user; the run folder keeps what was measured"
     except Diverged as e:

@@ -9,7 +9,8 @@ def build_summary(a, cfg, ds, state, res, status, wall_s):
     ips = steady_n / steady_s if steady_s > 0 else None
     energy = res.get("energy_j")
     return {
-        "run_id": cfg["run_id"], "status": status, "impl": a.impl, "backend_or_device": cfg["backend_or_device"],
+        "run_id": cfg["run_id"], "status": status, "stopped_by": state.get("stopped_by"),
+        "time_budget_s": getattr(a, "time_budget", None), "impl": a.impl, "backend_or_device": cfg["backend_or_device"],
         "model": a.model, "threads": a.threads, "batch_size": a.batch_size, "precision": a.precision,
         "optimizer": a.optimizer, "lr": a.lr, "epochs": state.get("epochs_done", 0), "steps": state.get("step", 0),
         "dataset": ds.source, "n_train": ds.n_train, "n_test": ds.n_test, "seed": a.seed,
@@ -52,7 +53,9 @@ def print_summary(s, run_dir, runs_csv):
         ("run", f"{s['impl']} {s['backend_or_device']} {s['model']} ({s['status']})"),
         ("data", f"{s['dataset']} {s['n_train']} train / {s['n_test']} test"
                  + (", resident on the GPU" if s.get("data_on_gpu") else "")),
-        ("steps", f"{s['steps']} in {s['epochs']} epoch(s), batch {s['batch_size']}, {s['threads']} thread(s)"),
+        ("steps", f"{s['steps']} in {s['epochs']} epoch(s), batch {s['batch_size']}, {s['threads']} thread(s)"
+                  + (f"; stopped by the {s['time_budget_s']:g} s time budget" if s.get("stopped_by") == "time_budget"
+                     else "")),
         ("train time", f"{f(s['train_time_s'], '.1f')} s (warm-up {s['warmup_steps']} steps "
                        f"{f(s['warmup_time_s'], '.2f')} s; data {f(s['data_time_s'], '.1f')} s; "
                        f"eval {f(s['eval_time_s'], '.1f')} s apart)"),

@@ -48,7 +48,8 @@ def record_time_to_accuracy(state, test_acc, epoch):
 
 
 def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmup_steps=5, max_steps=None,
-          log_every=10, eval_every=1, label_smoothing=0.0, progress=None, state=None, on_epoch_end=None):
+          log_every=10, eval_every=1, label_smoothing=0.0, progress=None, state=None, on_epoch_end=None,
+          time_budget_s=None):
     """Train for `epochs` (or until max_steps) and return the measurements for the summary.
 
     `schedule(step) -> lr` is applied before every step. `progress` (optional) is a callable
@@ -57,7 +58,10 @@ def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmu
     measured when an exception such as KeyboardInterrupt ends the loop early; a state restored
     from a checkpoint resumes at its epochs_done and step. The first `warmup_steps` steps of
     every (re)start are warm-up. `on_epoch_end(epoch, state, last)` runs after each epoch's row
-    is written (checkpoints).
+    is written (checkpoints). `time_budget_s` ends training, mid-epoch if need be, once the
+    steady-state training time reaches it (warm-up steps always run and one steady step at
+    least, so a slow run still measures its throughput); the test set is then evaluated and
+    state["stopped_by"] is "time_budget" (else "epochs" or "max_steps").
     """
     steps_per_epoch = len(train_loader)
     total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
@@ -67,11 +71,12 @@ def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmu
     for k, v in fresh.items():
         state.setdefault(k, v)
     session_steps = 0
+    out_of_time = False
     for epoch in range(state["epochs_done"], epochs):
-        if state["step"] >= total_steps:
+        if state["step"] >= total_steps or out_of_time:
             break
         bar = progress(epoch, min(steps_per_epoch, total_steps - state["step"])) if progress else None
-        ep_loss, ep_correct, ep_n, ep_time = 0.0, 0, 0, 0.0
+        ep_loss, ep_correct, ep_n, ep_images, ep_time = 0.0, 0, 0, 0, 0.0
         lr = schedule(state["step"])
         adapter.synchronize()
         t_prev = time.perf_counter()
@@ -107,6 +112,7 @@ def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmu
                     state["steady_time_s"] += dt
                     state["steady_images"] += len(y)
                 ep_time += dt
+                ep_images += len(y)
                 state["train_time_s"] += dt
                 state["step"] += 1
                 session_steps += 1
@@ -116,14 +122,18 @@ def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmu
                 if bar is not None:
                     bar.update(1, loss=loss_v, acc=None if correct is None else correct / len(y),
                                ips=len(y) / dt if dt > 0 else None)
+                if (time_budget_s is not None and session_steps > warmup_steps
+                        and state["steady_time_s"] >= time_budget_s):
+                    out_of_time = True
+                    break
         finally:
             if bar is not None:
                 bar.close()
         state["data_time_s"] += train_loader.data_time_s
         row = dict(epoch=epoch, train_loss=ep_loss / ep_n if ep_n else None, train_acc=ep_correct / ep_n if ep_n else None,
-                   epoch_time_s=ep_time, train_images_per_s=ep_n / ep_time if ep_time > 0 else None,
+                   epoch_time_s=ep_time, train_images_per_s=ep_images / ep_time if ep_time > 0 else None,
                    data_time_s=train_loader.data_time_s, lr=lr)
-        last = epoch == epochs - 1 or state["step"] >= total_steps
+        last = epoch == epochs - 1 or state["step"] >= total_steps or out_of_time
         if (eval_every and (epoch + 1) % eval_every == 0) or last:
             t0 = time.perf_counter()
             row["test_loss"], row["test_acc"] = evaluate(adapter, test_loader, label_smoothing)
@@ -135,4 +145,6 @@ def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmu
         state["last_epoch"] = row
         if on_epoch_end is not None:
             on_epoch_end(epoch, state, last)
+    state["stopped_by"] = ("time_budget" if out_of_time else
+                           "max_steps" if max_steps is not None and state["step"] >= max_steps else "epochs")
     return state

@@ -22,6 +22,7 @@ import numpy as np
 # cublas_api.h / library_types.h enums (part of the ABI)
 OP_N, OP_T = 0, 1
 CUDA_R = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np.float16): 2}
+_F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 COMPUTE_32F, COMPUTE_32F_FAST_TF32, COMPUTE_64F = 68, 77, 70
 GEMM_DEFAULT = -1
 
@@ -108,7 +109,7 @@ class Gemm:
             out = cupy.empty((m, n), dtype=out_dtype or a.dtype)
         elif out.shape != (m, n) or not (out.strides[1] == out.itemsize and (m == 1 or out.strides[0] >= n * out.itemsize)):
             raise ValueError(f"gemm output must be {(m, n)} with contiguous rows, got {out.shape} {out.strides}")
-        if out.dtype != a.dtype and not (a.dtype == np.float16 and out.dtype == np.float32):
+        if out.dtype != a.dtype and not (a.dtype == _F16 and out.dtype == _F32):
             raise TypeError(f"gemm of {a.dtype} operands cannot write {out.dtype}")
         if m == 0 or n == 0:
             return out
@@ -121,10 +122,10 @@ class Gemm:
             self._check(self.lib.cublasSetStream_v2(self.handle, stream), "cublasSetStream")
             self._stream = stream
         dt = a.dtype
-        if dt == np.float64:
+        if dt == _F64:
             compute, one, beta = COMPUTE_64F, self._one64, (self._one64 if accumulate else self._zero64)
         else:   # float32 (strict or TF32) and float16 operands accumulate in float32
-            compute = COMPUTE_32F_FAST_TF32 if (tf32 and dt == np.float32) else COMPUTE_32F
+            compute = COMPUTE_32F_FAST_TF32 if (tf32 and dt == _F32) else COMPUTE_32F
             one, beta = self._one32, (self._one32 if accumulate else self._zero32)
         ct, oct_ = CUDA_R[dt], CUDA_R[out.dtype]
         ldc = max(n, out.strides[0] // out.itemsize if m > 1 else n)
@@ -138,5 +139,6 @@ class Gemm:
             status = self.lib.cublasGemmStridedBatchedEx(
                 self.handle, lb[0], la[0], n, m, k, ctypes.addressof(one), b.data.ptr, ct, lb[1], sb, a.data.ptr, ct,
                 la[1], sa, ctypes.addressof(beta), out.data.ptr, oct_, ldc, sc, count, compute, GEMM_DEFAULT)
-        self._check(status, f"cublasGemm{'StridedBatched' if batch else ''}Ex ({m}x{k} @ {k}x{n}, {dt})")
+        if status != 0:    # the message is built only on failure: formatting a dtype costs host time
+            self._check(status, f"cublasGemm{'StridedBatched' if batch else ''}Ex ({m}x{k} @ {k}x{n}, {dt})")
         return out

@@ -30,6 +30,8 @@ BLOCK = 256
 COLS_BUDGET = 128 * 2**20     # bytes of im2col columns at a time when they are rebuilt in backward
 SIDE_FMAS = 2**28             # weight gradients up to this many multiply-adds run on the side stream
 _KERNELS = {}
+_KERNELS_BY_DTYPE = {}
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 class PrecisionUnavailable(BackendUnavailable):
@@ -167,7 +169,12 @@ class CupyBackend(Backend):
         return v
 
     def _k(self, dtype):
-        return kernels(np.dtype(dtype).name)
+        # keyed by the dtype object: numpy builds dtype.name in Python, and an eager step
+        # asks ~120 times
+        ks = _KERNELS_BY_DTYPE.get(dtype)
+        if ks is None:
+            ks = _KERNELS_BY_DTYPE[dtype] = kernels(np.dtype(dtype).name)
+        return ks
 
     def _launch(self, fn, grid, args):
         fn(grid, (BLOCK,), args)
@@ -408,19 +415,22 @@ class CupyBackend(Backend):
         least a few thousand values."""
         return int(max(1, min(-(-8 * self._sms // c), -(-m // 2048), 1024)))
 
-    def _acc_dtype(self, dtype):
-        return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    @staticmethod
+    def _acc_dtype(dtype):
+        return _F64 if dtype == _F64 else _F32
 
-    def _partials(self, mode, x, dy, y, mean, c, m):
+    def _partials(self, mode, x, dy, y, mean, c, m, extra):
+        """Per-split channel sums, and a float32/64 buffer of `extra` values after them (one
+        allocation: host time per launch is what eager steps spend)."""
         s = self._splits(c, m)
         acc = self._acc_dtype(x.dtype if x is not None else dy.dtype)
-        p = self.xp.empty(2 * c * s, dtype=acc)     # one allocation: host time is what eager steps spend
-        p1, p2 = p[:c * s], p[c * s:]
+        p = self.xp.empty(2 * c * s + extra, dtype=acc)
+        p1, p2 = p[:c * s], p[c * s:2 * c * s]
         dt = (x if x is not None else dy).dtype
         self._launch(self._k(dt)("channel_sums", mode), (s, c),
                      (x if x is not None else NULL, dy if dy is not None else NULL,
                       y if y is not None else NULL, mean if mean is not None else NULL, np.int32(m), p1, p2))
-        return p1, p2, s
+        return p1, p2, s, p[2 * c * s:]
 
     # ------------------------------------------------------------------ batch norm
     def batchnorm_forward_train(self, x, gamma, beta, eps, relu=False, residual=None, running=None):
@@ -430,12 +440,11 @@ class CupyBackend(Backend):
         m = n * h * w
         xc = self._cnhw(x)
         k = self._k(x.dtype)
-        p1, p2, s = self._partials(0, xc, None, None, None, c, m)
         pdt = gamma.dtype
-        acc = self._acc_dtype(x.dtype)
-        stats = xp.empty(2 * c, dtype=acc)
-        mean_, invstd_ = stats[:c], stats[c:]
-        coef = xp.empty(4 * c, dtype=pdt)
+        same = pdt == self._acc_dtype(x.dtype)    # coefficients share the statistics' buffer
+        p1, p2, s, stats = self._partials(0, xc, None, None, None, c, m, 6 * c if same else 2 * c)
+        mean_, invstd_ = stats[:c], stats[c:2 * c]
+        coef = stats[2 * c:] if same else xp.empty(4 * c, dtype=pdt)
         scale, shift, bmean, bvar = (coef[i * c:(i + 1) * c] for i in range(4))
         if running is None:   # statistics only: scratch buffers take the running update
             run_mean, run_var, mom = xp.zeros(c, dtype=pdt), xp.ones(c, dtype=pdt), 0.0
@@ -482,8 +491,7 @@ class CupyBackend(Backend):
         m = xc.size // c
         dyc = self._cnhw(self._act(dy))
         k = self._k(dyc.dtype)
-        p1, p2, s = self._partials(1, xc, dyc, yc, mean_, c, m)
-        coef = xp.empty(3 * c, dtype=self._acc_dtype(dyc.dtype))
+        p1, p2, s, coef = self._partials(1, xc, dyc, yc, mean_, c, m, 3 * c)
         self._launch(k("bn_grad_coeffs"), (-(-c // BLOCK),),
                      (p1, p2, np.int32(c), np.int32(s), np.int32(m), gamma, mean_, invstd_, dgamma, dbeta, coef,
                       np.int32(accumulate)))
