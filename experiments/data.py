@@ -453,7 +453,8 @@ class BatchLoader:
 
     def __init__(self, x_uint8: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool,
                  seed: int, augment: bool, mean: Sequence[float] = CIFAR10_MEAN,
-                 std: Sequence[float] = CIFAR10_STD, drop_last: bool = False, dtype=np.float32):
+                 std: Sequence[float] = CIFAR10_STD, drop_last: bool = False, dtype=np.float32,
+                 shard: Tuple[int, int] = (0, 1)):
         x = np.asarray(x_uint8)
         if x.dtype != np.uint8 or x.ndim != 4:
             raise DataError(f"BatchLoader needs uint8 images (N, C, H, W), got {x.dtype} {x.shape}")
@@ -470,11 +471,18 @@ class BatchLoader:
         std = np.asarray(std, np.float64).reshape(-1)
         if mean.shape != (c,) or std.shape != (c,) or np.any(std <= 0):
             raise DataError(f"mean/std need {c} values with std > 0, got {mean} / {std}")
+        rank, world = (int(v) for v in shard)
+        if world < 1 or not 0 <= rank < world:
+            raise DataError(f"shard (rank, world) must have 0 <= rank < world, got {shard!r}")
+        # Data parallelism: a global batch is batch_size * world images in the one-process
+        # order; rank r trains on its r-th slice of each. A short last global batch cannot be
+        # split into equal shares, so a sharded loader drops it (as drop_last does).
+        self.rank, self.world = rank, world
         self.x = np.ascontiguousarray(x)
         self.y = y.astype(np.int64)
         self.batch_size = int(batch_size)
         self.shuffle, self.seed, self.augment = bool(shuffle), int(seed), bool(augment)
-        self.drop_last = bool(drop_last)
+        self.drop_last = bool(drop_last) or world > 1
         self.dtype = np.dtype(dtype)
         # (x/255 - mean)/std == x*scale + shift: one multiply-add per pixel
         self._scale = (1.0 / (255.0 * std)).astype(self.dtype).reshape(1, c, 1, 1)
@@ -483,8 +491,8 @@ class BatchLoader:
         self._padded = None  # reusable zero-bordered uint8 buffer for cropping
 
     def __len__(self) -> int:
-        n, b = self.x.shape[0], self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        n, g = self.x.shape[0], self.batch_size * self.world
+        return n // g if self.drop_last else -(-n // g)
 
     @property
     def n_images(self) -> int:
@@ -525,11 +533,12 @@ class BatchLoader:
         return self._batches(order, params)
 
     def slices(self, order, params):
-        """(image indices, augmentation parameters or None) of each batch of an epoch: the
-        order and the per-position parameters cut alike (host or device arrays)."""
-        b = self.batch_size
+        """(image indices, augmentation parameters or None) of each batch of an epoch (this
+        rank's share of each global batch): the order and the per-position parameters cut
+        alike (host or device arrays)."""
+        b, g = self.batch_size, self.batch_size * self.world
         for i in range(len(self)):
-            sl = slice(i * b, (i + 1) * b)
+            sl = slice(i * g + self.rank * b, i * g + (self.rank + 1) * b)
             yield order[sl], (None if params is None else tuple(a[sl] for a in params))
 
     def _batches(self, order, params):

@@ -16,6 +16,16 @@ import numpy as np
 GPU_TARGETS = ("cupy", "cuda")
 
 
+def _batch_axes(ax, batch_sizes, ylabel, title):
+    """Log-log axes over batch size, ticked at the sizes measured."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
+    ax.set_xlabel("batch size (log scale)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+
+
 def _plt():
     import matplotlib
 
@@ -197,13 +207,7 @@ def batch_curves(rows, out_png):
             (line,) = ax.plot(s["batch_size"], s["images_per_s"], color=colors[lab], label=lab, markersize=4,
                               **_style(rows, lab))
             handles.setdefault(lab, line)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        bs = sorted(set(sub["batch_size"]))
-        ax.set_xticks(bs, [str(b) for b in bs])
-        ax.set_xlabel("batch size (log scale)")
-        ax.set_ylabel("images/s (log scale)")
-        ax.set_title(m)
+        _batch_axes(ax, sorted(set(sub["batch_size"])), "images/s (log scale)", m)
         ax.grid(True, which="both", alpha=0.3)
     fig.legend([handles[k] for k in labels if k in handles], [k for k in labels if k in handles],
                loc="center left", bbox_to_anchor=(0.995 - 3.0 / fig.get_figwidth(), 0.5), fontsize=8, frameon=False)
@@ -238,13 +242,8 @@ def gpu_speedup(rows, out_png):
             (line,) = ax.plot(s["batch_size"], ratio, color=colors[lab], label=lab, markersize=4, **_style(rows, lab))
             handles.setdefault(lab, line)
         ax.axhline(1.0, color="grey", linewidth=1)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        bs = sorted(set(sub["batch_size"]) & set(best.index))
-        ax.set_xticks(bs, [str(b) for b in bs])
-        ax.set_xlabel("batch size (log scale)")
-        ax.set_ylabel("speed-up over the best CPU row (x, log scale)")
-        ax.set_title(m)
+        _batch_axes(ax, sorted(set(sub["batch_size"]) & set(best.index)),
+                    "speed-up over the best CPU row (x, log scale)", m)
         ax.grid(True, which="both", alpha=0.3)
     fig.legend([handles[k] for k in labels if k in handles], [k for k in labels if k in handles],
                loc="center left", bbox_to_anchor=(0.995 - 3.0 / fig.get_figwidth(), 0.5), fontsize=8, frameon=False)

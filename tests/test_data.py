@@ -398,3 +398,22 @@ def test_loader_rejects_bad_input():
         _loader(x, np.arange(4), 0)
     with pytest.raises(DataError):
         _loader(x, np.arange(4), seed=-1)
+
+
+def test_sharded_loaders_split_each_global_batch_of_the_one_process_order():
+    """Data parallelism: ranks 0..W-1 with batch b together see, batch for batch, what one
+    process with batch W*b sees (same order, same crops and flips); the short last global
+    batch is dropped on every rank alike."""
+    r = np.random.default_rng(0)
+    x = r.integers(0, 256, (70, 3, 32, 32), dtype=np.uint8)
+    y = r.integers(0, 10, 70)
+    kw = dict(shuffle=True, seed=3, augment=True)
+    whole = BatchLoader(x, y, 16, drop_last=True, **kw)
+    ranks = [BatchLoader(x, y, 8, shard=(k, 2), **kw) for k in range(2)]
+    assert len(whole) == len(ranks[0]) == len(ranks[1]) == 4       # 70 // 16, the 6 left over dropped
+    for e in (0, 1):
+        for (xw, yw), (x0, y0), (x1, y1) in zip(whole.epoch(e), ranks[0].epoch(e), ranks[1].epoch(e)):
+            np.testing.assert_array_equal(np.concatenate([x0, x1]), xw)
+            np.testing.assert_array_equal(np.concatenate([y0, y1]), yw)
+    with pytest.raises(DataError, match="shard"):
+        BatchLoader(x, y, 8, shard=(2, 2), **kw)
