@@ -154,6 +154,9 @@ class ScratchAdapter:
         self.net.eval()
         return self.be.to_host(self.net.forward(x))
 
+    def close(self):
+        pass
+
     def synchronize(self):
         self.be.synchronize()
 
@@ -200,12 +203,18 @@ class TorchAdapter:
     checkpoint_suffix = ".pt"
 
     def __init__(self, model, device="cpu", optimizer=None, seed=0, num_classes=10, dtype=None,
-                 label_smoothing=0.0, threads=None, initial_state=None, precision="fp32", cuda_graph=False):
+                 label_smoothing=0.0, threads=None, initial_state=None, precision="fp32", cuda_graph=False,
+                 dist=None, sync_bn=False, dist_timeout_s=300):
         import torch
 
         import torch_impl
 
         self.torch = torch
+        # data parallelism (experiments.launch): one process per device, gradients averaged by
+        # DistributedDataParallel (NCCL on GPUs, gloo on CPUs)
+        self.dist = dist if dist is not None and dist.world_size > 1 else None
+        if self.dist is not None and cuda_graph:
+            raise ValueError("--cuda-graph is one process's capture: run several processes without it")
         dtype = dtype or precision_dtype(precision)
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda needs a CUDA GPU and a CUDA build of torch; none is visible here")
@@ -217,6 +226,9 @@ class TorchAdapter:
         if threads is not None:
             set_torch_threads(threads)
         self.device = torch.device(device)
+        if self.dist is not None and device == "cuda":
+            torch.cuda.set_device(self.dist.local_rank)
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.tdtype = getattr(torch, dtype)
         self.net = torch_impl.models.build(model, num_classes=num_classes, dtype=self.tdtype)
         if initial_state is None:
@@ -227,6 +239,19 @@ class TorchAdapter:
                                          seed=seed, dtype=dtype).state_dict()
         self.net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in initial_state.items()})
         self.net.to(self.device)
+        self.model = self.net       # what a step calls: the network, or its DDP wrapper
+        if self.dist is not None:
+            import datetime
+
+            import torch.distributed as td
+
+            td.init_process_group("nccl" if device == "cuda" else "gloo", init_method="env://",
+                                  rank=self.dist.rank, world_size=self.dist.world_size,
+                                  timeout=datetime.timedelta(seconds=dist_timeout_s))
+            if sync_bn:     # same parameters and buffers, so state dicts stay interchangeable
+                self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.dist.local_rank] if device == "cuda" else None)
         spec = optimizer or OptimSpec()
         cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[spec.name]
         self.opt = cls(param_groups(list(self.net.named_parameters()), spec), **_optimizer_kwargs(spec))
@@ -270,17 +295,21 @@ class TorchAdapter:
         self.opt.zero_grad(set_to_none=True)
         if self.amp:
             with t.autocast("cuda", dtype=t.float16):
-                logits = self.net(x)
+                logits = self.model(x)
                 loss = self.loss_fn(logits, y)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)
             self.scaler.update()
         else:
-            logits = self.net(x)
+            logits = self.model(x)
             loss = self.loss_fn(logits, y)
             loss.backward()
             self.opt.step()
-        return loss.detach(), logits.detach()
+        loss = loss.detach()
+        if self.dist is not None:       # the global batch's loss: the mean of the ranks' means
+            self.torch.distributed.all_reduce(loss)
+            loss /= self.dist.world_size
+        return loss, logits.detach()
 
     def train_step(self, x, y):
         self.net.train()
@@ -333,7 +362,15 @@ class TorchAdapter:
         return self.torch.cuda.max_memory_reserved(self.device) / 2**20
 
     def last_batch_correct(self, y):
-        return int((self._last_logits.argmax(dim=1) == y).sum())
+        """Correct predictions in the last global batch (every rank's share)."""
+        correct = (self._last_logits.argmax(dim=1) == y).sum()
+        if self.dist is not None:
+            self.torch.distributed.all_reduce(correct)
+        return int(correct)
+
+    def close(self):
+        if self.dist is not None and self.torch.distributed.is_initialized():
+            self.torch.distributed.destroy_process_group()
 
     def predict(self, x):
         self.net.eval()

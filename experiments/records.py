@@ -120,3 +120,21 @@ class RunFolder:
     def close(self):
         self.epochs.close()
         self.steps.close()
+
+
+class NullFolder:
+    """What a data-parallel rank other than 0 writes to: nothing (rank 0 owns the run folder)."""
+    dir = None
+
+    class _Null:
+        def write(self, row):
+            pass
+
+        def close(self):
+            pass
+
+    def __init__(self):
+        self.epochs = self.steps = self._Null()
+
+    def close(self):
+        pass

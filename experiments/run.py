@@ -53,6 +53,12 @@ def build_parser():
                    help="GPU: capture the training step once as a CUDA graph and replay it")
     g.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: 1 for numpy, every core otherwise)")
+    g.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="data parallel over N GPUs of this machine, one process each (experiments/launch.py; "
+                        "several machines: the same command on each, with NNODES, NODE_RANK, MASTER_ADDR and "
+                        "MASTER_PORT set). --batch-size is per GPU; the global batch is N times it")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="with --gpus: BatchNorm statistics over the global batch (default: each GPU's own)")
     g.add_argument("--seed", type=int, default=0, help="weights, data order and augmentation (default 0)")
     g = ap.add_argument_group("optimisation (defaults: the --recipe's, else the ones shown)")
     g.add_argument("--recipe", default=None, help=f"{' | '.join(RECIPES)}: a whole set of the flags below "
@@ -159,6 +165,7 @@ def validate(a):
         raise UsageError("--cuda-graph needs a GPU: --backend cupy or --device cuda")
     if a.host_data and not on_gpu:
         raise UsageError("--host-data is for GPU runs (CPU runs always read host memory)")
+    _validate_parallel(a, on_gpu)
     # fp64 batches would need the normalisation in float64: those few runs read host batches
     a.device_data = on_gpu and not a.host_data and a.precision != "fp64"
     if a.impl == "scratch" and a.backend == "numpy" and a.threads not in (None, 1):
@@ -166,6 +173,39 @@ def validate(a):
     if a.threads is None:
         a.threads = 1 if a.impl == "scratch" and a.backend == "numpy" else (os.cpu_count() or 1)
     return a
+
+
+def _validate_parallel(a, on_gpu):
+    """a.dist: this process's rank (started by experiments.launch or torchrun), or None;
+    a.launch: start the ranks from here."""
+    from .launch import LaunchError, rank_from_env
+
+    try:
+        a.dist = rank_from_env()
+    except LaunchError as e:
+        raise UsageError(str(e)) from None
+    if a.gpus is not None:
+        if a.gpus < 1:
+            raise UsageError(f"--gpus must be at least 1, got {a.gpus}")
+        if not on_gpu:
+            raise UsageError("--gpus needs a GPU run: --backend cupy or --device cuda")
+    if a.dist is not None and a.dist.world_size == 1:
+        a.dist = None
+    multi_node = int(os.environ.get("NNODES") or 1) > 1
+    a.launch = a.gpus is not None and a.dist is None and (a.gpus > 1 or multi_node)
+    if a.dist is None and not a.launch:
+        if a.sync_bn:
+            raise UsageError("--sync-bn synchronises BatchNorm across GPUs: use it with --gpus N (N > 1)")
+        return
+    if a.sync_bn and a.impl == "torch" and a.device != "cuda":
+        raise UsageError("--sync-bn: torch's SyncBatchNorm runs on CUDA devices only")
+    if a.impl == "scratch":
+        raise UsageError("data parallelism for --impl scratch (gradients all-reduced over NCCL through CuPy) is "
+                         "not built yet; --impl torch runs it with DistributedDataParallel")
+    for flag, on in (("--resume", a.resume is not None), ("--cuda-graph", a.cuda_graph),
+                     ("--time-budget", a.time_budget is not None), ("--checkpoint-every", a.checkpoint_every > 0)):
+        if on:
+            raise UsageError(f"{flag} is not supported with several processes yet")
 
 
 def make_adapter(a):
@@ -186,7 +226,7 @@ def make_adapter(a):
             raise UsageError("--impl torch needs PyTorch: pip install -e '.[torch]'") from None
         if a.device == "cuda" and not torch.cuda.is_available():
             raise UsageError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu")
-        return build("torch", device=a.device, **common)
+        return build("torch", device=a.device, dist=a.dist, sync_bn=a.sync_bn, **common)
     try:
         return build("scratch", backend=a.backend, **common)
     except (BackendUnavailable, ValueError) as e:
@@ -205,7 +245,8 @@ def load_data(a):
     dtype = "float64" if a.precision == "fp64" else "float32"
     # a captured CUDA graph replays one batch shape: drop the short last batch
     train = D.BatchLoader(ds.x_train, ds.y_train, a.batch_size, shuffle=True, seed=a.seed, augment=a.augment,
-                          mean=mean, std=std, dtype=dtype, drop_last=a.cuda_graph)
+                          mean=mean, std=std, dtype=dtype, drop_last=a.cuda_graph,
+                          shard=(a.dist.rank, a.dist.world_size) if a.dist else (0, 1))
     test = D.BatchLoader(ds.x_test, ds.y_test, max(a.batch_size, 256), shuffle=False, seed=a.seed, augment=False,
                          mean=mean, std=std, dtype=dtype)
     return ds, train, test
@@ -291,12 +332,20 @@ def resume_args(a, argv):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         a = build_parser().parse_args(argv)
         resume = None
         if a.resume is not None:
             a, resume = resume_args(a, argv)
         a = validate(a)
+        if a.launch:
+            from .launch import LaunchError, launch
+
+            try:
+                return launch("experiments.run", argv, a.gpus)
+            except LaunchError as e:
+                raise UsageError(str(e)) from None
         ds, train_loader, test_loader = load_data(a)
         adapter = make_adapter(a)
         if a.device_data:
@@ -306,12 +355,40 @@ def main(argv=None):
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if a.dist is not None and not a.dist.is_main:
+        return execute_rank(a, adapter, train_loader, test_loader)
     return execute(a, ds, adapter, train_loader, test_loader, resume)
 
 
-def execute(a, ds, adapter, train_loader, test_loader, resume=None):
+def _schedule(a, train_loader):
     from scratch_nn.optim import make_schedule
 
+    total = a.epochs * len(train_loader) if a.max_steps is None else min(a.max_steps, a.epochs * len(train_loader))
+    return make_schedule(a.schedule, a.lr, total, warmup_steps=int(a.warmup_epochs * len(train_loader)))
+
+
+def execute_rank(a, adapter, train_loader, test_loader):
+    """A rank other than 0: trains its share in step with the others and writes nothing (rank 0
+    owns the run folder and evaluates)."""
+    from . import records
+    from .trainer import Diverged, train
+
+    code = 0
+    try:
+        train(adapter, train_loader, test_loader, epochs=a.epochs, schedule=_schedule(a, train_loader),
+              folder=records.NullFolder(), warmup_steps=a.warmup_steps, max_steps=a.max_steps,
+              log_every=a.log_every, eval_every=a.eval_every, label_smoothing=a.label_smoothing,
+              world=a.dist.world_size, evaluates=False)
+    except KeyboardInterrupt:
+        code = 130
+    except Diverged:
+        code = 3
+    finally:
+        adapter.close()
+    return code
+
+
+def execute(a, ds, adapter, train_loader, test_loader, resume=None):
     from . import records, summary as S
     from .checkpoint import Checkpointer
     from .sampler import ResourceSampler
@@ -333,8 +410,7 @@ def execute(a, ds, adapter, train_loader, test_loader, resume=None):
         records.write_json(os.path.join(a.resume, "config.json"), cfg)
         state = dict(resume["state"])
         folder = records.RunFolder.reopen(a.resume, state["epochs_done"], state["step"])
-    total = a.epochs * len(train_loader) if a.max_steps is None else min(a.max_steps, a.epochs * len(train_loader))
-    schedule = make_schedule(a.schedule, a.lr, total, warmup_steps=int(a.warmup_epochs * len(train_loader)))
+    schedule = _schedule(a, train_loader)
     ckpt = Checkpointer(folder.dir, adapter, a.checkpoint_every, a.seed)
     sampler = ResourceSampler(folder.path("resources.csv"), hz=a.sample_hz, gpu_index=cfg["gpu_index"],
                               pool_bytes_fn=_pool_fn(a), resume=resume is not None).start()
@@ -343,7 +419,8 @@ def execute(a, ds, adapter, train_loader, test_loader, resume=None):
         train(adapter, train_loader, test_loader, epochs=a.epochs, schedule=schedule, folder=folder,
               warmup_steps=a.warmup_steps, max_steps=a.max_steps, log_every=a.log_every,
               eval_every=a.eval_every, label_smoothing=a.label_smoothing, progress=_progress_factory(a),
-              state=state, on_epoch_end=ckpt.on_epoch_end, time_budget_s=a.time_budget)
+              state=state, on_epoch_end=ckpt.on_epoch_end, time_budget_s=a.time_budget,
+              world=a.dist.world_size if a.dist else 1)
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted by the user; the run folder keeps what was measured"
     except Diverged as e:
@@ -351,6 +428,7 @@ def execute(a, ds, adapter, train_loader, test_loader, resume=None):
     finally:
         sampler.stop()
         folder.close()
+        adapter.close()
     last_ckpt = ckpt.last_path or (resume["state_path"] if resume else None)
     if message and last_ckpt:
         message += f"; the last good checkpoint is {last_ckpt} (--resume {folder.dir})"

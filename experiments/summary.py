@@ -15,6 +15,8 @@ def build_summary(a, cfg, ds, state, res, status, wall_s):
         "optimizer": a.optimizer, "lr": a.lr, "epochs": state.get("epochs_done", 0), "steps": state.get("step", 0),
         "dataset": ds.source, "n_train": ds.n_train, "n_test": ds.n_test, "seed": a.seed,
         "data_on_gpu": bool(getattr(a, "device_data", False)),
+        "world_size": a.dist.world_size if getattr(a, "dist", None) else 1,
+        "images_per_s_per_process": ips / a.dist.world_size if ips and getattr(a, "dist", None) else ips,
         "train_time_s": state.get("train_time_s", 0.0), "images_per_s": ips,
         "warmup_steps": min(a.warmup_steps, state.get("step", 0)), "warmup_time_s": state.get("warmup_time_s", 0.0),
         "data_time_s": state.get("data_time_s", 0.0), "eval_time_s": state.get("eval_time_s", 0.0),
@@ -59,7 +61,9 @@ def print_summary(s, run_dir, runs_csv):
         ("train time", f"{f(s['train_time_s'], '.1f')} s (warm-up {s['warmup_steps']} steps "
                        f"{f(s['warmup_time_s'], '.2f')} s; data {f(s['data_time_s'], '.1f')} s; "
                        f"eval {f(s['eval_time_s'], '.1f')} s apart)"),
-        ("throughput", f"{f(s['images_per_s'], '.1f')} images/s (steady state)"),
+        ("throughput", f"{f(s['images_per_s'], '.1f')} images/s (steady state)"
+                       + (f", {s['world_size']} processes, {f(s['images_per_s_per_process'], '.1f')} each"
+                          if s.get("world_size", 1) > 1 else "")),
         ("train", f"loss {f(s['final_train_loss'], '.4f')}  acc {f(s['final_train_acc'], '.2%')}"),
         ("test", f"loss {f(s['final_test_loss'], '.4f')}  acc {f(s['final_test_acc'], '.2%')}"),
         ("to accuracy", "  ".join(f"{k}%: {v['train_time_s']:.1f} s (epoch {v['epoch']})"

@@ -49,7 +49,7 @@ def record_time_to_accuracy(state, test_acc, epoch):
 
 def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmup_steps=5, max_steps=None,
           log_every=10, eval_every=1, label_smoothing=0.0, progress=None, state=None, on_epoch_end=None,
-          time_budget_s=None):
+          time_budget_s=None, world=1, evaluates=True):
     """Train for `epochs` (or until max_steps) and return the measurements for the summary.
 
     `schedule(step) -> lr` is applied before every step. `progress` (optional) is a callable
@@ -62,6 +62,11 @@ def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmu
     steady-state training time reaches it (warm-up steps always run and one steady step at
     least, so a slow run still measures its throughput); the test set is then evaluated and
     state["stopped_by"] is "time_budget" (else "epochs" or "max_steps").
+
+    Data parallel (`world` processes, each training its share of a global batch): images
+    are counted for the whole global batch (a rank's batch times `world`; losses and correct
+    counts come from the adapter already reduced over the ranks), and only the rank with
+    `evaluates` runs the evaluation.
     """
     steps_per_epoch = len(train_loader)
     total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
@@ -103,25 +108,25 @@ def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmu
                     if not math.isfinite(loss_v):
                         raise Diverged(f"loss became {loss_v} at step {step} (epoch {epoch}); "
                                        f"lower --lr or check the data")
-                    ep_loss += loss_v * len(y)
+                    ep_loss += loss_v * len(y) * world
                     ep_correct += correct
-                    ep_n += len(y)
+                    ep_n += len(y) * world
                 if session_steps < warmup_steps:
                     state["warmup_time_s"] += dt
                 else:
                     state["steady_time_s"] += dt
-                    state["steady_images"] += len(y)
+                    state["steady_images"] += len(y) * world
                 ep_time += dt
-                ep_images += len(y)
+                ep_images += len(y) * world
                 state["train_time_s"] += dt
                 state["step"] += 1
                 session_steps += 1
                 if logged:
-                    folder.steps.write(dict(step=step, epoch=epoch, loss=loss_v, batch_acc=correct / len(y),
+                    folder.steps.write(dict(step=step, epoch=epoch, loss=loss_v, batch_acc=correct / (len(y) * world),
                                             step_time_s=dt, lr=lr))
                 if bar is not None:
-                    bar.update(1, loss=loss_v, acc=None if correct is None else correct / len(y),
-                               ips=len(y) / dt if dt > 0 else None)
+                    bar.update(1, loss=loss_v, acc=None if correct is None else correct / (len(y) * world),
+                               ips=len(y) * world / dt if dt > 0 else None)
                 if (time_budget_s is not None and session_steps > warmup_steps
                         and state["steady_time_s"] >= time_budget_s):
                     out_of_time = True
@@ -134,7 +139,7 @@ def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmu
                    epoch_time_s=ep_time, train_images_per_s=ep_images / ep_time if ep_time > 0 else None,
                    data_time_s=train_loader.data_time_s, lr=lr)
         last = epoch == epochs - 1 or state["step"] >= total_steps or out_of_time
-        if (eval_every and (epoch + 1) % eval_every == 0) or last:
+        if evaluates and ((eval_every and (epoch + 1) % eval_every == 0) or last):
             t0 = time.perf_counter()
             row["test_loss"], row["test_acc"] = evaluate(adapter, test_loader, label_smoothing)
             row["eval_time_s"] = time.perf_counter() - t0

@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from experiments.launch import LaunchError, RankInfo, launch, rank_envs, rank_from_env
@@ -103,3 +104,61 @@ def test_rank_0_names_the_ranks_that_never_came():
         p = s.getsockname()[1]
     with pytest.raises(RendezvousError, match=r"rank\(s\) 1, 2 did not reach rank 0 within 0.3 s"):
         Rendezvous(RankInfo(0, 3, 0, 3, "127.0.0.1", p), timeout_s=0.3)
+
+
+# ---------------------------------------------------------------------------- data-parallel training
+DP = ["--impl", "torch", "--device", "cpu", "--threads", "1", "--model", "cnn", "--dataset", "synthetic",
+      "--train-subset", "256", "--test-subset", "64", "--epochs", "2", "--lr", "0.05", "--log-every", "1",
+      "--warmup-steps", "1", "--quiet", "--sample-hz", "20"]
+
+
+def test_two_ranks_with_global_batch_b_follow_one_process_with_batch_b(tmp_path):
+    """torch DistributedDataParallel (gloo on the CPU), started with torchrun's variables: two
+    ranks of batch 16 train as one process of batch 32 (the cnn has no BatchNorm, so only the
+    order of float sums differs), and rank 0 alone writes the run folder."""
+    pytest.importorskip("torch")
+    from experiments import run
+
+    one = tmp_path / "one"
+    assert run.main([*DP, "--batch-size", "32", "--out", str(one / "runs")]) == 0
+    two = tmp_path / "two"
+    code = launch("experiments.run", [*DP, "--batch-size", "16", "--out", str(two / "runs")], 2, env=_env())
+    assert code == 0
+    (d1,) = (one / "runs").iterdir()
+    (d2,) = (two / "runs").iterdir()       # one folder: rank 1 wrote nothing
+    import pandas as pd
+
+    s1, s2 = pd.read_csv(d1 / "steps.csv"), pd.read_csv(d2 / "steps.csv")
+    assert len(s1) == len(s2) == 16                      # 256 / 32 global batches, two epochs
+    np.testing.assert_allclose(s2.loss, s1.loss, rtol=1e-5)
+    np.testing.assert_allclose(s2.batch_acc, s1.batch_acc)
+    e1, e2 = pd.read_csv(d1 / "epochs.csv"), pd.read_csv(d2 / "epochs.csv")
+    np.testing.assert_allclose(e2.test_loss, e1.test_loss, rtol=1e-5)
+    import json
+
+    summary = json.loads((d2 / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 16
+    assert summary["images_per_s_per_process"] == pytest.approx(summary["images_per_s"] / 2)
+
+
+def test_parallel_runs_refuse_what_they_cannot_do(tmp_path, capsys):
+    from experiments import run
+
+    assert run.main([*DP, "--gpus", "2", "--out", str(tmp_path / "r")]) == 2
+    assert "--gpus needs a GPU run" in capsys.readouterr().err
+    assert run.main([*DP, "--sync-bn", "--out", str(tmp_path / "r")]) == 2
+    assert "use it with --gpus" in capsys.readouterr().err
+    env = _env(RANK=0, WORLD_SIZE=2, LOCAL_RANK=0, MASTER_PORT=1)
+    old = dict(os.environ)
+    try:
+        os.environ.update(env)
+        assert run.main(["--impl", "scratch", "--dataset", "synthetic", "--out", str(tmp_path / "r")]) == 2
+        assert "not built yet" in capsys.readouterr().err
+        assert run.main([*DP, "--time-budget", "5", "--out", str(tmp_path / "r")]) == 2
+        assert "--time-budget is not supported with several processes" in capsys.readouterr().err
+        assert run.main([*DP, "--sync-bn", "--out", str(tmp_path / "r")]) == 2
+        assert "SyncBatchNorm runs on CUDA devices only" in capsys.readouterr().err
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    assert not (tmp_path / "r").exists()
