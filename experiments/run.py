@@ -412,7 +412,10 @@ def execute(a, ds, adapter, train_loader, test_loader, resume=None):
         folder = records.RunFolder.reopen(a.resume, state["epochs_done"], state["step"])
     schedule = _schedule(a, train_loader)
     ckpt = Checkpointer(folder.dir, adapter, a.checkpoint_every, a.seed)
-    sampler = ResourceSampler(folder.path("resources.csv"), hz=a.sample_hz, gpu_index=cfg["gpu_index"],
+    gpus = cfg["gpu_index"]
+    if gpus is not None and a.dist is not None:     # rank 0 watches every GPU of its node
+        gpus = list(range(a.dist.local_world_size))
+    sampler = ResourceSampler(folder.path("resources.csv"), hz=a.sample_hz, gpu_index=gpus,
                               pool_bytes_fn=_pool_fn(a), resume=resume is not None).start()
     status, message, t0 = "completed", None, time.perf_counter()
     try:

@@ -17,6 +17,7 @@ import psutil
 
 RESOURCE_COLUMNS = ["t_s", "rss_mb", "cpu_percent", "system_cpu_percent", "gpu_mem_used_mb",
                     "gpu_pool_mb", "gpu_util_percent", "gpu_power_w"]
+PER_GPU_COLUMNS = ["t_s", "gpu", "mem_used_mb", "util_percent", "power_w"]
 
 _MB = 1024.0 * 1024.0
 
@@ -75,7 +76,10 @@ def _safe(fn):
 class ResourceSampler:
     """Samples resources into a CSV on a daemon thread; a context manager.
 
-    gpu_index: the NVML device to watch, or None for a CPU-only run (GPU columns empty).
+    gpu_index: the NVML device to watch, a list of them (a data-parallel job's GPUs on this
+    node: the GPU columns then hold the total memory and power and the mean utilisation, and
+    resources_gpus.csv beside the CSV holds each GPU's readings), or None for a CPU-only run
+    (GPU columns empty).
     pool_bytes_fn: returns the framework allocator's reserved bytes (CuPy's memory pool,
     torch.cuda.memory_reserved); it is called from the sampler thread, so it must report
     the right device without relying on the training thread's current-device setting.
@@ -94,7 +98,8 @@ class ResourceSampler:
         self.gpu_available = False
         self.samples: List[dict] = []
         self._proc = psutil.Process()
-        self._handle = None
+        self._handles = []          # (index, NVML handle) of every GPU watched
+        self._gpu_writer = self._gpu_file = None
         self._nvml = False
         self._file = None
         self._writer = None
@@ -131,13 +136,23 @@ class ResourceSampler:
         self._file.flush()
         if self.gpu_index is not None and _nvml_init():
             self._nvml = True
-            self._handle = _safe(lambda: pynvml.nvmlDeviceGetHandleByIndex(int(self.gpu_index)))
-            self.gpu_available = self._handle is not None
+            indices = list(self.gpu_index) if isinstance(self.gpu_index, (list, tuple)) else [self.gpu_index]
+            for i in indices:
+                h = _safe(lambda: pynvml.nvmlDeviceGetHandleByIndex(int(i)))
+                if h is not None:
+                    self._handles.append((int(i), h))
+            self.gpu_available = bool(self._handles)
             if self.gpu_available:
                 # Where the GPU keeps an energy counter (Volta and newer) it is more exact
                 # than integrating sampled power; summary() reports both.
-                self._energy_mj0 = _safe(
-                    lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+                self._energy_mj0 = self._energy_mj()
+            if len(indices) > 1:
+                path = os.path.join(os.path.dirname(self.csv_path), "resources_gpus.csv")
+                new = not (self.resume and os.path.exists(path))
+                self._gpu_file = open(path, "w" if new else "a", newline="", buffering=1)
+                self._gpu_writer = csv.writer(self._gpu_file)
+                if new:
+                    self._gpu_writer.writerow(PER_GPU_COLUMNS)
         # Both CPU figures are deltas since the previous reading, so take a first reading
         # now. The system one is computed here rather than by psutil.cpu_percent(), whose
         # state is kept per calling thread (the final sample is taken from the caller's).
@@ -158,17 +173,29 @@ class ResourceSampler:
             self._thread.join()
         self._tick()  # the last moments of the run, however short it was
         if self._energy_mj0 is not None:
-            end = _safe(lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+            end = self._energy_mj()
             if end is not None:
                 self.energy_j_counter = (end - self._energy_mj0) / 1000.0
-        try:
-            self._file.close()
-        except Exception:
-            pass
+        for f in (self._file, self._gpu_file):
+            try:
+                if f is not None:
+                    f.close()
+            except Exception:
+                pass
         if self._nvml:
             _nvml_shutdown()
             self._nvml = False
-            self._handle = None
+            self._handles = []
+
+    def _energy_mj(self):
+        """The watched GPUs' energy counters summed (mJ), or None where one has none."""
+        total = 0.0
+        for _, h in self._handles:
+            e = _safe(lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(h))
+            if e is None:
+                return None
+            total += e
+        return total
 
     def __enter__(self) -> "ResourceSampler":
         return self.start()
@@ -202,14 +229,21 @@ class ResourceSampler:
         if row["t_s"] - self._last_t >= 0.5 / self.hz:
             row["cpu_percent"], row["system_cpu_percent"] = cpu, system_cpu
         self._last_t = row["t_s"]
-        if self._handle is not None:
-            h = self._handle
+        per_gpu = []
+        for i, h in self._handles:
             info = _safe(lambda: pynvml.nvmlDeviceGetMemoryInfo(h))
-            row["gpu_mem_used_mb"] = None if info is None else info.used / _MB
             util = _safe(lambda: pynvml.nvmlDeviceGetUtilizationRates(h))
-            row["gpu_util_percent"] = None if util is None else float(util.gpu)
             mw = _safe(lambda: pynvml.nvmlDeviceGetPowerUsage(h))
-            row["gpu_power_w"] = None if mw is None else mw / 1000.0
+            per_gpu.append((i, None if info is None else info.used / _MB, None if util is None else float(util.gpu),
+                            None if mw is None else mw / 1000.0))
+        if per_gpu:
+            mems, utils, powers = ([g[k] for g in per_gpu if g[k] is not None] for k in (1, 2, 3))
+            row["gpu_mem_used_mb"] = sum(mems) if mems else None
+            row["gpu_util_percent"] = sum(utils) / len(utils) if utils else None
+            row["gpu_power_w"] = sum(powers) if powers else None
+        if self._gpu_writer is not None:
+            for g in per_gpu:
+                self._gpu_writer.writerow([_fmt(row["t_s"]), g[0]] + ["" if v is None else _fmt(v) for v in g[1:]])
         if self.pool_bytes_fn is not None:
             pool = _safe(self.pool_bytes_fn)
             row["gpu_pool_mb"] = None if pool is None else float(pool) / _MB

@@ -108,3 +108,51 @@ def test_energy_is_the_trapezoid_of_power(tmp_path):
 def test_rejects_bad_rate(tmp_path):
     with pytest.raises(ValueError):
         ResourceSampler(tmp_path / "r.csv", hz=0)
+
+
+class _FakeNvml:
+    """Two GPUs with fixed readings (memory MiB, utilisation %, power mW, energy mJ)."""
+    GPUS = {0: (1000, 50, 200_000), 1: (3000, 100, 300_000)}
+
+    def __init__(self):
+        self.energy = {0: 0.0, 1: 0.0}
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        if i not in self.GPUS:
+            raise RuntimeError("no such GPU")
+        return i
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return type("M", (), {"used": self.GPUS[h][0] * 2**20})()
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        return type("U", (), {"gpu": self.GPUS[h][1]})()
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        return self.GPUS[h][2]
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        self.energy[h] += 1000.0 * (h + 1)
+        return self.energy[h]
+
+
+def test_a_data_parallel_job_samples_every_gpu(tmp_path, monkeypatch):
+    from experiments import sampler as S
+
+    monkeypatch.setattr(S, "pynvml", _FakeNvml())
+    monkeypatch.setattr(S, "_nvml_init", lambda: True)
+    monkeypatch.setattr(S, "_nvml_shutdown", lambda: None)
+    with ResourceSampler(tmp_path / "resources.csv", hz=50, gpu_index=[0, 1]) as s:
+        time.sleep(0.1)
+    rows = _rows(tmp_path / "resources.csv")
+    head, last = rows[0], dict(zip(rows[0], rows[-1]))
+    assert head == RESOURCE_COLUMNS
+    # the job's totals: memory and power summed, utilisation averaged
+    assert float(last["gpu_mem_used_mb"]) == 4000 and float(last["gpu_power_w"]) == 500
+    assert float(last["gpu_util_percent"]) == 75
+    per = _rows(tmp_path / "resources_gpus.csv")
+    assert per[0] == ["t_s", "gpu", "mem_used_mb", "util_percent", "power_w"]
+    assert {r[1] for r in per[1:]} == {"0", "1"} and len(per) - 1 == 2 * (len(rows) - 1)
+    # both GPUs' energy counters: +1 J and +2 J between start and stop
+    assert s.energy_j_counter == pytest.approx(3.0)
+    assert s.summary()["peak_gpu_mem_mb"] == 4000
