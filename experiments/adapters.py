@@ -154,6 +154,10 @@ class ScratchAdapter:
         self.net.eval()
         return self.be.to_host(self.net.forward(x))
 
+    def any_rank(self, flag):
+        """True on every rank when `flag` is true on any (one process: the flag itself)."""
+        return bool(flag)
+
     def close(self):
         pass
 
@@ -367,6 +371,15 @@ class TorchAdapter:
         if self.dist is not None:
             self.torch.distributed.all_reduce(correct)
         return int(correct)
+
+    def any_rank(self, flag):
+        """True on every rank when `flag` is true on any (a collective: every rank must ask)."""
+        if self.dist is None:
+            return bool(flag)
+        t = self.torch
+        v = t.tensor([1 if flag else 0], dtype=t.int32, device=self.device)
+        t.distributed.all_reduce(v, op=t.distributed.ReduceOp.MAX)
+        return bool(v.item())
 
     def close(self):
         if self.dist is not None and self.torch.distributed.is_initialized():

@@ -203,7 +203,7 @@ def _validate_parallel(a, on_gpu):
         raise UsageError("data parallelism for --impl scratch (gradients all-reduced over NCCL through CuPy) is "
                          "not built yet; --impl torch runs it with DistributedDataParallel")
     for flag, on in (("--resume", a.resume is not None), ("--cuda-graph", a.cuda_graph),
-                     ("--time-budget", a.time_budget is not None), ("--checkpoint-every", a.checkpoint_every > 0)):
+                     ("--checkpoint-every", a.checkpoint_every > 0)):
         if on:
             raise UsageError(f"{flag} is not supported with several processes yet")
 
@@ -378,7 +378,7 @@ def execute_rank(a, adapter, train_loader, test_loader):
         train(adapter, train_loader, test_loader, epochs=a.epochs, schedule=_schedule(a, train_loader),
               folder=records.NullFolder(), warmup_steps=a.warmup_steps, max_steps=a.max_steps,
               log_every=a.log_every, eval_every=a.eval_every, label_smoothing=a.label_smoothing,
-              world=a.dist.world_size, evaluates=False)
+              time_budget_s=a.time_budget, world=a.dist.world_size, evaluates=False)
     except KeyboardInterrupt:
         code = 130
     except Diverged:

@@ -127,10 +127,12 @@ def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmu
                 if bar is not None:
                     bar.update(1, loss=loss_v, acc=None if correct is None else correct / (len(y) * world),
                                ips=len(y) * world / dt if dt > 0 else None)
-                if (time_budget_s is not None and session_steps > warmup_steps
-                        and state["steady_time_s"] >= time_budget_s):
-                    out_of_time = True
-                    break
+                if time_budget_s is not None:
+                    spent = session_steps > warmup_steps and state["steady_time_s"] >= time_budget_s
+                    # ranks of a data-parallel job stop at the same step, or one would wait for ever
+                    if (adapter.any_rank(spent) if world > 1 else spent):
+                        out_of_time = True
+                        break
         finally:
             if bar is not None:
                 bar.close()

@@ -154,11 +154,25 @@ def test_parallel_runs_refuse_what_they_cannot_do(tmp_path, capsys):
         os.environ.update(env)
         assert run.main(["--impl", "scratch", "--dataset", "synthetic", "--out", str(tmp_path / "r")]) == 2
         assert "not built yet" in capsys.readouterr().err
-        assert run.main([*DP, "--time-budget", "5", "--out", str(tmp_path / "r")]) == 2
-        assert "--time-budget is not supported with several processes" in capsys.readouterr().err
+        assert run.main([*DP, "--checkpoint-every", "1", "--out", str(tmp_path / "r")]) == 2
+        assert "--checkpoint-every is not supported with several processes" in capsys.readouterr().err
         assert run.main([*DP, "--sync-bn", "--out", str(tmp_path / "r")]) == 2
         assert "SyncBatchNorm runs on CUDA devices only" in capsys.readouterr().err
     finally:
         os.environ.clear()
         os.environ.update(old)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_time_budget_stops_every_rank_at_the_same_step(tmp_path):
+    """Each rank measures its own time; they agree (an all-reduce) so none waits for ever."""
+    pytest.importorskip("torch")
+    args = [*DP, "--epochs", "50", "--batch-size", "16", "--time-budget", "0.3", "--out", str(tmp_path / "runs")]
+    t0 = time.monotonic()
+    assert launch("experiments.run", args, 2, env=_env()) == 0
+    assert time.monotonic() - t0 < 60
+    import json
+
+    (d,) = (tmp_path / "runs").iterdir()
+    s = json.loads((d / "summary.json").read_text())
+    assert s["stopped_by"] == "time_budget" and s["steps"] < 50 * 8 and s["final_test_acc"] is not None
