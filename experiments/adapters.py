@@ -382,8 +382,14 @@ class TorchAdapter:
         return bool(v.item())
 
     def close(self):
-        if self.dist is not None and self.torch.distributed.is_initialized():
-            self.torch.distributed.destroy_process_group()
+        """Leave the job together: a rank that left while rank 0 still evaluates would close
+        its connections under rank 0 (gloo aborts the process on a lost peer)."""
+        td = self.torch.distributed
+        if self.dist is not None and td.is_initialized():
+            try:
+                td.barrier()
+            finally:
+                td.destroy_process_group()
 
     def predict(self, x):
         self.net.eval()

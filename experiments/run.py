@@ -202,10 +202,8 @@ def _validate_parallel(a, on_gpu):
     if a.impl == "scratch":
         raise UsageError("data parallelism for --impl scratch (gradients all-reduced over NCCL through CuPy) is "
                          "not built yet; --impl torch runs it with DistributedDataParallel")
-    for flag, on in (("--resume", a.resume is not None), ("--cuda-graph", a.cuda_graph),
-                     ("--checkpoint-every", a.checkpoint_every > 0)):
-        if on:
-            raise UsageError(f"{flag} is not supported with several processes yet")
+    if a.cuda_graph:
+        raise UsageError("--cuda-graph captures one process's step: run several processes without it")
 
 
 def make_adapter(a):
@@ -356,7 +354,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     if a.dist is not None and not a.dist.is_main:
-        return execute_rank(a, adapter, train_loader, test_loader)
+        return execute_rank(a, adapter, train_loader, test_loader, resume)
     return execute(a, ds, adapter, train_loader, test_loader, resume)
 
 
@@ -367,15 +365,17 @@ def _schedule(a, train_loader):
     return make_schedule(a.schedule, a.lr, total, warmup_steps=int(a.warmup_epochs * len(train_loader)))
 
 
-def execute_rank(a, adapter, train_loader, test_loader):
+def execute_rank(a, adapter, train_loader, test_loader, resume=None):
     """A rank other than 0: trains its share in step with the others and writes nothing (rank 0
-    owns the run folder and evaluates)."""
+    owns the run folder, its checkpoints, and evaluates); a resumed job's ranks all load rank
+    0's checkpoint and go on from its step."""
     from . import records
     from .trainer import Diverged, train
 
     code = 0
     try:
         train(adapter, train_loader, test_loader, epochs=a.epochs, schedule=_schedule(a, train_loader),
+              state=dict(resume["state"]) if resume else None,
               folder=records.NullFolder(), warmup_steps=a.warmup_steps, max_steps=a.max_steps,
               log_every=a.log_every, eval_every=a.eval_every, label_smoothing=a.label_smoothing,
               time_budget_s=a.time_budget, world=a.dist.world_size, evaluates=False)
@@ -447,4 +447,12 @@ def execute(a, ds, adapter, train_loader, test_loader, resume=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if "RANK" in os.environ:
+        # A data-parallel rank leaves without the interpreter's C++ teardown: gloo's worker
+        # threads can make it abort ("terminate called without an active exception") after
+        # everything was written and the process group destroyed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

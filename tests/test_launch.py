@@ -154,8 +154,6 @@ def test_parallel_runs_refuse_what_they_cannot_do(tmp_path, capsys):
         os.environ.update(env)
         assert run.main(["--impl", "scratch", "--dataset", "synthetic", "--out", str(tmp_path / "r")]) == 2
         assert "not built yet" in capsys.readouterr().err
-        assert run.main([*DP, "--checkpoint-every", "1", "--out", str(tmp_path / "r")]) == 2
-        assert "--checkpoint-every is not supported with several processes" in capsys.readouterr().err
         assert run.main([*DP, "--sync-bn", "--out", str(tmp_path / "r")]) == 2
         assert "SyncBatchNorm runs on CUDA devices only" in capsys.readouterr().err
     finally:
@@ -176,3 +174,35 @@ def test_a_time_budget_stops_every_rank_at_the_same_step(tmp_path):
     (d,) = (tmp_path / "runs").iterdir()
     s = json.loads((d / "summary.json").read_text())
     assert s["stopped_by"] == "time_budget" and s["steps"] < 50 * 8 and s["final_test_acc"] is not None
+
+
+def test_an_interrupted_job_resumes_on_every_rank_where_an_uninterrupted_one_ends(tmp_path):
+    """Ctrl-C to the launcher reaches every rank; rank 0 keeps its epoch checkpoint; --resume
+    restarts both ranks from it, and the job ends as an uninterrupted one does."""
+    pytest.importorskip("torch")
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    args = [*DP, "--epochs", "12", "--batch-size", "16", "--checkpoint-every", "1"]
+    assert launch("experiments.run", [*args, "--out", str(tmp_path / "whole")], 2, env=_env()) == 0
+    code = (f"import sys; from experiments.launch import launch; "
+            f"sys.exit(launch('experiments.run', {args + ['--out', str(tmp_path / 'cut')]!r}, 2))")
+    p = subprocess.Popen([sys.executable, "-c", code], env=_env(), cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "cut").glob("*/checkpoint.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=60) == 130
+    (cut,) = (tmp_path / "cut").iterdir()
+    done = json.loads((cut / "checkpoint.json").read_text())["epochs_done"]
+    assert 1 <= done < 12
+    assert launch("experiments.run", ["--resume", str(cut), "--quiet"], 2, env=_env()) == 0
+    (whole,) = (tmp_path / "whole").iterdir()
+    a, b = pd.read_csv(whole / "epochs.csv"), pd.read_csv(cut / "epochs.csv")
+    assert list(b.epoch) == list(range(12))
+    np.testing.assert_allclose(b.test_loss, a.test_loss, rtol=1e-6)
+    np.testing.assert_allclose(b.train_loss, a.train_loss, rtol=1e-6)
