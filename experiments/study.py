@@ -42,6 +42,8 @@ import subprocess
 import sys
 import time
 
+from .run import UsageError, _Parser
+
 MODELS = ("cnn", "resnet18")
 IMPLS = ("scratch", "torch")
 
@@ -85,13 +87,6 @@ STUDY_COLUMNS = ["row", "kind", "model", "execution", "impl", "backend_or_device
 RESUME_FLAGS = {"--out", "--resume", "--only", "--no-compare", "--no-sweeps", "--data-dir"}
 
 
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
 
 
 def build_parser():

@@ -38,13 +38,6 @@ def _label(r):
     return f"{r['execution']} {r['impl']} ({r['backend_or_device'] or '?'})"
 
 
-def _models(main):
-    out = []
-    for r in main:
-        if r["model"] not in out:
-            out.append(r["model"])
-    return out
-
 
 def _panels(plt, n, width=5.2, height=3.8, rows=1):
     # a one-panel figure stays wide enough for its title and a legend in one row
@@ -114,6 +107,8 @@ def throughput(main, path, title_suffix=""):
     if not any(r["images_per_s"] for r in main):
         return None
     plt = _plt()
+    from .compare import _models
+
     models = _models(main)
     fig, axes = _panels(plt, len(models), width=5.6, height=1.2 + 0.9 * 3)
     for ax, model in zip(axes[0], models):
@@ -218,9 +213,7 @@ def accuracy_vs_time(study, main, path, title_suffix=""):
             curves.setdefault(r["model"], []).append((r, t[ok].tolist(), (100 * ep["test_acc"][ok]).tolist()))
     if not curves:
         return None
-    plt = _plt()
-    fig, axes = _panels(plt, len(curves), width=5.4, height=4.0)
-    for ax, (model, cs) in zip(axes[0], curves.items()):
+    def draw(ax, cs):
         for r, t, acc in cs:
             st = _style(r["execution"])
             ax.plot(t, acc, color=_colour(r["impl"]), ls=st["ls"] if len(t) > 1 else "none", marker=st["marker"],
@@ -228,10 +221,20 @@ def accuracy_vs_time(study, main, path, title_suffix=""):
         log = _log_if_wide(ax, [v for _, t, _ in cs for v in t], span=10)
         ax.set_xlabel(f"cumulative training time (s{', log' if log else ''}; evaluation excluded)")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(model)
         ax.grid(alpha=0.3, which="both")
+    return _curve_panels(curves, draw, path, "Test accuracy against training wall-clock time" + title_suffix)
+
+
+def _curve_panels(curves, draw, path, title):
+    """One panel per model (curves: model -> its rows' curves), drawn by draw(ax, curves), with
+    one legend for all."""
+    plt = _plt()
+    fig, axes = _panels(plt, len(curves), width=5.4, height=4.0)
+    for ax, (model, cs) in zip(axes[0], curves.items()):
+        draw(ax, cs)
+        ax.set_title(model)
     rows = _shared_legend(fig, axes[0], ncol=3)
-    return _finish(fig, path, "Test accuracy against training wall-clock time" + title_suffix, rows)
+    return _finish(fig, path, title, rows)
 
 
 def loss_curves(study, main, path, title_suffix=""):
@@ -245,19 +248,15 @@ def loss_curves(study, main, path, title_suffix=""):
             curves.setdefault(r["model"], []).append((r, s["step"].tolist(), s["loss"].tolist()))
     if not curves:
         return None
-    plt = _plt()
-    fig, axes = _panels(plt, len(curves), width=5.4, height=4.0)
-    for ax, (model, cs) in zip(axes[0], curves.items()):
+    def draw(ax, cs):
         for r, x, y in cs:
             st = _style(r["execution"])
             ax.plot(x, y, color=_colour(r["impl"]), ls=st["ls"], marker=st["marker"], ms=3, lw=1.2,
                     label=_label(r), alpha=0.85)
         ax.set_xlabel("training step (same batches on every row)")
         ax.set_ylabel("training loss (logged steps)")
-        ax.set_title(model)
         ax.grid(alpha=0.3)
-    rows = _shared_legend(fig, axes[0], ncol=3)
-    return _finish(fig, path, "Training loss" + title_suffix, rows)
+    return _curve_panels(curves, draw, path, "Training loss" + title_suffix)
 
 
 def memory_over_time(study, main, path, title_suffix=""):
