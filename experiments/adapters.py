@@ -60,13 +60,24 @@ class ScratchAdapter:
     checkpoint_suffix = ".pkl"
 
     def __init__(self, model, backend="numpy", optimizer=None, seed=0, num_classes=10, dtype=None,
-                 label_smoothing=0.0, threads=None, precision="fp32", cuda_graph=False):
+                 label_smoothing=0.0, threads=None, precision="fp32", cuda_graph=False, dist=None):
         from scratch_nn import backends, models, optim
+
+        # data parallelism (experiments.launch): one process per GPU, gradients all-reduced
+        # over NCCL after backward (one call per packed parameter group)
+        self.dist = dist if dist is not None and dist.world_size > 1 else None
+        if self.dist is not None and (backend != "cupy" or cuda_graph):
+            raise ValueError("scratch data parallelism runs on backend cupy, without --cuda-graph")
 
         dtype = dtype or precision_dtype(precision)
         opts = {} if threads is None else {"threads": threads}
         if backend == "cupy":
             opts["precision"] = "fp32" if precision == "fp64" else precision
+            if self.dist is not None:
+                import cupy
+
+                cupy.cuda.Device(self.dist.local_rank).use()     # every allocation on this rank's GPU
+                opts["device"] = self.dist.local_rank
         elif precision in GPU_PRECISIONS:
             raise ValueError(f"precision {precision} is a GPU mode: use backend cupy (or fp32 / fp64 here)")
         if cuda_graph and backend != "cupy":
@@ -87,11 +98,41 @@ class ScratchAdapter:
             from scratch_nn import amp
 
             self.scaler = amp.GradScaler(self.be)
+        self.comm = self._rendezvous = None
+        if self.dist is not None:
+            self._join_job()
         self.graph = None
         if cuda_graph:
             from scratch_nn.cuda_graph import CapturedStep
 
             self.graph = CapturedStep(self.be, self.net, self.opt, self._eager_step)
+
+    def _join_job(self):
+        """Meet the other ranks (experiments.rendezvous), build the NCCL communicator from rank
+        0's id, and make every rank start from rank 0's weights (they are built from the same
+        seed; the broadcast-by-average is a check that costs one step's all-reduce)."""
+        from scratch_nn.backends.nccl import NcclComm
+
+        from .rendezvous import Rendezvous
+
+        self._rendezvous = Rendezvous(self.dist)
+        uid = self._rendezvous.share(NcclComm.new_id() if self.dist.is_main else None)
+        self.comm = NcclComm(self.dist.world_size, self.dist.rank, uid)
+        self._rendezvous.watch()
+
+    def _reduce_grads(self):
+        for g in self.opt.param_groups:
+            for buf in self.be.flat_grads(g["params"]):
+                self.comm.allreduce_(buf, average=True)
+
+    def close(self):
+        if self.comm is not None:
+            self.be.synchronize()
+            self.comm.close()
+            self.comm = None
+        if self._rendezvous is not None:
+            self._rendezvous.close()
+            self._rendezvous = None
 
     @property
     def reads_are_free(self):
@@ -133,6 +174,9 @@ class ScratchAdapter:
         loss, dlogits = losses.softmax_cross_entropy(logits, y, self.label_smoothing, backend=self.be,
                                                      scaler=self.scaler)
         self.net.backward(dlogits, input_grad=False)
+        if self.comm is not None:       # the global batch's mean gradient on every rank
+            self._reduce_grads()
+            loss = self.comm.allreduce_(loss.copy(), average=True)
         if self.scaler is not None:
             self.scaler.step(self.opt)
         else:
@@ -147,15 +191,15 @@ class ScratchAdapter:
         return self.be.xp.get_default_memory_pool().total_bytes() / 2**20
 
     def last_batch_correct(self, y):
-        """Correct predictions in the last training batch (reads the device)."""
-        return int(self.be.to_host((self._last_logits.argmax(axis=1) == y).sum()))
+        """Correct predictions in the last (global) training batch (reads the device)."""
+        correct = (self._last_logits.argmax(axis=1) == y).sum()
+        if self.comm is not None:
+            correct = self.comm.allreduce_(correct.astype(np.int64).reshape(1))
+        return int(self.be.to_host(correct).sum())
 
     def predict(self, x):
         self.net.eval()
         return self.be.to_host(self.net.forward(x))
-
-    def close(self):
-        pass
 
     def synchronize(self):
         self.be.synchronize()

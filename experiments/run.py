@@ -199,9 +199,10 @@ def _validate_parallel(a, on_gpu):
         return
     if a.sync_bn and a.impl == "torch" and a.device != "cuda":
         raise UsageError("--sync-bn: torch's SyncBatchNorm runs on CUDA devices only")
-    if a.impl == "scratch":
-        raise UsageError("data parallelism for --impl scratch (gradients all-reduced over NCCL through CuPy) is "
-                         "not built yet; --impl torch runs it with DistributedDataParallel")
+    if a.impl == "scratch" and a.backend != "cupy":
+        raise UsageError("scratch data parallelism runs on GPUs (--backend cupy, NCCL through CuPy)")
+    if a.impl == "scratch" and a.sync_bn:
+        raise UsageError("--sync-bn on the scratch side is not built yet (BatchNorm's partial sums all-reduced)")
     for flag, on in (("--resume", a.resume is not None), ("--cuda-graph", a.cuda_graph),
                      ("--time-budget", a.time_budget is not None), ("--checkpoint-every", a.checkpoint_every > 0)):
         if on:
@@ -227,9 +228,13 @@ def make_adapter(a):
         if a.device == "cuda" and not torch.cuda.is_available():
             raise UsageError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu")
         return build("torch", device=a.device, dist=a.dist, sync_bn=a.sync_bn, **common)
+    from scratch_nn.backends.nccl import NcclUnavailable
+
+    from .rendezvous import RendezvousError
+
     try:
-        return build("scratch", backend=a.backend, **common)
-    except (BackendUnavailable, ValueError) as e:
+        return build("scratch", backend=a.backend, dist=a.dist, **common)
+    except (BackendUnavailable, ValueError, NcclUnavailable, RendezvousError) as e:
         raise UsageError(str(e)) from None
 
 

@@ -153,7 +153,7 @@ def test_parallel_runs_refuse_what_they_cannot_do(tmp_path, capsys):
     try:
         os.environ.update(env)
         assert run.main(["--impl", "scratch", "--dataset", "synthetic", "--out", str(tmp_path / "r")]) == 2
-        assert "not built yet" in capsys.readouterr().err
+        assert "scratch data parallelism runs on GPUs" in capsys.readouterr().err
         assert run.main([*DP, "--time-budget", "5", "--out", str(tmp_path / "r")]) == 2
         assert "--time-budget is not supported with several processes" in capsys.readouterr().err
         assert run.main([*DP, "--sync-bn", "--out", str(tmp_path / "r")]) == 2

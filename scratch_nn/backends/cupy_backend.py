@@ -631,6 +631,13 @@ class CupyBackend(Backend):
         self._arenas[key] = (flat, arrays[-1].data.ptr)
         return flat
 
+    def flat_grads(self, params):
+        """The flat gradient buffer of a packed parameter group (pack_parameters), or the
+        separate gradients where the group is not packed: what a data-parallel step
+        all-reduces."""
+        flat = self._flat([p.grad for p in params])
+        return [flat] if flat is not None else [p.grad for p in params]
+
     def zero_(self, arrays):
         self._join()
         flat = self._flat(arrays)
