@@ -60,13 +60,26 @@ class ScratchAdapter:
     checkpoint_suffix = ".pkl"
 
     def __init__(self, model, backend="numpy", optimizer=None, seed=0, num_classes=10, dtype=None,
-                 label_smoothing=0.0, threads=None, precision="fp32", cuda_graph=False):
+                 label_smoothing=0.0, threads=None, precision="fp32", cuda_graph=False, dist=None, sync_bn=False):
         from scratch_nn import backends, models, optim
+
+        # data parallelism (experiments.launch): one process per GPU, gradients averaged over
+        # NCCL in buckets that start during backward (scratch_nn.distributed)
+        self.dist = dist if dist is not None and dist.world_size > 1 else None
+        if self.dist is not None and (backend != "cupy" or cuda_graph):
+            raise ValueError("scratch data parallelism runs on backend cupy, without --cuda-graph")
+        if sync_bn and self.dist is None:
+            raise ValueError("sync_bn synchronises BatchNorm across processes: it needs a data-parallel job")
 
         dtype = dtype or precision_dtype(precision)
         opts = {} if threads is None else {"threads": threads}
         if backend == "cupy":
             opts["precision"] = "fp32" if precision == "fp64" else precision
+            if self.dist is not None:
+                import cupy
+
+                cupy.cuda.Device(self.dist.local_rank).use()     # every allocation on this rank's GPU
+                opts["device"] = self.dist.local_rank
         elif precision in GPU_PRECISIONS:
             raise ValueError(f"precision {precision} is a GPU mode: use backend cupy (or fp32 / fp64 here)")
         if cuda_graph and backend != "cupy":
@@ -87,11 +100,39 @@ class ScratchAdapter:
             from scratch_nn import amp
 
             self.scaler = amp.GradScaler(self.be)
+        self.comm = self._rendezvous = self.reducer = None
+        if self.dist is not None:
+            self._join_job(sync_bn)
         self.graph = None
         if cuda_graph:
             from scratch_nn.cuda_graph import CapturedStep
 
             self.graph = CapturedStep(self.be, self.net, self.opt, self._eager_step)
+
+    def _join_job(self, sync_bn):
+        """Meet the other ranks (experiments.rendezvous) and build the NCCL communicator from
+        rank 0's id. Every rank builds its weights from the same seed, so all start equal."""
+        from scratch_nn.backends.nccl import NcclComm
+        from scratch_nn.distributed import GradReducer
+
+        from .rendezvous import Rendezvous
+
+        self._rendezvous = Rendezvous(self.dist)
+        uid = self._rendezvous.share(NcclComm.new_id() if self.dist.is_main else None)
+        self.comm = NcclComm(self.dist.world_size, self.dist.rank, uid)
+        self._rendezvous.watch()
+        self.reducer = GradReducer(self.net, self.opt.param_groups, self.be, self.comm)
+        if sync_bn:
+            self.be.sync_batchnorm(self.comm)
+
+    def close(self):
+        if self.comm is not None:
+            self.be.synchronize()
+            self.comm.close()
+            self.comm = None
+        if self._rendezvous is not None:
+            self._rendezvous.close()
+            self._rendezvous = None
 
     @property
     def reads_are_free(self):
@@ -133,6 +174,9 @@ class ScratchAdapter:
         loss, dlogits = losses.softmax_cross_entropy(logits, y, self.label_smoothing, backend=self.be,
                                                      scaler=self.scaler)
         self.net.backward(dlogits, input_grad=False)
+        if self.reducer is not None:    # the global batch's mean gradient on every rank
+            self.reducer.finish()
+            loss = self.comm.allreduce_(loss.copy(), average=True)
         if self.scaler is not None:
             self.scaler.step(self.opt)
         else:
@@ -147,8 +191,11 @@ class ScratchAdapter:
         return self.be.xp.get_default_memory_pool().total_bytes() / 2**20
 
     def last_batch_correct(self, y):
-        """Correct predictions in the last training batch (reads the device)."""
-        return int(self.be.to_host((self._last_logits.argmax(axis=1) == y).sum()))
+        """Correct predictions in the last (global) training batch (reads the device)."""
+        correct = (self._last_logits.argmax(axis=1) == y).sum()
+        if self.comm is not None:
+            correct = self.comm.allreduce_(correct.astype(np.int64).reshape(1))
+        return int(self.be.to_host(correct).sum())
 
     def predict(self, x):
         self.net.eval()
@@ -156,10 +203,10 @@ class ScratchAdapter:
 
     def any_rank(self, flag):
         """True on every rank when `flag` is true on any (one process: the flag itself)."""
-        return bool(flag)
-
-    def close(self):
-        pass
+        if self.comm is None:
+            return bool(flag)
+        v = self.be.xp.asarray([int(bool(flag))], dtype=np.int32)
+        return bool(int(self.be.to_host(self.comm.allreduce_(v)).item()))
 
     def synchronize(self):
         self.be.synchronize()

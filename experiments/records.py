@@ -14,7 +14,8 @@ EPOCH_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "e
 STEP_COLUMNS = ["step", "epoch", "loss", "batch_acc", "step_time_s", "lr"]
 RUNS_COLUMNS = ["run_id", "status", "impl", "backend_or_device", "model", "threads", "batch_size", "precision",
                 "optimizer", "lr", "epochs", "steps", "dataset", "n_train", "n_test", "seed",
-                "train_time_s", "images_per_s", "warmup_steps", "warmup_time_s",
+                "train_time_s", "images_per_s", "world_size", "data_on_gpu", "scaling_efficiency",
+                "warmup_steps", "warmup_time_s",
                 "peak_rss_mb", "mean_cpu_percent", "peak_gpu_mem_mb", "mean_gpu_util_percent", "energy_j",
                 "final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc",
                 "tta_50_s", "tta_80_s", "tta_85_s", "tta_90_s", "tta_50_epoch", "tta_80_epoch", "tta_85_epoch",
@@ -64,6 +65,14 @@ def write_json(path, obj):
     os.replace(tmp, path)
 
 
+def read_runs(path):
+    """runs.csv's rows as dicts of strings ([] where there is no table yet)."""
+    if not os.path.exists(path) or not os.path.getsize(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def append_runs_row(path, row):
     """Add one row to runs.csv atomically (a temp file, then rename). A row of the same run_id
     (the same run before it was resumed) is replaced, so a run has one row."""
@@ -72,13 +81,14 @@ def append_runs_row(path, row):
     if os.path.exists(path) and os.path.getsize(path):
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames != RUNS_COLUMNS:
+            # a table of an earlier version, whose columns this one only adds to, takes blanks
+            if reader.fieldnames is None or not set(reader.fieldnames) <= set(RUNS_COLUMNS):
                 raise ValueError(f"{path} has other columns than this version writes; move it aside")
             rows = [r for r in reader if r["run_id"] != row.get("run_id")]
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".runs.", suffix=".csv")
     try:
         with os.fdopen(fd, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=RUNS_COLUMNS)
+            w = csv.DictWriter(f, fieldnames=RUNS_COLUMNS, restval="")
             w.writeheader()
             w.writerows(rows)
             w.writerow({k: _fmt(row.get(k)) for k in RUNS_COLUMNS})

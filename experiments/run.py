@@ -199,9 +199,8 @@ def _validate_parallel(a, on_gpu):
         return
     if a.sync_bn and a.impl == "torch" and a.device != "cuda":
         raise UsageError("--sync-bn: torch's SyncBatchNorm runs on CUDA devices only")
-    if a.impl == "scratch":
-        raise UsageError("data parallelism for --impl scratch (gradients all-reduced over NCCL through CuPy) is "
-                         "not built yet; --impl torch runs it with DistributedDataParallel")
+    if a.impl == "scratch" and a.backend != "cupy":
+        raise UsageError("scratch data parallelism runs on GPUs (--backend cupy, NCCL through CuPy)")
     if a.cuda_graph:
         raise UsageError("--cuda-graph captures one process's step: run several processes without it")
 
@@ -225,9 +224,13 @@ def make_adapter(a):
         if a.device == "cuda" and not torch.cuda.is_available():
             raise UsageError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu")
         return build("torch", device=a.device, dist=a.dist, sync_bn=a.sync_bn, **common)
+    from scratch_nn.backends.nccl import NcclUnavailable
+
+    from .rendezvous import RendezvousError
+
     try:
-        return build("scratch", backend=a.backend, **common)
-    except (BackendUnavailable, ValueError) as e:
+        return build("scratch", backend=a.backend, dist=a.dist, sync_bn=a.sync_bn, **common)
+    except (BackendUnavailable, ValueError, NcclUnavailable, RendezvousError) as e:
         raise UsageError(str(e)) from None
 
 
@@ -437,8 +440,9 @@ def execute(a, ds, adapter, train_loader, test_loader, resume=None):
         message += f"; the last good checkpoint is {last_ckpt} (--resume {folder.dir})"
     summary = S.build_summary(a, cfg, ds, state, sampler.summary(), status, wall_s=time.perf_counter() - t0)
     summary["checkpoint"] = last_ckpt
-    records.write_json(folder.path("summary.json"), summary)
     runs_csv = a.runs_csv or os.path.join(os.path.dirname(os.path.abspath(a.out)), "runs.csv")
+    S.add_scaling(summary, records.read_runs(runs_csv))
+    records.write_json(folder.path("summary.json"), summary)
     records.append_runs_row(runs_csv, S.runs_row(summary, folder.dir))
     S.print_summary(summary, folder.dir, runs_csv)
     if message:

@@ -33,6 +33,30 @@ def build_summary(a, cfg, ds, state, res, status, wall_s):
     }
 
 
+SCALING_KEYS = ("impl", "backend_or_device", "model", "batch_size", "precision", "dataset", "data_on_gpu", "gpu")
+
+
+def add_scaling(summary, runs):
+    """A data-parallel run's scaling efficiency: its images/s over world_size times those of
+    the newest completed one-process run of the same configuration (per-GPU batch and all) in
+    `runs` (runs.csv's rows); None without one. Rank 0 alone writes, so the rows are whole."""
+    world = summary.get("world_size") or 1
+    summary.update(one_gpu_images_per_s=None, speedup=None, scaling_efficiency=None, scaling_baseline=None)
+    if world == 1 or not summary.get("images_per_s"):
+        return summary
+    want = {k: "" if summary.get(k) is None else str(summary.get(k)) for k in SCALING_KEYS}
+    want["data_on_gpu"] = str(bool(summary.get("data_on_gpu")))
+    for r in reversed(runs):
+        if (r.get("status") == "completed" and r.get("world_size", "") in ("", "1") and r.get("images_per_s")
+                and all(r.get(k, "") == v for k, v in want.items())):
+            one = float(r["images_per_s"])
+            summary.update(one_gpu_images_per_s=one, speedup=summary["images_per_s"] / one,
+                           scaling_efficiency=summary["images_per_s"] / (world * one),
+                           scaling_baseline=r.get("run_dir"))
+            break
+    return summary
+
+
 def _tta_columns(tta):
     """runs.csv's flat view of time_to_accuracy: training seconds and epochs to each threshold."""
     out = {}
@@ -64,6 +88,14 @@ def print_summary(s, run_dir, runs_csv):
         ("throughput", f"{f(s['images_per_s'], '.1f')} images/s (steady state)"
                        + (f", {s['world_size']} processes, {f(s['images_per_s_per_process'], '.1f')} each"
                           if s.get("world_size", 1) > 1 else "")),
+    ]
+    if s.get("world_size", 1) > 1:
+        rows.append(("scaling", "no completed one-process run of this configuration in the runs table: run the "
+                                "same command without --gpus for the scaling efficiency"
+                     if s.get("scaling_efficiency") is None else
+                     f"{s['speedup']:.2f}x one process's {s['one_gpu_images_per_s']:.1f} images/s, efficiency "
+                     f"{s['scaling_efficiency']:.0%} of {s['world_size']}x"))
+    rows += [
         ("train", f"loss {f(s['final_train_loss'], '.4f')}  acc {f(s['final_train_acc'], '.2%')}"),
         ("test", f"loss {f(s['final_test_loss'], '.4f')}  acc {f(s['final_test_acc'], '.2%')}"),
         ("to accuracy", "  ".join(f"{k}%: {v['train_time_s']:.1f} s (epoch {v['epoch']})"

@@ -153,7 +153,7 @@ def test_parallel_runs_refuse_what_they_cannot_do(tmp_path, capsys):
     try:
         os.environ.update(env)
         assert run.main(["--impl", "scratch", "--dataset", "synthetic", "--out", str(tmp_path / "r")]) == 2
-        assert "not built yet" in capsys.readouterr().err
+        assert "scratch data parallelism runs on GPUs" in capsys.readouterr().err
         assert run.main([*DP, "--sync-bn", "--out", str(tmp_path / "r")]) == 2
         assert "SyncBatchNorm runs on CUDA devices only" in capsys.readouterr().err
     finally:
@@ -206,3 +206,34 @@ def test_an_interrupted_job_resumes_on_every_rank_where_an_uninterrupted_one_end
     assert list(b.epoch) == list(range(12))
     np.testing.assert_allclose(b.test_loss, a.test_loss, rtol=1e-6)
     np.testing.assert_allclose(b.train_loss, a.train_loss, rtol=1e-6)
+
+
+def test_scaling_efficiency_comes_from_the_newest_matching_one_process_run(tmp_path):
+    from experiments import records
+    from experiments.summary import add_scaling
+
+    base = dict(status="completed", impl="scratch", backend_or_device="cupy", model="resnet18", batch_size=256,
+                precision="fp32", dataset="synthetic", data_on_gpu=True, gpu="H200", world_size=1)
+    path = str(tmp_path / "runs.csv")
+    for ips, extra in ((900.0, {}), (1000.0, {}), (5000.0, {"batch_size": 128}), (7000.0, {"world_size": 2}),
+                       (3000.0, {"status": "interrupted"})):
+        records.append_runs_row(path, dict(base, run_id=f"r{ips}", images_per_s=ips, run_dir=f"d{ips}", **extra))
+    s = add_scaling(dict(base, world_size=2, images_per_s=1900.0), records.read_runs(path))
+    assert s["one_gpu_images_per_s"] == 1000.0 and s["scaling_baseline"] == "d1000.0"
+    assert s["speedup"] == pytest.approx(1.9) and s["scaling_efficiency"] == pytest.approx(0.95)
+    none = add_scaling(dict(base, world_size=2, images_per_s=1900.0, precision="fp16"), records.read_runs(path))
+    assert none["scaling_efficiency"] is None
+
+
+def test_an_older_runs_table_takes_the_new_columns(tmp_path):
+    from experiments import records
+
+    path = tmp_path / "runs.csv"
+    old = [c for c in records.RUNS_COLUMNS if c not in ("world_size", "data_on_gpu", "scaling_efficiency")]
+    path.write_text(",".join(old) + "\n" + ",".join("a" if c == "run_id" else "" for c in old) + "\n")
+    records.append_runs_row(str(path), {"run_id": "b", "world_size": 2})
+    rows = records.read_runs(str(path))
+    assert [r["run_id"] for r in rows] == ["a", "b"] and rows[1]["world_size"] == "2"
+    (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
+    with pytest.raises(ValueError, match="move it aside"):
+        records.append_runs_row(str(tmp_path / "bad.csv"), {"run_id": "c"})

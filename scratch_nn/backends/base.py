@@ -326,6 +326,11 @@ class Backend:
         """Parameters were overwritten from outside the optimizer (load_state_dict): a backend
         that keeps derived copies (the fp16 mode's half weights) refreshes them."""
 
+    def flat_grads(self, params):
+        """What a data-parallel step all-reduces for a group: its one flat gradient buffer
+        where pack_parameters made one, else each parameter's gradient (the reference)."""
+        return [p.grad for p in params]
+
     def zeros_like_params(self, arrays):
         """Zeroed optimizer state shaped like `arrays` (one per parameter of a group)."""
         return [self.xp.zeros_like(a) for a in arrays]

@@ -181,13 +181,13 @@ __global__ void channel_sums(const T* __restrict__ x, const T* __restrict__ dy, 
 
 // ------------------------------------------------------------------ batch norm (+ residual, ReLU)
 // Forward statistics from the partials; updates the running statistics as nn.BatchNorm2d
-// (unbiased variance) and leaves y = x*scale + shift's coefficients. One thread per channel.
+// (unbiased variance: var * unbias, unbias = n / (n - 1) for the n values behind the statistics) and leaves y = x*scale + shift's coefficients. One thread per channel.
 // Statistics, parameters and coefficients are fp32 whatever T is (float/double: their own type P).
 template <class T, class P>
 __global__ void bn_stats(const T* __restrict__ x, const typename Acc<T>::type* __restrict__ p1,
                          const typename Acc<T>::type* __restrict__ p2, int C, int S, int M,
                          const P* __restrict__ gamma, const P* __restrict__ beta, P* __restrict__ run_mean,
-                         P* __restrict__ run_var, double eps, double momentum,
+                         P* __restrict__ run_var, double eps, double momentum, double unbias,
                          typename Acc<T>::type* __restrict__ mean_out, typename Acc<T>::type* __restrict__ invstd_out,
                          P* __restrict__ scale, P* __restrict__ shift, P* __restrict__ batch_mean, P* __restrict__ batch_var) {
     typedef typename Acc<T>::type A;
@@ -203,7 +203,7 @@ __global__ void bn_stats(const T* __restrict__ x, const typename Acc<T>::type* _
     mean_out[c] = mean; invstd_out[c] = invstd;
     batch_mean[c] = (P)mean; batch_var[c] = (P)var;
     run_mean[c] = (P)((1 - momentum) * (double)run_mean[c] + momentum * (double)mean);
-    run_var[c] = (P)((1 - momentum) * (double)run_var[c] + momentum * (double)var * M / (M - 1));
+    run_var[c] = (P)((1 - momentum) * (double)run_var[c] + momentum * (double)var * unbias);
     A sc = (A)gamma[c] * invstd;
     scale[c] = (P)sc; shift[c] = (P)((A)beta[c] - mean * sc);
 }

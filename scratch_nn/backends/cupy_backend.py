@@ -131,6 +131,7 @@ class CupyBackend(Backend):
         self._hyper = {}            # optimizer group key -> (host values, device float32[3])
         self._arenas = {}           # first array's pointer -> flat arrays (see _flat)
         self.debug_sync = os.environ.get("SCRATCH_NN_CUDA_SYNC") == "1"
+        self.bn_comm = None         # sync_batchnorm: BatchNorm statistics over every rank's batch
 
     # ------------------------------------------------------------------ setup
     def describe(self):
@@ -443,6 +444,9 @@ class CupyBackend(Backend):
         pdt = gamma.dtype
         same = pdt == self._acc_dtype(x.dtype)    # coefficients share the statistics' buffer
         p1, p2, s, stats = self._partials(0, xc, None, None, None, c, m, 6 * c if same else 2 * c)
+        unbias = m / (m - 1)
+        if self.bn_comm is not None:
+            p1, p2, s, unbias = self._synced_partials(xc, p1, p2, c, s, m)
         mean_, invstd_ = stats[:c], stats[c:2 * c]
         coef = stats[2 * c:] if same else xp.empty(4 * c, dtype=pdt)
         scale, shift, bmean, bvar = (coef[i * c:(i + 1) * c] for i in range(4))
@@ -452,13 +456,34 @@ class CupyBackend(Backend):
             run_mean, run_var, mom = running
         self._launch(k("bn_stats"), (-(-c // BLOCK),),
                      (xc, p1, p2, np.int32(c), np.int32(s), np.int32(m), gamma, beta, run_mean, run_var,
-                      np.float64(eps), np.float64(mom), mean_, invstd_, scale, shift, bmean, bvar))
+                      np.float64(eps), np.float64(mom), np.float64(unbias), mean_, invstd_, scale, shift, bmean,
+                      bvar))
         yc = xp.empty_like(xc)
         res = self._cnhw(residual) if residual is not None else None
         self._launch(k("bn_apply"), _grid_per_channel(m, c),
                      (xc, res if res is not None else NULL, scale, shift, yc, np.int32(m), np.int32(relu)))
         y = self._nchw(yc)
         return y, bmean, bvar, (xc, mean_, invstd_, gamma, yc if relu else None, residual is not None)
+
+    def sync_batchnorm(self, comm):
+        """Training-mode BatchNorm normalises with the statistics of every rank's batch (comm:
+        backends.nccl.NcclComm; None: this process's batch), as torch's SyncBatchNorm."""
+        self.bn_comm = comm
+
+    def _synced_partials(self, xc, p1, p2, c, s, m):
+        """This rank's per-channel mean and variance, gathered from every rank (all hold m
+        values) and merged; handed back as one partial per channel that bn_stats reads as it
+        reads its own (shifted by this rank's x[c, 0]), with the global count's unbias."""
+        xp, comm = self.xp, self.bn_comm
+        x0 = xc.reshape(c, m)[:, 0].astype(p1.dtype)
+        d = p1.reshape(c, s).sum(axis=1) / m
+        local = xp.stack([x0 + d, p2.reshape(c, s).sum(axis=1) / m - d * d])
+        every = comm.allgather(local)                           # (world, 2, c)
+        mean = every[:, 0].mean(axis=0)
+        var = (every[:, 1] + (every[:, 0] - mean) ** 2).mean(axis=0)
+        shift = mean - x0
+        n = m * comm.world_size
+        return shift * m, (var + shift * shift) * m, 1, n / (n - 1)
 
     def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps, relu=False, residual=None):
         xp = self.xp
@@ -495,6 +520,15 @@ class CupyBackend(Backend):
         self._launch(k("bn_grad_coeffs"), (-(-c // BLOCK),),
                      (p1, p2, np.int32(c), np.int32(s), np.int32(m), gamma, mean_, invstd_, dgamma, dbeta, coef,
                       np.int32(accumulate)))
+        if self.bn_comm is not None:
+            # dgamma and dbeta above are this rank's (the gradient all-reduce averages them);
+            # dx's coefficients come from every rank's sums, over the global count
+            sums = xp.stack([p1.reshape(c, s).sum(axis=1), p2.reshape(c, s).sum(axis=1)])
+            self.bn_comm.allreduce_(sums)
+            unused = xp.empty(2 * c, dtype=dgamma.dtype)
+            self._launch(k("bn_grad_coeffs"), (-(-c // BLOCK),),
+                         (sums[0], sums[1], np.int32(c), np.int32(1), np.int32(m * self.bn_comm.world_size), gamma,
+                          mean_, invstd_, unused[:c], unused[c:], coef, np.int32(0)))
         dx = xp.empty_like(xc)
         dres = xp.empty_like(xc) if has_res else None
         self._launch(k("bn_backward_apply"), _grid_per_channel(m, c),
@@ -630,6 +664,13 @@ class CupyBackend(Backend):
         flat = self.xp.ndarray((total,), dtype=first.dtype, memptr=first.data)
         self._arenas[key] = (flat, arrays[-1].data.ptr)
         return flat
+
+    def flat_grads(self, params):
+        """The flat gradient buffer of a packed parameter group (pack_parameters), or the
+        separate gradients where the group is not packed: what a data-parallel step
+        all-reduces."""
+        flat = self._flat([p.grad for p in params])
+        return [flat] if flat is not None else [p.grad for p in params]
 
     def zero_(self, arrays):
         self._join()

@@ -1,0 +1,107 @@
+"""Data parallelism on real GPUs (skipped without two): two ranks of batch b follow one GPU of
+batch 2b, on the scratch side (NCCL through CuPy) and the torch side (DistributedDataParallel).
+The cnn has no BatchNorm, so only the order of float sums differs; resnet18 with --sync-bn
+normalises over the global batch as one GPU does (and its 44 MB of gradients take two
+buckets, so the scratch side's overlapped all-reduce is in play). A rank whose node dies ends
+the other through the rendezvous link, NCCL kernels in flight or not."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments import run
+from experiments.launch import launch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _gpus():
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:
+        return 0
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_gpus() < 2, reason="needs two CUDA GPUs")]
+
+COMMON = ["--dataset", "synthetic", "--train-subset", "1024", "--test-subset", "256", "--epochs", "2",
+          "--lr", "0.05", "--log-every", "1", "--warmup-steps", "1", "--quiet", "--host-data"]
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _pair(tmp_path, impl, model, extra=()):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run.main([*impl, "--model", model, *COMMON, *extra, "--batch-size", "64", "--out", str(one)]) == 0
+    assert launch("experiments.run", [*impl, "--model", model, *COMMON, *extra, "--gpus", "2", "--batch-size", "32",
+                                      "--out", str(two)], 2, env=_env()) == 0
+    (d1,), (d2,) = list(one.iterdir()), list(two.iterdir())
+    return d1, d2
+
+
+@pytest.mark.parametrize("impl", [["--impl", "scratch", "--backend", "cupy"], ["--impl", "torch", "--device", "cuda"]])
+def test_two_gpus_follow_one_gpu_with_the_global_batch(tmp_path, impl):
+    d1, d2 = _pair(tmp_path, impl, "cnn")
+    s1, s2 = pd.read_csv(d1 / "steps.csv"), pd.read_csv(d2 / "steps.csv")
+    assert len(s1) == len(s2) == 32
+    np.testing.assert_allclose(s2.loss, s1.loss, rtol=1e-4)
+    summary = json.loads((d2 / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    res = pd.read_csv(d2 / "resources.csv")
+    assert res.gpu_mem_used_mb.notna().any() and (d2 / "resources_gpus.csv").exists()
+
+
+@pytest.mark.parametrize("impl", [["--impl", "scratch", "--backend", "cupy"], ["--impl", "torch", "--device", "cuda"]])
+def test_sync_bn_follows_one_gpu(tmp_path, impl):
+    d1, d2 = _pair(tmp_path, impl, "resnet18", extra=["--sync-bn", "--epochs", "1"])
+    s1, s2 = pd.read_csv(d1 / "steps.csv"), pd.read_csv(d2 / "steps.csv")
+    assert len(s1) == len(s2) == 16
+    np.testing.assert_allclose(s2.loss, s1.loss, rtol=2e-3)
+
+
+def test_a_dead_node_ends_the_other_within_a_bounded_time(tmp_path):
+    """Two one-GPU "nodes" (NNODES=2, one GPU each); node 1 is killed mid-training and node 0,
+    which the launcher on node 1 cannot reach, must end by itself with a message."""
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [sys.executable, "-m", "experiments.run", "--impl", "scratch", "--backend", "cupy", "--model", "cnn",
+            "--dataset", "synthetic", "--train-subset", "4096", "--test-subset", "256", "--epochs", "1000",
+            "--batch-size", "64", "--quiet", "--log-every", "1", "--gpus", "1", "--out", str(tmp_path)]
+    nodes = []
+    for r in (0, 1):
+        env = dict(_env(), NNODES="2", NODE_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   CUDA_VISIBLE_DEVICES=str(r))
+        nodes.append(subprocess.Popen(args, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                                      start_new_session=True))
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 180:           # training is under way once steps reach the table
+        steps = list(tmp_path.glob("*/steps.csv"))
+        if steps and len(steps[0].read_text().splitlines()) > 20:
+            break
+        assert nodes[0].poll() is None and nodes[1].poll() is None, nodes[0].stderr.read()
+        time.sleep(0.5)
+    else:
+        pytest.fail("training did not start within 180 s")
+    os.killpg(nodes[1].pid, signal.SIGKILL)
+    t_kill = time.monotonic()
+    try:
+        code = nodes[0].wait(timeout=60)
+    finally:
+        if nodes[0].poll() is None:
+            os.killpg(nodes[0].pid, signal.SIGKILL)
+    err = nodes[0].stderr.read()
+    assert code != 0 and time.monotonic() - t_kill < 60
+    assert "ending rank 0" in err, err
