@@ -301,8 +301,12 @@ class TorchAdapter:
                                   timeout=datetime.timedelta(seconds=dist_timeout_s))
             if sync_bn:     # same parameters and buffers, so state dicts stay interchangeable
                 self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+            # broadcast_buffers=False: each GPU keeps its own BatchNorm running statistics, as
+            # the scratch side does (torch's default re-sends rank 0's before every forward);
+            # gradients as views into DDP's buckets, as the scratch side's flat arena, no copies
             self.model = torch.nn.parallel.DistributedDataParallel(
-                self.net, device_ids=[self.dist.local_rank] if device == "cuda" else None)
+                self.net, device_ids=[self.dist.local_rank] if device == "cuda" else None,
+                broadcast_buffers=False, gradient_as_bucket_view=True)
         spec = optimizer or OptimSpec()
         cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[spec.name]
         self.opt = cls(param_groups(list(self.net.named_parameters()), spec), **_optimizer_kwargs(spec))

@@ -152,10 +152,11 @@ def launch(module, argv, nproc, env=None, grace_s=10.0, poll_s=0.1, log=None):
             if failed:
                 rank, code = failed[0]
                 running = [r for r, c in zip(ranks, codes) if c is None]
-                log(f"error: rank {rank} exited with code {code}"
-                    + (f"; stopping rank(s) {', '.join(map(str, running))}" if running else ""))
+                how = (f"was killed by signal {-code} ({signal.Signals(-code).name})" if code < 0
+                       else f"exited with code {code}")
+                log(f"error: rank {rank} {how}" + (f"; stopping rank(s) {', '.join(map(str, running))}" if running else ""))
                 _stop(procs, signal.SIGTERM, grace_s)
-                return code
+                return code if code > 0 else 128 - code      # as a shell reports a signal
             if all(c == 0 for c in codes):
                 return 0
             time.sleep(poll_s)

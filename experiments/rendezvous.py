@@ -2,9 +2,9 @@
 with torch absent): rank 0 listens, every other rank connects, and rank 0 hands each the same
 bytes (the NCCL unique id the communicator is built from).
 
-The connections then stay open as a liveness link. A watchdog thread on every rank reads them:
-a peer that goes away without saying goodbye (its process died) ends this rank at once with a
-message naming it, and rank 0 passes the news on by closing every link. So a dead rank, on
+The connections then stay open as a liveness link. A watcher process beside every rank reads
+them: a peer that goes away without saying goodbye (its process died) ends this rank at once
+with a message naming it, and rank 0 passes the news on, its links closing as it ends. So a dead rank, on
 this node or another, never leaves the others waiting in a collective that cannot complete.
 
     rv = Rendezvous(info, timeout_s=60)             # info: experiments.launch.RankInfo
@@ -15,10 +15,11 @@ this node or another, never leaves the others waiting in a collective that canno
 """
 import os
 import select
+import signal
 import socket
 import struct
+import subprocess
 import sys
-import threading
 import time
 
 BYE = b"\x00BYE"
@@ -47,18 +48,34 @@ def _recv(sock):
     return _recv_exact(sock, n)
 
 
-def _lost(rank, why):
-    """What a rank does when the job has lost a member: say so and end now (a rank blocked in
-    a NCCL call cannot be woken otherwise)."""
-    print(f"error: {why}; ending rank {rank}", file=sys.stderr, flush=True)
-    os._exit(1)
+def _watch_links(parent, rank, is_main, links):
+    """The watcher process's loop (see Rendezvous.watch): links maps socket -> peer rank. A
+    peer that closes its link without a goodbye ends `parent` (SIGKILL: the rank may hold its
+    interpreter's lock inside a blocked GPU call, where nothing in-process could act), after
+    a message; rank 0 passes the news on by closing the others' links as it goes."""
+    while links:
+        if os.getppid() != parent:      # our rank has ended: nothing left to guard
+            return
+        ready, _, _ = select.select(list(links), [], [], 0.5)
+        for conn in ready:
+            try:
+                msg = _recv(conn)
+            except (ConnectionError, OSError):
+                msg = None
+            peer = links.pop(conn)
+            if msg == BYE:
+                continue
+            why = f"rank {peer} stopped without finishing" if is_main else "the job lost a rank (rank 0 closed the link)"
+            print(f"error: {why}; ending rank {rank}", file=sys.stderr, flush=True)
+            os.kill(parent, signal.SIGKILL)
+            return
 
 
 class Rendezvous:
-    def __init__(self, info, timeout_s=60.0, on_lost=None):
+    def __init__(self, info, timeout_s=60.0):
         self.info = info
         self.timeout_s = timeout_s
-        self.on_lost = on_lost or _lost
+        self._watcher = None
         self.peers = {}          # rank -> socket (rank 0: every other rank; others: {0: rank 0})
         self._closing = False
         self._watching = False
@@ -141,35 +158,20 @@ class Rendezvous:
 
     # ------------------------------------------------------------------ liveness
     def watch(self):
-        """From now on a peer that goes away without a goodbye ends this rank (on_lost)."""
+        """From now on a peer that goes away without a goodbye ends this rank. A small watcher
+        process reads the links: a thread needs the interpreter's lock, which a rank blocked
+        inside a GPU call may hold (a launch queue full behind a NCCL kernel that waits for
+        the dead peer), and that is exactly when the watchdog must act."""
         if self.info.world_size == 1:
             return
         for conn in self.peers.values():
             conn.settimeout(None)
         self._watching = True
-        threading.Thread(target=self._watch, name="rendezvous-watchdog", daemon=True).start()
-
-    def _watch(self):
-        socks = {conn: rank for rank, conn in self.peers.items()}
-        while socks and not self._closing:
-            ready, _, _ = select.select(list(socks), [], [], 0.5)
-            for conn in ready:
-                try:
-                    msg = _recv(conn)
-                except (ConnectionError, OSError):
-                    msg = None
-                if self._closing:
-                    return
-                rank = socks.pop(conn)
-                if msg == BYE:
-                    continue
-                if self.info.is_main:
-                    for other in list(socks):      # the others learn it by losing rank 0
-                        other.close()
-                    self.on_lost(self.info.rank, f"rank {rank} stopped without finishing")
-                else:
-                    self.on_lost(self.info.rank, "the job lost a rank (rank 0 closed the link)")
-                return
+        links = [f"{conn.fileno()}:{rank}" for rank, conn in self.peers.items()]
+        self._watcher = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), str(os.getpid()), str(self.info.rank),
+             "1" if self.info.is_main else "0", *links], pass_fds=[c.fileno() for c in self.peers.values()],
+            stdin=subprocess.DEVNULL)
 
     def close(self):
         """A clean end: say goodbye, so the peers' watchdogs do not take it for a failure."""
@@ -179,8 +181,25 @@ class Rendezvous:
                 _send(conn, BYE)
             except OSError:
                 pass
+        if self._watcher is not None:       # before the links close, or it would take that for a loss
+            self._watcher.kill()
+            self._watcher.wait()
+            self._watcher = None
+        for conn in self.peers.values():
             conn.close()
         self.peers = {}
         if self._server is not None:
             self._server.close()
             self._server = None
+
+
+if __name__ == "__main__":       # the watcher process: PARENT_PID RANK IS_MAIN FD:PEER...
+    _parent, _rank, _main = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+    _links = {}
+    for _spec in sys.argv[4:]:
+        _fd, _peer = map(int, _spec.split(":"))
+        _links[socket.socket(fileno=_fd)] = _peer
+    try:
+        _watch_links(_parent, _rank, _main, _links)
+    except KeyboardInterrupt:
+        pass

@@ -52,7 +52,8 @@ def build_parser():
     g.add_argument("--cuda-graph", action="store_true",
                    help="GPU: capture the training step once as a CUDA graph and replay it")
     g.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (default: 1 for numpy, every core otherwise)")
+                   help="CPU threads (default: 1 for numpy, every core otherwise; data parallel: the "
+                        "node's cores shared among its processes)")
     g.add_argument("--gpus", type=int, default=None, metavar="N",
                    help="data parallel over N GPUs of this machine, one process each (experiments/launch.py; "
                         "several machines: the same command on each, with NNODES, NODE_RANK, MASTER_ADDR and "
@@ -171,7 +172,9 @@ def validate(a):
     if a.impl == "scratch" and a.backend == "numpy" and a.threads not in (None, 1):
         raise UsageError("the numpy backend is the single-core reference: use --threads 1 or --backend numba")
     if a.threads is None:
-        a.threads = 1 if a.impl == "scratch" and a.backend == "numpy" else (os.cpu_count() or 1)
+        # the ranks of one node share its cores (torchrun's ranks get one thread each)
+        share = a.dist.local_world_size if a.dist is not None else 1
+        a.threads = 1 if a.impl == "scratch" and a.backend == "numpy" else max(1, (os.cpu_count() or 1) // share)
     return a
 
 
@@ -238,7 +241,9 @@ def load_data(a):
     from . import data as D
 
     try:
-        ds = D.resolve_dataset(a.dataset, a.data_dir, download=a.download, seed=a.seed)
+        # synthetic data is made to measure: a larger --train-subset / --test-subset makes more
+        sizes = (max(10000, a.train_subset or 0), max(2000, a.test_subset or 0))
+        ds = D.resolve_dataset(a.dataset, a.data_dir, download=a.download, seed=a.seed, synthetic_sizes=sizes)
         ds = D.subset(ds, a.train_subset, a.test_subset)
     except D.DataError as e:
         raise UsageError(str(e)) from None
@@ -451,6 +456,11 @@ def execute(a, ds, adapter, train_loader, test_loader, resume=None):
 
 
 if __name__ == "__main__":
+    if "RANK" in os.environ:     # `kill -USR1 <pid>` prints where a rank is (a hang, say)
+        import faulthandler
+        import signal
+
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     code = main()
     if "RANK" in os.environ:
         # A data-parallel rank leaves without the interpreter's C++ teardown: gloo's worker

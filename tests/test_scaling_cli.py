@@ -39,3 +39,30 @@ def test_bench_gpu_flags_are_validated():
     for bad in (["--precision", "tf32"], ["--cuda-graph", "on"], ["--scratch-backends", "cupy,numba"]):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
+
+
+# ---------------------------------------------------------------------------- experiments.dp_scaling
+def test_dp_scaling_plans_one_and_n_gpu_runs_of_the_same_per_gpu_batch(capsys):
+    from experiments import dp_scaling
+
+    assert dp_scaling.main(["--gpus", "4", "--precision", "fp32,fp16", "--impl", "scratch", "--steps", "30",
+                            "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    one, four = lines[0].split(), lines[1].split()
+    assert "--gpus" not in one and four[four.index("--gpus") + 1] == "4"
+    for cmd, gpus in ((one, 1), (four, 4)):
+        assert cmd[cmd.index("--batch-size") + 1] == "256"
+        assert int(cmd[cmd.index("--train-subset") + 1]) == 30 * 256 * gpus     # 30 global steps each
+        assert cmd[cmd.index("--epochs") + 1] == "1"
+    assert "fp16" in lines[2] and "--backend" in lines[2]
+
+
+@pytest.mark.parametrize("argv,needle", [(["--gpus", "1"], "at least 2"), (["--impl", "jax"], "jax"),
+                                         (["--steps", "5", "--warmup-steps", "5"], "more than --warmup-steps")])
+def test_dp_scaling_refuses_bad_settings(argv, needle, capsys):
+    from experiments import dp_scaling
+
+    with pytest.raises(SystemExit):
+        dp_scaling.parse_args(argv)
+    assert needle in capsys.readouterr().err

@@ -39,8 +39,10 @@ class NcclComm:
         self.nccl = nccl = _nccl()
         self.cupy = cupy
         self.world_size, self.rank = world_size, rank
-        uid = tuple(b - 256 if b > 127 else b for b in uid_bytes)   # ncclUniqueId is 128 signed chars
-        self.comm = nccl.NcclCommunicator(world_size, uid, rank)
+        try:                     # CuPy 14 takes the id as bytes, older versions as 128 signed chars
+            self.comm = nccl.NcclCommunicator(world_size, bytes(uid_bytes), rank)
+        except TypeError:
+            self.comm = nccl.NcclCommunicator(world_size, tuple(b - 256 if b > 127 else b for b in uid_bytes), rank)
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self._types = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64,
                        np.dtype(np.float16): nccl.NCCL_FLOAT16, np.dtype(np.int64): nccl.NCCL_INT64,
@@ -50,7 +52,8 @@ class NcclComm:
     @staticmethod
     def new_id():
         """A fresh job id (rank 0), as the bytes the other ranks receive."""
-        return bytes(b & 0xFF for b in _nccl().get_unique_id())
+        uid = _nccl().get_unique_id()
+        return uid if isinstance(uid, bytes) else bytes(b & 0xFF for b in uid)
 
     def _enter(self, *arrays):
         """Queue the comm stream behind the caller's stream; the arrays must be contiguous."""
