@@ -237,12 +237,19 @@ def make_adapter(a):
         raise UsageError(str(e)) from None
 
 
+SYNTHETIC_MAX = 250_000     # images of a synthetic split (768 MB as uint8)
+
+
 def load_data(a):
     from . import data as D
 
+    for flag, n in (("--train-subset", a.train_subset), ("--test-subset", a.test_subset)):
+        if a.dataset == "synthetic" and n is not None and n > SYNTHETIC_MAX:
+            raise UsageError(f"{flag} {n}: synthetic data is made up to {SYNTHETIC_MAX} images a split")
     try:
-        # synthetic data is made to measure: a larger --train-subset / --test-subset makes more
-        sizes = (max(10000, a.train_subset or 0), max(2000, a.test_subset or 0))
+        # synthetic data is made to measure: a larger --train-subset / --test-subset makes more,
+        # up to a bound that keeps a typo from filling the memory
+        sizes = (min(max(10000, a.train_subset or 0), SYNTHETIC_MAX), min(max(2000, a.test_subset or 0), SYNTHETIC_MAX))
         ds = D.resolve_dataset(a.dataset, a.data_dir, download=a.download, seed=a.seed, synthetic_sizes=sizes)
         ds = D.subset(ds, a.train_subset, a.test_subset)
     except D.DataError as e:

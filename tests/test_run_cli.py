@@ -192,3 +192,10 @@ def test_scratch_cnn_learns_real_images(tmp_path):
     s = json.loads((only_run_dir(tmp_path / "runs") / "summary.json").read_text())
     assert s["n_train"] == 5000 and s["n_test"] == 1000
     assert s["final_test_acc"] > 0.30, s["final_test_acc"]
+
+
+def test_synthetic_data_is_made_as_large_as_the_subset_asks(tmp_path):
+    code, out, _ = run_cli(tmp_path, "--train-subset", "12000", "--max-steps", "1", "--quiet")
+    assert code == 0
+    summary = json.loads((only_run_dir(out) / "summary.json").read_text())
+    assert summary["n_train"] == 12000 and summary["dataset"] == "synthetic"
