@@ -87,8 +87,9 @@ class GradReducer:
             self._done += 1
             for b in buckets:
                 b.pending -= 1
-            for b in sorted({b.index: b for b in buckets if b.pending == 0 and not b.started}.items()):
-                self._start(b[1])
+            ready = {b.index: b for b in buckets if b.pending == 0 and not b.started}
+            for i in sorted(ready):        # several at once: in bucket order, as on every rank
+                self._start(ready[i])
             return out
         return run
 
