@@ -176,7 +176,7 @@ class ScratchAdapter:
         self.net.backward(dlogits, input_grad=False)
         if self.reducer is not None:    # the global batch's mean gradient on every rank
             self.reducer.finish()
-            loss = self.comm.allreduce_(loss.copy(), average=True)
+            loss = self.comm.allreduce_(loss, average=True)      # a fresh array each step: in place
         if self.scaler is not None:
             self.scaler.step(self.opt)
         else:
