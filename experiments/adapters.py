@@ -64,10 +64,11 @@ class ScratchAdapter:
         from scratch_nn import backends, models, optim
 
         # data parallelism (experiments.launch): one process per GPU, gradients averaged over
-        # NCCL in buckets that start during backward (scratch_nn.distributed)
+        # NCCL in buckets that start during backward (scratch_nn.distributed); with cuda_graph
+        # each rank captures its step, all-reduces included
         self.dist = dist if dist is not None and dist.world_size > 1 else None
-        if self.dist is not None and (backend != "cupy" or cuda_graph):
-            raise ValueError("scratch data parallelism runs on backend cupy, without --cuda-graph")
+        if self.dist is not None and backend != "cupy":
+            raise ValueError("scratch data parallelism runs on backend cupy")
         if sync_bn and self.dist is None:
             raise ValueError("sync_bn synchronises BatchNorm across processes: it needs a data-parallel job")
 
@@ -128,6 +129,9 @@ class ScratchAdapter:
     def close(self):
         if self.comm is not None:
             self.be.synchronize()
+            if self.graph is not None:    # before the communicator: NCCL waits for its graphs to go
+                self.graph.release()
+                self.graph = None
             self.comm.close()
             self.comm = None
         if self._rendezvous is not None:
@@ -264,8 +268,6 @@ class TorchAdapter:
         # data parallelism (experiments.launch): one process per device, gradients averaged by
         # DistributedDataParallel (NCCL on GPUs, gloo on CPUs)
         self.dist = dist if dist is not None and dist.world_size > 1 else None
-        if self.dist is not None and cuda_graph:
-            raise ValueError("--cuda-graph is one process's capture: run several processes without it")
         dtype = dtype or precision_dtype(precision)
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda needs a CUDA GPU and a CUDA build of torch; none is visible here")
@@ -303,22 +305,27 @@ class TorchAdapter:
                 self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
             # broadcast_buffers=False: each GPU keeps its own BatchNorm running statistics, as
             # the scratch side does (torch's default re-sends rank 0's before every forward);
-            # gradients as views into DDP's buckets, as the scratch side's flat arena, no copies
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                self.net, device_ids=[self.dist.local_rank] if device == "cuda" else None,
-                broadcast_buffers=False, gradient_as_bucket_view=True)
+            # gradients as views into DDP's buckets, as the scratch side's flat arena, no copies.
+            # A captured DDP step (torch's CUDA graph notes) needs DDP built on the side stream
+            # that warms up and captures.
+            with torch.cuda.stream(self._side_stream(cuda_graph)):
+                self.model = torch.nn.parallel.DistributedDataParallel(
+                    self.net, device_ids=[self.dist.local_rank] if device == "cuda" else None,
+                    broadcast_buffers=False, gradient_as_bucket_view=True)
+        self.amp = precision == "fp16"
         spec = optimizer or OptimSpec()
         cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[spec.name]
-        self.opt = cls(param_groups(list(self.net.named_parameters()), spec), **_optimizer_kwargs(spec))
+        # a captured fp16 step takes the fused optimizer: GradScaler hands it found_inf on the
+        # GPU, where the other optimizers make GradScaler read it on the host (a capture error)
+        fused = {"fused": True} if cuda_graph and self.amp else {}
+        self.opt = cls(param_groups(list(self.net.named_parameters()), spec), **_optimizer_kwargs(spec), **fused)
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.device_name = device
-        self.amp = precision == "fp16"
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
-        if cuda_graph and self.amp:
-            raise ValueError("torch: --cuda-graph with fp16 is not supported here (GradScaler reads the host "
-                             "every step); use fp32/tf32 with graphs")
         self.graph = None
         self._graph_calls = 0
+        # eager steps before capture: DDP needs 11 (torch's CUDA graph notes), one process 3
+        self._graph_warmup = 11 if self.dist is not None else 3
         self.use_graph = cuda_graph
 
     def to_device(self, x, y):
@@ -348,8 +355,8 @@ class TorchAdapter:
     def _eager_step(self, x, y):
         t = self.torch
         self.opt.zero_grad(set_to_none=True)
-        if self.amp:
-            with t.autocast("cuda", dtype=t.float16):
+        if self.amp:    # a capture must not keep autocast's cast weights (torch's CUDA graph notes)
+            with t.autocast("cuda", dtype=t.float16, cache_enabled=not self.use_graph):
                 logits = self.model(x)
                 loss = self.loss_fn(logits, y)
             self.scaler.scale(loss).backward()
@@ -373,42 +380,48 @@ class TorchAdapter:
             return loss
         return self._graph_step(x, y)
 
-    def _graph_step(self, x, y, warmup=3):
-        """torch's whole-network capture (CUDA graphs notes): warm up on a side stream, capture
-        forward, backward and optimizer step once, then copy inputs in and replay."""
+    def _side_stream(self, wanted=True):
+        """The stream a captured step warms up and captures on (one per adapter), or None."""
+        if not wanted:
+            return None
+        if getattr(self, "_side", None) is None:
+            self._side = self.torch.cuda.Stream(self.device)
+        return self._side
+
+    def _graph_step(self, x, y):
+        """torch's whole-network capture (CUDA graph notes): warm up on a side stream, capture
+        the eager step (forward, backward, DDP's all-reduces, GradScaler and optimizer) once,
+        then copy inputs in and replay."""
         t = self.torch
-        if self.graph is None:
-            if self._graph_calls == 0:
-                self.static_x, self.static_y = x.clone(), y.clone()
-            self.static_x.copy_(x)
-            self.static_y.copy_(y)
-            self._graph_calls += 1
-            s = t.cuda.Stream()
-            s.wait_stream(t.cuda.current_stream())
-            with t.cuda.stream(s):
-                if self._graph_calls <= warmup:
-                    out = self._eager_step(self.static_x, self.static_y)
-            t.cuda.current_stream().wait_stream(s)
-            if self._graph_calls <= warmup:
-                self._last_logits = out[1]
-                return out[0]
-            self.opt.zero_grad(set_to_none=True)
-            self.graph = t.cuda.CUDAGraph()
-            with t.cuda.graph(self.graph):
-                logits = self.net(self.static_x)
-                self.static_loss = self.loss_fn(logits, self.static_y)
-                self.static_loss.backward()
-                self.opt.step()
-            self._last_logits = logits.detach()
-            self._graph_lr = [g["lr"] for g in self.opt.param_groups]
-        else:
+        if self.graph is not None:
             if [g["lr"] for g in self.opt.param_groups] != self._graph_lr:
                 raise ValueError("torch with --cuda-graph replays the learning rate it captured; use a "
                                  "constant schedule (the scratch side follows any schedule)")
             self.static_x.copy_(x)
             self.static_y.copy_(y)
-        self.graph.replay()
-        return self.static_loss.detach()
+            self.graph.replay()
+            return self.static_loss
+        if self._graph_calls == 0:
+            self.static_x, self.static_y = x.clone(), y.clone()
+        self.static_x.copy_(x)
+        self.static_y.copy_(y)
+        self._graph_calls += 1
+        s = self._side_stream()
+        s.wait_stream(t.cuda.current_stream())
+        with t.cuda.stream(s):
+            if self._graph_calls <= self._graph_warmup:
+                loss, self._last_logits = self._eager_step(self.static_x, self.static_y)
+            else:
+                graph = t.cuda.CUDAGraph()
+                with t.cuda.graph(graph, stream=s):
+                    self.static_loss, self._last_logits = self._eager_step(self.static_x, self.static_y)
+                self.graph = graph
+                self._graph_lr = [g["lr"] for g in self.opt.param_groups]
+        t.cuda.current_stream().wait_stream(s)
+        if self.graph is None:
+            return loss
+        self.graph.replay()      # capture recorded the step without running it
+        return self.static_loss
 
     def peak_gpu_mem_mb(self):
         """High-water mark of the memory torch's caching allocator reserved, or None on CPU."""
@@ -440,6 +453,10 @@ class TorchAdapter:
             try:
                 td.barrier()
             finally:
+                if self.graph is not None:    # NCCL's teardown waits for graphs that captured its collectives
+                    self.torch.cuda.synchronize()
+                    self.graph.reset()
+                    self.graph = None
                 td.destroy_process_group()
 
     def predict(self, x):

@@ -103,9 +103,7 @@ def bench_sides(args):
         tag = "+graph" if g else ""
         gpu_kw = dict(precision=args.precision, cuda_graph=g) if args.gpu else {}
         sides += [(f"scratch-{b}{tag}", dict(impl="scratch", backend=b, **gpu_kw)) for b in args.scratch_backends]
-        # torch's GradScaler reads found_inf on the host every step, so its fp16 step cannot be
-        # captured: a graphed scratch fp16 row is compared with torch eager (torch_cuda_graph 0)
-        if not args.no_torch and not (g and args.precision == "fp16"):
+        if not args.no_torch:
             sides.append((f"torch-{'cuda' if args.gpu else 'cpu'}{tag}",
                           dict(impl="torch", device="cuda" if args.gpu else "cpu", **gpu_kw)))
     return sides
@@ -173,12 +171,11 @@ def summarise(model, runners, args):
             continue
         graph = label.endswith("+graph")
         dev = "cuda" if args.gpu else "cpu"
-        torch_graph = graph and f"torch-{dev}+graph" in runners
-        torch_run = runners.get(f"torch-{dev}{'+graph' if torch_graph else ''}")
+        torch_run = runners.get(f"torch-{dev}{'+graph' if graph else ''}")
         ips = run["ips"]
         row = dict(model=model, backend=label[len("scratch-"):], scratch=statistics.median(ips),
                    scratch_min=min(ips), scratch_max=max(ips), torch=None, ratio=None, cuda_graph=graph,
-                   torch_cuda_graph=torch_graph,
+                   torch_cuda_graph=graph,     # a column of its own: rows before torch captured fp16 have 0
                    scratch_peak_mb=run["peak_mb"], torch_peak_mb=torch_run["peak_mb"] if torch_run else None)
         if torch_run:
             tips = torch_run["ips"]
@@ -205,8 +202,7 @@ def print_table(rows, args, cpu):
         else:
             t = f"{r['torch']:8.1f} [{r['torch_min']:.1f}-{r['torch_max']:.1f}]"
             q = f"{r['ratio']:.2f}x [{r['ratio_min']:.2f}-{r['ratio_max']:.2f}]"
-        side = r["backend"] + (" vs eager" if r["cuda_graph"] and not r["torch_cuda_graph"] and r["torch"] else "")
-        line = f"{r['model']:9s} {side:14s} {s:>26s} {t:>26s} {q:>20s}"
+        line = f"{r['model']:9s} {r['backend']:14s} {s:>26s} {t:>26s} {q:>20s}"
         if args.gpu:
             tp = "-" if r["torch_peak_mb"] is None else f"{r['torch_peak_mb']:.0f}"
             line += f" {r['scratch_peak_mb']:>12.0f} / {tp:>7s}"

@@ -35,6 +35,11 @@ class CapturedStep:
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self._bns = [m for _, m in net.named_modules() if isinstance(m, BatchNorm2d)]
 
+    def release(self):
+        """Free the graph. NCCL's communicator destroy waits until every graph that captured its
+        collectives is gone, so a data-parallel rank releases its graph first."""
+        self.graph = None
+
     def _on_side_stream(self, fn):
         cupy = self.be.xp
         main = cupy.cuda.get_current_stream()

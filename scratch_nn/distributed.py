@@ -49,7 +49,7 @@ class GradReducer:
     wait), bucketed and started during net.backward()."""
 
     def __init__(self, net, param_groups, backend, comm, bucket_mb=BUCKET_MB):
-        self.comm = comm
+        self.comm, self.be = comm, backend
         self.buckets = []
         owner = {}            # id(param) -> its bucket
         for group in param_groups:
@@ -103,6 +103,9 @@ class GradReducer:
     def _start(self, b):
         b.started = True
         self.launch_log.append((b.index, self._done))
+        # a captured step computes small layers' weight gradients on a side stream (cupy
+        # backend): the all-reduce waits for those as well as for the caller's stream
+        self.be.grads_ready_on(self.comm.stream)
         for a in b.arrays:
             self.comm.allreduce_async(a, average=True)
 

@@ -27,6 +27,10 @@ class PackedNumpy(NumpyBackend):
     def __init__(self):
         super().__init__()
         self.flats = {}
+        self.events = []       # "ready" (grads_ready_on) and "reduce" (ThreadComm), in call order
+
+    def grads_ready_on(self, stream):
+        self.events.append("ready")
 
     def pack_parameters(self, params):
         sizes = [p.data.size for p in params]
@@ -45,12 +49,16 @@ class ThreadComm:
     """allreduce_async/wait as NcclComm offers them, for ranks that are threads of this process.
     Records which memory each call reduced."""
 
-    def __init__(self, hub, rank):
+    stream = None      # NcclComm's collectives stream; here everything runs in call order
+
+    def __init__(self, hub, rank, events=None):
         self.hub, self.rank, self.world_size = hub, rank, hub["world"]
         self.reduced = []
+        self.events = [] if events is None else events
 
     def allreduce_async(self, a, average=False):
         self.reduced.append(a)
+        self.events.append("reduce")
         hub = self.hub
         hub["slots"][self.rank] = a.copy()
         hub["barrier"].wait()
@@ -88,7 +96,7 @@ def test_two_ranks_with_half_batches_get_the_whole_batchs_gradient(packed):
 
     def rank(r):
         be = PackedNumpy() if packed else NumpyBackend()
-        comm = ThreadComm(hub, r)
+        comm = ThreadComm(hub, r, getattr(be, "events", None))
         out[r] = (*_grads(be, x[r * 4:(r + 1) * 4], y[r * 4:(r + 1) * 4], comm), comm, be)
 
     threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
@@ -110,6 +118,8 @@ def test_two_ranks_with_half_batches_get_the_whole_batchs_gradient(packed):
                 start = (a.__array_interface__["data"][0] - flat.__array_interface__["data"][0]) // 8
                 hits[start:start + a.size] += 1
             assert (hits == 1).all() and len(comm.reduced) == len(reducer.buckets) > 2
+            # every bucket first waits for gradients computed beside the caller's stream
+            assert be.events == ["ready", "reduce"] * len(reducer.buckets)
         else:
             assert sorted(id(a) for a in comm.reduced) == sorted(id(p.grad) for p in params)
         # buckets start while backward runs: the first before the last layer with parameters

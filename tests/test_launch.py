@@ -237,3 +237,18 @@ def test_an_older_runs_table_takes_the_new_columns(tmp_path):
     (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
     with pytest.raises(ValueError, match="move it aside"):
         records.append_runs_row(str(tmp_path / "bad.csv"), {"run_id": "c"})
+
+
+def test_a_captured_ddp_step_is_warm_up_by_default():
+    """torch captures its DDP step after 11 eager steps: by default the timing starts after it;
+    one process, scratch, or an explicit --warmup-steps keep theirs."""
+    from experiments import run
+
+    def warmup(*argv):
+        return run.validate(run.build_parser().parse_args(["--dataset", "synthetic", *argv])).warmup_steps
+
+    torch_gpu = ["--impl", "torch", "--device", "cuda", "--cuda-graph"]
+    assert warmup(*torch_gpu, "--gpus", "2") == 12
+    assert warmup(*torch_gpu) == 5
+    assert warmup(*torch_gpu, "--gpus", "2", "--warmup-steps", "3") == 3
+    assert warmup("--impl", "scratch", "--backend", "cupy", "--cuda-graph", "--gpus", "2") == 5

@@ -63,6 +63,19 @@ def test_two_gpus_follow_one_gpu_with_the_global_batch(tmp_path, impl):
     assert res.gpu_mem_used_mb.notna().any() and (d2 / "resources_gpus.csv").exists()
 
 
+@pytest.mark.parametrize("precision,rtol", [("fp32", 1e-4), ("fp16", 1e-2)])
+@pytest.mark.parametrize("impl", [["--impl", "scratch", "--backend", "cupy"], ["--impl", "torch", "--device", "cuda"]])
+def test_captured_steps_on_two_gpus_follow_one_eager_gpu(tmp_path, impl, precision, rtol):
+    """--cuda-graph with two ranks: each captures its whole step, the NCCL all-reduces (scratch:
+    the bucketed ones; torch: DDP's, after its 11 eager steps) and the loss scaler included,
+    and replays it; the losses still follow one eager GPU of the global batch."""
+    d1, d2 = _pair(tmp_path, impl, "cnn", extra=["--precision", precision], extra_two=["--cuda-graph"])
+    s1, s2 = pd.read_csv(d1 / "steps.csv"), pd.read_csv(d2 / "steps.csv")
+    assert len(s1) == len(s2) == 32 and np.isfinite(s2.loss).all()
+    np.testing.assert_allclose(s2.loss, s1.loss, rtol=rtol)
+    assert json.loads((d2 / "config.json").read_text())["cuda_graph"] is True
+
+
 @pytest.mark.parametrize("impl", [["--impl", "scratch", "--backend", "cupy"], ["--impl", "torch", "--device", "cuda"]])
 def test_sync_bn_follows_one_gpu(tmp_path, impl):
     """The first loss is the same forward over the global batch; later ones follow within

@@ -36,6 +36,9 @@ def test_bench_gpu_flags_are_validated():
     assert bench.parse_args(["--csv"]).csv == bench.DEFAULT_CSV
     labels = [label for label, _ in bench.bench_sides(a)]
     assert labels == ["scratch-cupy", "torch-cuda", "scratch-cupy+graph", "torch-cuda+graph"]
+    # torch's fp16 step is captured too (fused optimizer, found_inf on the GPU)
+    a16 = bench.parse_args(["--scratch-backends", "cupy", "--precision", "fp16", "--cuda-graph", "on"])
+    assert [label for label, _ in bench.bench_sides(a16)] == ["scratch-cupy+graph", "torch-cuda+graph"]
     for bad in (["--precision", "tf32"], ["--cuda-graph", "on"], ["--scratch-backends", "cupy,numba"]):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
@@ -55,7 +58,11 @@ def test_dp_scaling_plans_one_and_n_gpu_runs_of_the_same_per_gpu_batch(capsys):
         assert cmd[cmd.index("--batch-size") + 1] == "256"
         assert int(cmd[cmd.index("--train-subset") + 1]) == 30 * 256 * gpus     # 30 global steps each
         assert cmd[cmd.index("--epochs") + 1] == "1"
-    assert "fp16" in lines[2] and "--backend" in lines[2]
+    assert "fp16" in lines[2] and "--backend" in lines[2] and "--cuda-graph" not in lines[2]
+    # --cuda-graph: both runs of a pair capture, so the ratio stays within one mode
+    assert dp_scaling.main(["--gpus", "2", "--impl", "torch", "--cuda-graph", "--dry-run"]) == 0
+    graphed = capsys.readouterr().out.splitlines()
+    assert len(graphed) == 2 and all("--cuda-graph" in line for line in graphed)
 
 
 @pytest.mark.parametrize("argv,needle", [(["--gpus", "1"], "at least 2"), (["--impl", "jax"], "jax"),

@@ -331,6 +331,10 @@ class Backend:
         where pack_parameters made one, else each parameter's gradient (the reference)."""
         return [p.grad for p in params]
 
+    def grads_ready_on(self, stream):
+        """Make `stream` (a collective's) wait for gradient work queued beside the caller's
+        stream; the reference runs everything in order, so nothing to wait for."""
+
     def zeros_like_params(self, arrays):
         """Zeroed optimizer state shaped like `arrays` (one per parameter of a group)."""
         return [self.xp.zeros_like(a) for a in arrays]

@@ -229,6 +229,13 @@ class CupyBackend(Backend):
             self._side_pending = False
             self._keep.clear()
 
+    def grads_ready_on(self, stream):
+        """`stream` waits for the side stream's weight gradients queued so far (a data-parallel
+        bucket's all-reduce reads them; NcclComm itself waits for the caller's stream only).
+        The main stream does not join, so its input gradients go on beside both."""
+        if self._side_pending:
+            stream.wait_event(self._side.record())
+
     def rng(self, seed):
         return self.xp.random.default_rng(seed)
 

@@ -11,6 +11,10 @@ NCCL needs every rank to issue its collectives in one order, and one stream keep
 where gradient buckets and BatchNorm statistics interleave. Each collective first waits for
 the work queued so far on the caller's stream (an event, no host sync), so it reads finished
 data; the synchronous form makes the caller's stream wait for the result in turn.
+
+Inside a CUDA graph capture (scratch_nn.cuda_graph) the same calls are captured: the events
+fork the comm stream off the capturing stream and join it back, and NCCL (>= 2.9) records
+its kernels in the graph, so a replayed step all-reduces without the host.
 """
 import numpy as np
 
@@ -44,6 +48,9 @@ class NcclComm:
         except TypeError:
             self.comm = nccl.NcclCommunicator(world_size, tuple(b - 256 if b > 127 else b for b in uid_bytes), rank)
         self.stream = cupy.cuda.Stream(non_blocking=True)
+        # timing-free events: the cheapest kind, and what a CUDA graph capture records
+        self._ev_in = cupy.cuda.Event(disable_timing=True)
+        self._ev_out = cupy.cuda.Event(disable_timing=True)
         self._types = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64,
                        np.dtype(np.float16): nccl.NCCL_FLOAT16, np.dtype(np.int64): nccl.NCCL_INT64,
                        np.dtype(np.int32): nccl.NCCL_INT32}
@@ -60,11 +67,11 @@ class NcclComm:
         for a in arrays:
             if not a.flags.c_contiguous:
                 raise ValueError("NCCL collectives need contiguous arrays")
-        self.stream.wait_event(self.cupy.cuda.get_current_stream().record())
+        self.stream.wait_event(self.cupy.cuda.get_current_stream().record(self._ev_in))
 
     def wait(self):
         """The caller's stream waits for every collective queued so far."""
-        self.cupy.cuda.get_current_stream().wait_event(self.stream.record())
+        self.cupy.cuda.get_current_stream().wait_event(self.stream.record(self._ev_out))
 
     def allreduce_async(self, a, average=False):
         """a = the sum (or mean) of every rank's a, in place, on the comm stream: the caller's
