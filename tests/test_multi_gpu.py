@@ -2,7 +2,8 @@
 batch 2b, on the scratch side (NCCL through CuPy) and the torch side (DistributedDataParallel).
 The cnn has no BatchNorm, so only the order of float sums differs; resnet18 with --sync-bn
 normalises over the global batch as one GPU does (and its 44 MB of gradients take two
-buckets, so the scratch side's overlapped all-reduce is in play). A rank whose node dies ends
+buckets, so the scratch side's overlapped all-reduce is in play). With --cuda-graph each rank
+replays a captured step, all-reduces inside, and still follows one eager GPU. A rank whose node dies ends
 the other through the rendezvous link, NCCL kernels in flight or not."""
 import json
 import os
