@@ -282,6 +282,8 @@ class TorchAdapter:
         if self.dist is not None and device == "cuda":
             torch.cuda.set_device(self.dist.local_rank)
             self.device = torch.device("cuda", self.dist.local_rank)
+        # the stream a captured step warms up and captures on
+        self._side = torch.cuda.Stream(self.device) if cuda_graph else None
         self.tdtype = getattr(torch, dtype)
         self.net = torch_impl.models.build(model, num_classes=num_classes, dtype=self.tdtype)
         if initial_state is None:
@@ -308,7 +310,7 @@ class TorchAdapter:
             # gradients as views into DDP's buckets, as the scratch side's flat arena, no copies.
             # A captured DDP step (torch's CUDA graph notes) needs DDP built on the side stream
             # that warms up and captures.
-            with torch.cuda.stream(self._side_stream(cuda_graph)):
+            with torch.cuda.stream(self._side):
                 self.model = torch.nn.parallel.DistributedDataParallel(
                     self.net, device_ids=[self.dist.local_rank] if device == "cuda" else None,
                     broadcast_buffers=False, gradient_as_bucket_view=True)
@@ -380,14 +382,6 @@ class TorchAdapter:
             return loss
         return self._graph_step(x, y)
 
-    def _side_stream(self, wanted=True):
-        """The stream a captured step warms up and captures on (one per adapter), or None."""
-        if not wanted:
-            return None
-        if getattr(self, "_side", None) is None:
-            self._side = self.torch.cuda.Stream(self.device)
-        return self._side
-
     def _graph_step(self, x, y):
         """torch's whole-network capture (CUDA graph notes): warm up on a side stream, capture
         the eager step (forward, backward, DDP's all-reduces, GradScaler and optimizer) once,
@@ -406,7 +400,7 @@ class TorchAdapter:
         self.static_x.copy_(x)
         self.static_y.copy_(y)
         self._graph_calls += 1
-        s = self._side_stream()
+        s = self._side
         s.wait_stream(t.cuda.current_stream())
         with t.cuda.stream(s):
             if self._graph_calls <= self._graph_warmup:
