@@ -18,18 +18,10 @@ all-reduces included): where the host's launches limit a step, as they do for re
 on an H200, eager scaling measures the host as much as the GPUs.
 """
 import argparse
-import csv
-import datetime
-import json
 import os
-import statistics
-import subprocess
 import sys
 
-COLUMNS = ["gpu", "gpus", "model", "batch_size_per_gpu", "precision", "cuda_graph", "impl", "steps", "one_gpu_images_per_s",
-           "one_gpu_min", "one_gpu_max", "n_gpu_images_per_s", "n_gpu_min", "n_gpu_max", "speedup", "efficiency",
-           "repeats", "date"]
-IMPL_ARGS = {"scratch": ["--impl", "scratch", "--backend", "cupy"], "torch": ["--impl", "torch", "--device", "cuda"]}
+from .measure.dp_runs import IMPL_ARGS, csv_path, measure, plan, run_args, write_csv
 
 
 def parse_args(argv=None):
@@ -65,69 +57,17 @@ def parse_args(argv=None):
     return a
 
 
-def run_args(a, impl, precision, gpus):
-    """experiments.run's arguments for one run: one epoch of exactly --steps global batches
-    (no partial batch, whose new shape would put a warm-up inside the timing)."""
-    n = a.steps * a.batch_size * gpus
-    if a.dataset == "cifar10" and n > 50000:
-        raise SystemExit(f"error: {a.steps} steps of a global batch of {a.batch_size * gpus} need {n} images, more "
-                         f"than CIFAR-10's 50000: fewer --steps, or --dataset synthetic")
-    args = [*IMPL_ARGS[impl], "--model", a.model, "--precision", precision, "--batch-size", str(a.batch_size),
-            "--dataset", a.dataset, "--train-subset", str(n), "--test-subset", "256", "--epochs", "1",
-            "--warmup-steps", str(a.warmup_steps), "--log-every", "10", "--quiet",
-            "--out", os.path.join(a.out, "runs"), "--runs-csv", os.path.join(a.out, "runs.csv")]
-    if a.data_dir:
-        args += ["--data-dir", a.data_dir]
-    if a.cuda_graph:
-        args += ["--cuda-graph"]
-    if gpus > 1:
-        args += ["--gpus", str(gpus)]
-    return args
-
-
-def _one_run(a, args):
-    """Run experiments.run; the images/s of the run folder it made, and the GPU's name."""
-    runs = os.path.join(a.out, "runs")
-    before = set(os.listdir(runs)) if os.path.isdir(runs) else set()
-    print("$ python -m experiments.run " + " ".join(args), flush=True)
-    code = subprocess.call([sys.executable, "-m", "experiments.run", *args])
-    if code != 0:
-        raise SystemExit(f"error: experiments.run ended with code {code}; the table is incomplete")
-    (new,) = set(os.listdir(runs)) - before
-    with open(os.path.join(runs, new, "summary.json")) as f:
-        s = json.load(f)
-    print(f"  -> {s['images_per_s']:.0f} images/s on {s['world_size']} GPU(s)", flush=True)
-    return s["images_per_s"], s.get("gpu")
-
-
 def main(argv=None):
     a = parse_args(argv)
-    plan = [(p, i) for p in a.precisions for i in a.impls]
     if a.dry_run:
-        for p, i in plan:
+        for p, i in plan(a):
             for g in (1, a.gpus):
                 print("python -m experiments.run " + " ".join(run_args(a, i, p, g)))
         return 0
     os.makedirs(a.out, exist_ok=True)
-    rows = []
-    for precision, impl in plan:
-        one, many, gpu = [], [], None
-        for _ in range(a.repeats):      # alternating, so drift on a shared host hits both sides
-            ips, gpu = _one_run(a, run_args(a, impl, precision, 1))
-            one.append(ips)
-            many.append(_one_run(a, run_args(a, impl, precision, a.gpus))[0])
-        m1, mn = statistics.median(one), statistics.median(many)
-        rows.append(dict(gpu=gpu, gpus=a.gpus, model=a.model, batch_size_per_gpu=a.batch_size, precision=precision,
-                         cuda_graph=int(a.cuda_graph), impl=impl, steps=a.steps, one_gpu_images_per_s=round(m1, 1),
-                         one_gpu_min=round(min(one), 1), one_gpu_max=round(max(one), 1), n_gpu_images_per_s=round(mn, 1),
-                         n_gpu_min=round(min(many), 1), n_gpu_max=round(max(many), 1), speedup=round(mn / m1, 3),
-                         efficiency=round(mn / m1 / a.gpus, 3), repeats=a.repeats,
-                         date=datetime.date.today().isoformat()))
-    path = os.path.join(a.out, f"{a.model}-{a.gpus}gpus{'-graph' if a.cuda_graph else ''}.csv")
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    rows = measure(a, log=lambda line: print(line, flush=True))
+    path = csv_path(a)
+    write_csv(path, rows)
     print(f"\n{a.model}, batch {a.batch_size} per GPU, {a.steps} steps ({a.warmup_steps} warm-up), "
           f"{'CUDA graphs' if a.cuda_graph else 'eager'}, "
           f"median of {a.repeats}, on {rows[0]['gpu']}:")

@@ -12,19 +12,18 @@ images/s and parallel efficiency against threads. Efficiency at t threads is
 measured stands in for 1 when 1 is not in the list).
 """
 import argparse
-import csv
-import datetime
 import os
-import statistics
 import sys
-from types import SimpleNamespace
 
-COLUMNS = ["cpu", "cores", "model", "batch_size", "impl", "threads", "images_per_s", "images_per_s_min",
-           "images_per_s_max", "speedup", "efficiency", "date"]
+from scratch_nn.backends.threads import usable_cores
+
+from .cli import UsageError, int_list
+from .measure.thread_scaling import measure, read_csv, rows_from, write_csv
+from .report.scaling_chart import plot
 
 
 def parse_args(argv=None):
-    cores = _cores()
+    cores = usable_cores()
     default = sorted({t for t in (1, 2, 4, 8, 16, 32, 64) if t <= cores} | {cores})
     ap = argparse.ArgumentParser(prog="python -m experiments.scaling", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,11 +39,9 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=os.path.join("results", "scaling"), help="output folder (default results/scaling)")
     a = ap.parse_args(argv)
     try:
-        a.threads = sorted({int(t) for t in a.threads.split(",") if t.strip()})
-    except ValueError:
-        ap.error("--threads: give comma-separated whole numbers, e.g. 1,2,4")
-    if not a.threads or a.threads[0] < 1:
-        ap.error("--threads: counts must be at least 1")
+        a.threads = int_list(a.threads, "--threads", "1,2,4")
+    except UsageError as e:
+        ap.error(str(e))
     over = [t for t in a.threads if t > cores]
     if over:
         ap.error(f"--threads {','.join(map(str, over))}: this machine lets the process use {cores} cores; "
@@ -57,93 +54,12 @@ def parse_args(argv=None):
     return a
 
 
-def _cores():
-    from scratch_nn.backends.threads import usable_cores
-
-    return usable_cores()
-
-
-def measure(args, log=print):
-    """{impl: {threads: [images/s per repeat]}}"""
-    from .bench import bench_model
-
-    out = {}
-    for t in args.threads:
-        if not args.no_torch:
-            from .adapters import set_torch_threads
-
-            set_torch_threads(t)
-        ns = SimpleNamespace(batch_size=args.batch_size, threads=t, warmup=args.warmup, repeats=args.repeats,
-                             min_time=args.min_time, seed=args.seed, scratch_backends=["numba"],
-                             no_torch=args.no_torch, gpu=False, precision="fp32", cuda_graph="off")
-        log(f"{t} thread(s):")
-        for label, run in bench_model(args.model, ns, log=log).items():
-            impl = "scratch-numba" if label == "scratch-numba" else "torch-cpu"
-            out.setdefault(impl, {})[t] = run["ips"]
-    return out
-
-
-def rows_from(results, args, cpu, cores):
-    rows = []
-    date = datetime.date.today().isoformat()
-    for impl, by_t in results.items():
-        t0 = min(by_t)
-        base = statistics.median(by_t[t0])
-        for t, ips in sorted(by_t.items()):
-            med = statistics.median(ips)
-            speedup = med / base
-            rows.append(dict(cpu=cpu, cores=cores, model=args.model, batch_size=args.batch_size, impl=impl,
-                             threads=t, images_per_s=round(med, 2), images_per_s_min=round(min(ips), 2),
-                             images_per_s_max=round(max(ips), 2), speedup=round(speedup, 3),
-                             efficiency=round(speedup / (t / t0), 3), date=date))
-    return rows
-
-
-def plot(rows, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for impl in sorted({r["impl"] for r in rows}):
-        rs = [r for r in rows if r["impl"] == impl]
-        t = [r["threads"] for r in rs]
-        ips = [r["images_per_s"] for r in rs]
-        err = [[r["images_per_s"] - r["images_per_s_min"] for r in rs],
-               [r["images_per_s_max"] - r["images_per_s"] for r in rs]]
-        line = a1.errorbar(t, ips, yerr=err, marker="o", capsize=3, label=impl)
-        ideal = [ips[0] * x / t[0] for x in t]
-        a1.plot(t, ideal, ls=":", color=line[0].get_color(), alpha=0.6)
-        a2.plot(t, [r["efficiency"] for r in rs], marker="o", label=impl)
-    for ax in (a1, a2):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({r["threads"] for r in rows}))
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.set_xlabel("threads")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    a1.set_ylabel("training images/s (dotted: linear scaling)")
-    a2.set_ylabel("parallel efficiency")
-    a2.set_ylim(0, 1.15)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def replot(path):
     """Draw the chart of a CSV written earlier (e.g. on a machine without matplotlib)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv(path)
     if not rows:
         print(f"error: {path} has no rows", file=sys.stderr)
         return 2
-    for r in rows:
-        for k in ("threads", "cores", "batch_size"):
-            r[k] = int(r[k])
-        for k in ("images_per_s", "images_per_s_min", "images_per_s_max", "speedup", "efficiency"):
-            r[k] = float(r[k])
     r = rows[0]
     png = os.path.splitext(path)[0] + ".png"
     plot(rows, png, f"{r['model']}, batch {r['batch_size']}, training throughput against threads\n"
@@ -172,10 +88,10 @@ def main(argv=None):
             return 2
     from scratch_nn.backends import BackendUnavailable
 
-    from .sysinfo import machine_info
+    from .record.sysinfo import machine_info
 
     info = machine_info()
-    cores = info.get("usable_cores") or _cores()
+    cores = info.get("usable_cores") or usable_cores()
     cpu = info.get("cpu_model") or "unknown CPU"
     try:
         results = measure(args)
@@ -185,10 +101,7 @@ def main(argv=None):
     rows = rows_from(results, args, cpu, cores)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"{args.model}-{cores}cores")
-    with open(stem + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(stem + ".csv", rows)
     title = (f"{args.model}, batch {args.batch_size}, training throughput against threads\n"
              f"{cpu}, {cores} cores, median of {args.repeats} [min-max]")
     try:

@@ -1,0 +1,266 @@
+"""The torch side of the training-step interface (experiments/train/adapters.py): the
+torch_impl twin, loaded with the scratch model's initial weights, on the CPU or CUDA."""
+import numpy as np
+
+from .spec import GPU_PRECISIONS, OptimSpec, optimizer_kwargs, param_groups, precision_dtype
+
+
+def set_torch_threads(n):
+    """Intra- and inter-op threads. torch accepts the inter-op count only before its first
+    parallel work, once per process; a later call keeps the earlier setting."""
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:
+        pass
+
+
+
+class TorchAdapter:
+    impl = "torch"
+    checkpoint_suffix = ".pt"
+
+    def __init__(self, model, device="cpu", optimizer=None, seed=0, num_classes=10, dtype=None,
+                 label_smoothing=0.0, threads=None, initial_state=None, precision="fp32", cuda_graph=False,
+                 dist=None, sync_bn=False, dist_timeout_s=300):
+        import torch
+
+        import torch_impl
+
+        self.torch = torch
+        # data parallelism (experiments/dist/launch.py): one process per device, gradients averaged by
+        # DistributedDataParallel (NCCL on GPUs, gloo on CPUs)
+        self.dist = dist if dist is not None and dist.world_size > 1 else None
+        dtype = dtype or precision_dtype(precision)
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda needs a CUDA GPU and a CUDA build of torch; none is visible here")
+        if device != "cuda" and (precision in GPU_PRECISIONS or cuda_graph):
+            raise ValueError(f"precision {precision} and CUDA graphs are GPU modes: use --device cuda")
+        self.precision = precision
+        if device == "cuda":
+            set_torch_cuda_precision(precision)
+        if threads is not None:
+            set_torch_threads(threads)
+        self.device = torch.device(device)
+        if self.dist is not None and device == "cuda":
+            torch.cuda.set_device(self.dist.local_rank)
+            self.device = torch.device("cuda", self.dist.local_rank)
+        # the stream a captured step warms up and captures on
+        self._side = torch.cuda.Stream(self.device) if cuda_graph else None
+        self.tdtype = getattr(torch, dtype)
+        self.net = torch_impl.models.build(model, num_classes=num_classes, dtype=self.tdtype)
+        if initial_state is None:
+            from scratch_nn import backends, models
+
+            # the reference kernels: a NumpyBackend here would pin BLAS to one thread process-wide
+            initial_state = models.build(model, backend=backends.reference("numpy"), num_classes=num_classes,
+                                         seed=seed, dtype=dtype).state_dict()
+        self.net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in initial_state.items()})
+        self.net.to(self.device)
+        self.model = self.net       # what a step calls: the network, or its DDP wrapper
+        if self.dist is not None:
+            import datetime
+
+            import torch.distributed as td
+
+            td.init_process_group("nccl" if device == "cuda" else "gloo", init_method="env://",
+                                  rank=self.dist.rank, world_size=self.dist.world_size,
+                                  timeout=datetime.timedelta(seconds=dist_timeout_s))
+            if sync_bn:     # same parameters and buffers, so state dicts stay interchangeable
+                self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+            # broadcast_buffers=False: each GPU keeps its own BatchNorm running statistics, as
+            # the scratch side does (torch's default re-sends rank 0's before every forward);
+            # gradients as views into DDP's buckets, as the scratch side's flat arena, no copies.
+            # A captured DDP step (torch's CUDA graph notes) needs DDP built on the side stream
+            # that warms up and captures.
+            with torch.cuda.stream(self._side):
+                self.model = torch.nn.parallel.DistributedDataParallel(
+                    self.net, device_ids=[self.dist.local_rank] if device == "cuda" else None,
+                    broadcast_buffers=False, gradient_as_bucket_view=True)
+        self.amp = precision == "fp16"
+        spec = optimizer or OptimSpec()
+        cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[spec.name]
+        # a captured fp16 step takes the fused optimizer: GradScaler hands it found_inf on the
+        # GPU, where the other optimizers make GradScaler read it on the host (a capture error)
+        fused = {"fused": True} if cuda_graph and self.amp else {}
+        self.opt = cls(param_groups(list(self.net.named_parameters()), spec), **optimizer_kwargs(spec), **fused)
+        self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.device_name = device
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.graph = None
+        self._graph_calls = 0
+        # eager steps before capture: DDP needs 11 (torch's CUDA graph notes), one process 3
+        self._graph_warmup = 11 if self.dist is not None else 3
+        self.use_graph = cuda_graph
+
+    def to_device(self, x, y):
+        t = self.torch
+        if isinstance(x, t.Tensor):     # a device loader's batch
+            return x.to(self.device, self.tdtype), y.to(self.device)
+        return (t.from_numpy(np.ascontiguousarray(x)).to(self.device, self.tdtype),
+                t.from_numpy(np.ascontiguousarray(y)).to(self.device))
+
+    def host(self, a):
+        return a.cpu().numpy() if isinstance(a, self.torch.Tensor) else np.asarray(a)
+
+    def device_loader(self, loader):
+        """The loader's data resident on this device, augmented there with torch ops."""
+        from .device_data import DeviceBatchLoader, TorchBatchOps
+
+        return DeviceBatchLoader(loader, TorchBatchOps(self.torch, self.device, self.tdtype))
+
+    @property
+    def reads_are_free(self):
+        return self.device.type == "cpu"
+
+    def set_lr(self, lr):
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+
+    def _eager_step(self, x, y):
+        t = self.torch
+        self.opt.zero_grad(set_to_none=True)
+        if self.amp:    # a capture must not keep autocast's cast weights (torch's CUDA graph notes)
+            with t.autocast("cuda", dtype=t.float16, cache_enabled=not self.use_graph):
+                logits = self.model(x)
+                loss = self.loss_fn(logits, y)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            logits = self.model(x)
+            loss = self.loss_fn(logits, y)
+            loss.backward()
+            self.opt.step()
+        loss = loss.detach()
+        if self.dist is not None:       # the global batch's loss: the mean of the ranks' means
+            self.torch.distributed.all_reduce(loss)
+            loss /= self.dist.world_size
+        return loss, logits.detach()
+
+    def train_step(self, x, y):
+        self.net.train()
+        if not self.use_graph:
+            loss, self._last_logits = self._eager_step(x, y)
+            return loss
+        return self._graph_step(x, y)
+
+    def _graph_step(self, x, y):
+        """torch's whole-network capture (CUDA graph notes): warm up on a side stream, capture
+        the eager step (forward, backward, DDP's all-reduces, GradScaler and optimizer) once,
+        then copy inputs in and replay."""
+        t = self.torch
+        if self.graph is not None:
+            if [g["lr"] for g in self.opt.param_groups] != self._graph_lr:
+                raise ValueError("torch with --cuda-graph replays the learning rate it captured; use a "
+                                 "constant schedule (the scratch side follows any schedule)")
+            self.static_x.copy_(x)
+            self.static_y.copy_(y)
+            self.graph.replay()
+            return self.static_loss
+        if self._graph_calls == 0:
+            self.static_x, self.static_y = x.clone(), y.clone()
+        self.static_x.copy_(x)
+        self.static_y.copy_(y)
+        self._graph_calls += 1
+        s = self._side
+        s.wait_stream(t.cuda.current_stream())
+        with t.cuda.stream(s):
+            if self._graph_calls <= self._graph_warmup:
+                loss, self._last_logits = self._eager_step(self.static_x, self.static_y)
+            else:
+                graph = t.cuda.CUDAGraph()
+                with t.cuda.graph(graph, stream=s):
+                    self.static_loss, self._last_logits = self._eager_step(self.static_x, self.static_y)
+                self.graph = graph
+                self._graph_lr = [g["lr"] for g in self.opt.param_groups]
+        t.cuda.current_stream().wait_stream(s)
+        if self.graph is None:
+            return loss
+        self.graph.replay()      # capture recorded the step without running it
+        return self.static_loss
+
+    def peak_gpu_mem_mb(self):
+        """High-water mark of the memory torch's caching allocator reserved, or None on CPU."""
+        if self.device.type != "cuda":
+            return None
+        return self.torch.cuda.max_memory_reserved(self.device) / 2**20
+
+    def last_batch_correct(self, y):
+        """Correct predictions in the last global batch (every rank's share)."""
+        correct = (self._last_logits.argmax(dim=1) == y).sum()
+        if self.dist is not None:
+            self.torch.distributed.all_reduce(correct)
+        return int(correct)
+
+    def any_rank(self, flag):
+        """True on every rank when `flag` is true on any (a collective: every rank must ask)."""
+        if self.dist is None:
+            return bool(flag)
+        t = self.torch
+        v = t.tensor([1 if flag else 0], dtype=t.int32, device=self.device)
+        t.distributed.all_reduce(v, op=t.distributed.ReduceOp.MAX)
+        return bool(v.item())
+
+    def close(self):
+        """Leave the job together: a rank that left while rank 0 still evaluates would close
+        its connections under rank 0 (gloo aborts the process on a lost peer)."""
+        td = self.torch.distributed
+        if self.dist is not None and td.is_initialized():
+            try:
+                td.barrier()
+            finally:
+                if self.graph is not None:    # NCCL's teardown waits for graphs that captured its collectives
+                    self.torch.cuda.synchronize()
+                    self.graph.reset()
+                    self.graph = None
+                td.destroy_process_group()
+
+    def predict(self, x):
+        self.net.eval()
+        with self.torch.no_grad(), self.torch.autocast("cuda", dtype=self.torch.float16, enabled=self.amp):
+            return self.net(x).float().cpu().numpy()
+
+    def synchronize(self):
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def state_dict(self):
+        return {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+
+    def save_checkpoint(self, path):
+        t = self.torch
+        obj = {"model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+               "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+               "rng": {"torch": t.get_rng_state(), "numpy": np.random.get_state(),
+                       "cuda": t.cuda.get_rng_state_all() if self.device.type == "cuda" else None}}
+        t.save(obj, path)
+
+    def load_checkpoint(self, path):
+        t = self.torch
+        obj = t.load(path, map_location="cpu", weights_only=False)
+        self.net.load_state_dict(obj["model"])
+        self.opt.load_state_dict(obj["optimizer"])
+        if self.scaler is not None and obj["scaler"] is not None:
+            self.scaler.load_state_dict(obj["scaler"])
+        t.set_rng_state(obj["rng"]["torch"])
+        np.random.set_state(obj["rng"]["numpy"])
+        if obj["rng"]["cuda"] is not None and self.device.type == "cuda":
+            t.cuda.set_rng_state_all(obj["rng"]["cuda"])
+
+
+
+def set_torch_cuda_precision(precision):
+    """fp32 is strict (no TF32 in matmuls or cuDNN convolutions); tf32 allows both; fp16 runs
+    under autocast (the adapter). cuDNN autotunes its algorithms for the fixed shapes."""
+    import torch
+
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
+    if tf32 and torch.cuda.get_device_capability()[0] < 8:
+        raise ValueError("precision tf32 needs a GPU of compute capability 8.0 or newer; use fp32 or fp16")
+

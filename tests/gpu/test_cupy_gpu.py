@@ -1,0 +1,440 @@
+"""The cupy backend against torch on the same GPU, and its GPU-only features (precision modes,
+CUDA graphs, flat parameter arenas). Skipped where no GPU is visible; the shared correctness
+suite (gradcheck, torch parity on the CPU, models) also runs on cupy there, via conftest's
+`be` fixture.
+
+Run on a GPU machine with: python -m pytest -q tests/test_cupy_gpu.py
+"""
+import numpy as np
+import pytest
+
+from scratch_nn import backends, losses, models, optim
+
+from tests.helpers import rel_err
+
+try:
+    GPU = backends.get("cupy")
+except backends.BackendUnavailable as e:
+    pytest.skip(f"no GPU backend here: {e}", allow_module_level=True)
+
+torch = pytest.importorskip("torch")
+import torch_impl  # noqa: E402
+
+if not torch.cuda.is_available():
+    pytest.skip("torch sees no CUDA GPU", allow_module_level=True)
+
+from experiments.train.adapters import OptimSpec, make_adapter, set_torch_cuda_precision  # noqa: E402
+
+BATCH = {"cnn": 16, "resnet18": 8}
+
+
+def pair(name, dtype="float32", precision="fp32", seed=0):
+    be = backends.get("cupy", precision=precision)
+    net = models.build(name, backend=be, seed=seed, dtype=dtype)
+    set_torch_cuda_precision(precision)
+    tnet = torch_impl.models.build(name, dtype=getattr(torch, dtype))
+    tnet.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()})
+    return be, net, tnet.cuda()
+
+
+def data(name, seed, dtype="float32", n=None):
+    n = n or BATCH[name]
+    r = np.random.default_rng(seed)
+    return r.standard_normal((n, 3, 32, 32)).astype(dtype), r.integers(0, 10, n)
+
+
+def step_both(be, net, tnet, x, y):
+    logits = net.forward(be.asarray(x))
+    loss, d = losses.softmax_cross_entropy(logits, be.asarray(y), backend=be)
+    net.backward(d, input_grad=False)
+    tl = tnet(torch.from_numpy(x).cuda())
+    tloss = torch.nn.functional.cross_entropy(tl, torch.from_numpy(y).cuda())
+    tloss.backward()
+    return be.to_host(logits), float(loss), tl.detach().cpu().numpy(), float(tloss)
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_fp32_matches_torch_cuda(name):
+    """Strict fp32 on both sides: logits within 1e-4, every gradient within 1e-3 relative."""
+    be, net, tnet = pair(name)
+    net.train(); tnet.train()
+    x, y = data(name, seed=3)
+    logits, loss, tlogits, tloss = step_both(be, net, tnet, x, y)
+    assert rel_err(logits, tlogits) < 1e-4
+    assert abs(loss - tloss) < 1e-4 * abs(tloss)
+    tp = dict(tnet.named_parameters())
+    for k, p in net.named_parameters():
+        assert rel_err(be.to_host(p.grad), tp[k].grad.cpu().numpy()) < 1e-3, k
+    tsd = tnet.state_dict()
+    for k, v in net.state_dict().items():
+        assert rel_err(v, tsd[k].cpu().numpy()) < 1e-5, k     # running statistics, counters
+    net.eval(); tnet.eval()
+    with torch.no_grad():
+        te = tnet(torch.from_numpy(x).cuda()).cpu().numpy()
+    assert rel_err(be.to_host(net.forward(be.asarray(x))), te) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_parameters_after_steps_match_torch_cuda(name, kind):
+    """Four optimizer steps on both sides. Where float32 itself cannot say 1e-3 (small-batch
+    ResNet steps amplify rounding; see test_torch_parity.test_five_steps_float32), the scratch
+    run must be no further from torch than twice torch's own float32-to-float64 distance."""
+    be, net, tnet = pair(name)
+    t64 = torch_impl.models.build(name, dtype=torch.float64).cuda()
+    t64.load_state_dict(tnet.state_dict())
+    if kind == "sgd":
+        hp = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        make = lambda ps: torch.optim.SGD(ps, **hp)  # noqa: E731
+        opt = optim.SGD(net.parameters(), **hp)
+    else:
+        hp = dict(lr=1e-3, weight_decay=1e-2)
+        make = lambda ps: torch.optim.AdamW(ps, **hp)  # noqa: E731
+        opt = optim.AdamW(net.parameters(), **hp)
+    topt, t64opt = make(tnet.parameters()), make(t64.parameters())
+    before = net.state_dict()
+    for s in range(4):
+        x, y = data(name, seed=10 + s, n=32)   # batches of 32: small ones make 4 steps chaotic
+        opt.zero_grad(); topt.zero_grad(); t64opt.zero_grad()
+        step_both(be, net, tnet, x, y)
+        torch.nn.functional.cross_entropy(t64(torch.from_numpy(x).double().cuda()),
+                                          torch.from_numpy(y).cuda()).backward()
+        opt.step(); topt.step(); t64opt.step()
+    tsd, t64sd = tnet.state_dict(), t64.state_dict()
+    for k, v in net.state_dict().items():
+        ref = tsd[k].cpu().numpy()
+        floor = rel_err(ref, t64sd[k].cpu().numpy())
+        err = rel_err(v, ref)
+        assert err < max(1e-3, 2 * floor), (k, err, floor)
+        assert "num_batches" in k or not np.array_equal(v, before[k]), f"{k} did not move"
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_float64_matches_numpy_reference(name):
+    """The GPU kernels compute the reference's function: float64 on both, 1e-10 apart."""
+    gpu = backends.get("cupy")
+    ref = backends.get("numpy")
+    x, y = data(name, seed=5, dtype="float64")
+    outs = []
+    for be in (gpu, ref):
+        net = models.build(name, backend=be, seed=1, dtype="float64")
+        logits = net.forward(be.asarray(x))
+        loss, d = losses.softmax_cross_entropy(logits, be.asarray(y), backend=be)
+        dx = net.backward(d)
+        outs.append([be.to_host(logits), float(loss), be.to_host(dx)]
+                    + [be.to_host(p.grad) for _, p in net.named_parameters()])
+    for a, b in zip(*outs):
+        assert rel_err(a, b) < 1e-10
+
+
+def test_tf32_matches_torch_tf32():
+    """TF32 GEMMs round operands to 10 mantissa bits: logits agree with torch's TF32 run to
+    about 1e-3 (each side is ~3e-4 from fp32)."""
+    be = backends.get("cupy")
+    major = int(be.describe()["compute_capability"].split(".")[0])
+    if major < 8:
+        with pytest.raises(backends.BackendUnavailable, match="tf32"):
+            backends.get("cupy", precision="tf32")
+        return
+    be, net, tnet = pair("resnet18", precision="tf32")
+    net.train(); tnet.train()
+    x, y = data("resnet18", seed=3)
+    logits, _, tlogits, _ = step_both(be, net, tnet, x, y)
+    assert rel_err(logits, tlogits) < 1e-2
+    set_torch_cuda_precision("fp32")
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_cuda_graph_replays_the_eager_step(name):
+    """Captured and replayed steps give the same parameters as eager steps, with a learning
+    rate that changes every step (read from device memory by the replayed update)."""
+    spec = OptimSpec("sgd", lr=0.05, momentum=0.9, weight_decay=5e-4)
+    runs = []
+    for graph in (False, True):
+        ad = make_adapter("scratch", model=name, backend="cupy", optimizer=spec, seed=0, cuda_graph=graph)
+        losses_seen = []
+        for s in range(6):
+            ad.set_lr(0.05 * (1 - s / 10))
+            x, y = data(name, seed=20 + s)
+            losses_seen.append(float(ad.train_step(*ad.to_device(x, y))))
+        runs.append((ad.state_dict(), losses_seen))
+    (eager, l_eager), (graphed, l_graph) = runs
+    assert np.allclose(l_eager, l_graph, rtol=1e-5)
+    for k in eager:
+        assert rel_err(graphed[k], eager[k]) < 1e-5, k
+    if name == "resnet18":
+        assert int(graphed["bn1.num_batches_tracked"]) == 6
+
+
+def test_parameters_live_in_one_arena_per_group():
+    be = backends.get("cupy")
+    net = models.build("resnet18", backend=be, seed=0)
+    sd = net.state_dict()
+    opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    ps = net.parameters()
+    assert be._flat([p.data for p in ps]) is not None
+    assert be._flat([p.grad for p in ps]) is not None
+    for k, v in net.state_dict().items():        # packing moved the values, not changed them
+        assert np.array_equal(v, sd[k]), k
+    opt.step()
+    assert be._flat(opt._group_state(opt.param_groups[0], "momentum_buffer")) is not None
+
+
+def test_cublas_enums_match_cupys():
+    from cupy_backends.cuda.libs import cublas
+    from cupy.cuda import runtime
+
+    from scratch_nn.backends import cublas_gemm as g
+
+    assert (g.OP_N, g.OP_T) == (cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_T)
+    assert g.COMPUTE_32F == cublas.CUBLAS_COMPUTE_32F
+    assert g.COMPUTE_32F_FAST_TF32 == cublas.CUBLAS_COMPUTE_32F_FAST_TF32
+    assert g.COMPUTE_64F == cublas.CUBLAS_COMPUTE_64F
+    assert g.CUDA_R[np.dtype(np.float32)] == runtime.CUDA_R_32F
+    assert g.CUDA_R[np.dtype(np.float16)] == runtime.CUDA_R_16F
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gemm_layouts_and_accumulate(dtype):
+    """Every operand layout the layers use (C-contiguous and transposed views), against numpy
+    in float64; accumulate adds into the output."""
+    be = backends.get("cupy")
+    r = np.random.default_rng(0)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    for m, k, n in [(7, 5, 3), (64, 576, 300), (1, 9, 4)]:
+        a = r.standard_normal((m, k)).astype(dtype)
+        b = r.standard_normal((k, n)).astype(dtype)
+        ref = a.astype(np.float64) @ b.astype(np.float64)
+        for ga in (be.asarray(a), be.asarray(np.ascontiguousarray(a.T)).T):
+            for gb in (be.asarray(b), be.asarray(np.ascontiguousarray(b.T)).T):
+                assert rel_err(be.to_host(be.gemm(ga, gb)), ref) < tol
+        out = be.asarray(np.ones((m, n), dtype))
+        be.gemm(be.asarray(a), be.asarray(b), out=out, accumulate=True)
+        assert rel_err(be.to_host(out), ref + 1) < tol
+
+
+def test_precision_modes_are_checked():
+    with pytest.raises(ValueError, match="precision"):
+        backends.get("cupy", precision="bf16")
+    with pytest.raises(ValueError, match="GPU mode"):
+        make_adapter("scratch", model="cnn", backend="numpy", precision="tf32")
+
+
+# ---------------------------------------------------------------------- fp16 mixed precision
+def _autocast_pair(name, seed=0):
+    """scratch fp16, and torch fp32 plus an identical torch copy run under autocast."""
+    be = backends.get("cupy", precision="fp16")
+    net = models.build(name, backend=be, seed=seed)
+    set_torch_cuda_precision("fp32")
+    sd = {k: torch.from_numpy(v) for k, v in net.state_dict().items()}
+    t32, t16 = (torch_impl.models.build(name).cuda() for _ in range(2))
+    t32.load_state_dict(sd)
+    t16.load_state_dict(sd)
+    return be, net, t32, t16
+
+
+def _torch_step(tnet, x, y, amp, scale):
+    with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+        logits = tnet(torch.from_numpy(x).cuda())
+        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y).cuda())
+    (loss * scale).backward()
+    return logits.float().detach().cpu().numpy()
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_fp16_is_as_close_to_fp32_as_torch_autocast(name):
+    """One step in fp16 mixed precision: scratch's logits and (unscaled) gradients are no
+    further from torch fp32 than three times torch autocast's own distance from it."""
+    from scratch_nn import amp
+
+    be, net, t32, t16 = _autocast_pair(name)
+    scale = 1024.0
+    scaler = amp.GradScaler(be, init_scale=scale)
+    x, y = data(name, seed=3, n=32)
+    logits = net.forward(be.asarray(x))
+    assert logits.dtype == np.float16
+    _, d = losses.softmax_cross_entropy(logits, be.asarray(y), backend=be, scaler=scaler)
+    net.backward(d, input_grad=False)
+    ref = _torch_step(t32, x, y, False, scale)
+    auto = _torch_step(t16, x, y, True, scale)
+    e_s, e_t = rel_err(be.to_host(logits).astype(np.float32), ref), rel_err(auto, ref)
+    print(f"{name} logits: scratch fp16 {e_s:.2e}, torch autocast {e_t:.2e} from fp32")
+    assert e_s < 3 * e_t + 1e-4
+    g32, g16 = dict(t32.named_parameters()), dict(t16.named_parameters())
+    worst = []
+    for k, p in net.named_parameters():
+        r = g32[k].grad.cpu().numpy()
+        # both sides' gradients carry the loss scale here (scratch unscales inside the update)
+        e_s, e_t = rel_err(be.to_host(p.grad), r), rel_err(g16[k].grad.float().cpu().numpy(), r)
+        worst.append((e_s / max(e_t, 1e-4), k, e_s, e_t))
+        assert e_s < 3 * e_t + 1e-4, (k, e_s, e_t)
+    print("worst gradient ratio:", max(worst))
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_fp16_training_follows_torch_autocast(name):
+    """Four SGD steps with dynamic loss scaling on both sides (GradScaler's defaults): the
+    scratch parameters stay as close to torch fp32's as torch autocast's do (3x)."""
+    from scratch_nn import amp
+
+    be, net, t32, t16 = _autocast_pair(name)
+    hp = dict(lr=0.02, momentum=0.9, weight_decay=5e-4)
+    opt, o32, o16 = optim.SGD(net.parameters(), **hp), torch.optim.SGD(t32.parameters(), **hp), \
+        torch.optim.SGD(t16.parameters(), **hp)
+    scaler, tscaler = amp.GradScaler(be), torch.amp.GradScaler("cuda")
+    for s in range(4):
+        x, y = data(name, seed=40 + s, n=32)
+        opt.zero_grad(); o32.zero_grad(); o16.zero_grad()
+        logits = net.forward(be.asarray(x))
+        _, d = losses.softmax_cross_entropy(logits, be.asarray(y), backend=be, scaler=scaler)
+        net.backward(d, input_grad=False)
+        scaler.step(opt)
+        _torch_step(t32, x, y, False, 1.0)
+        o32.step()
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = torch.nn.functional.cross_entropy(t16(torch.from_numpy(x).cuda()), torch.from_numpy(y).cuda())
+        tscaler.scale(loss).backward()
+        tscaler.step(o16)
+        tscaler.update()
+    assert scaler.scale == tscaler.get_scale()
+    s32, s16 = t32.state_dict(), t16.state_dict()
+    for k, v in net.state_dict().items():
+        if "num_batches" in k:
+            continue
+        r = s32[k].cpu().numpy()
+        e_s, e_t = rel_err(v, r), rel_err(s16[k].float().cpu().numpy(), r)
+        assert e_s < 3 * e_t + 1e-5, (k, e_s, e_t)
+
+
+def test_loss_scaler_skips_overflowing_steps_and_adapts():
+    """A scale that overflows half leaves every parameter as it was and halves; after
+    growth_interval good steps the scale doubles; the half weight copy follows the update."""
+    from scratch_nn import amp
+
+    be = backends.get("cupy", precision="fp16")
+    net = models.build("cnn", backend=be, seed=0)
+    opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    scaler = amp.GradScaler(be, init_scale=2.0 ** 40, growth_interval=2)
+    x, y = data("cnn", seed=1)
+
+    def step():
+        opt.zero_grad()
+        _, d = losses.softmax_cross_entropy(net.forward(be.asarray(x)), be.asarray(y), backend=be, scaler=scaler)
+        net.backward(d, input_grad=False)
+        scaler.step(opt)
+
+    before = net.state_dict()
+    step()
+    assert scaler.scale == 2.0 ** 39
+    for k, v in net.state_dict().items():
+        assert np.array_equal(v, before[k]), k
+    scaler.load_state_dict({"scale": 256.0, "growth_tracker": 0})
+    step()
+    assert scaler.scale == 256.0
+    step()
+    assert scaler.scale == 512.0
+    w = net.parameters()[0]
+    assert np.array_equal(be.to_host(be._w(w.data)), be.to_host(w.data).astype(np.float16))
+    assert not np.array_equal(net.state_dict()["conv1.weight"], before["conv1.weight"])
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_fp16_cuda_graph_replays_the_eager_step(name):
+    spec = OptimSpec("sgd", lr=0.05, momentum=0.9, weight_decay=5e-4)
+    runs = []
+    for graph in (False, True):
+        ad = make_adapter("scratch", model=name, backend="cupy", optimizer=spec, seed=0, precision="fp16",
+                          cuda_graph=graph)
+        seen = [float(ad.train_step(*ad.to_device(*data(name, seed=20 + s)))) for s in range(5)]
+        runs.append((ad.state_dict(), seen, ad.scaler.scale))
+    (eager, l_e, s_e), (graphed, l_g, s_g) = runs
+    assert np.allclose(l_e, l_g, rtol=1e-3) and s_e == s_g
+    for k in eager:
+        assert rel_err(graphed[k], eager[k]) < 1e-3, k
+
+
+def test_torch_fp16_cuda_graph_replays_the_eager_step():
+    """torch's captured fp16 step (fused SGD, GradScaler's found_inf on the GPU, autocast without
+    its weight cache) follows its eager step, the loss scale included. The cnn: resnet18 at batch
+    8 amplified the fused and foreach optimizers' rounding to 7% in conv1 within 7 steps."""
+    spec = OptimSpec("sgd", lr=0.05, momentum=0.9, weight_decay=5e-4)
+    runs = []
+    for graph in (False, True):
+        ad = make_adapter("torch", model="cnn", device="cuda", optimizer=spec, seed=0, precision="fp16",
+                          cuda_graph=graph)
+        seen = [float(ad.train_step(*ad.to_device(*data("cnn", seed=20 + s)))) for s in range(7)]
+        runs.append((ad.state_dict(), seen, ad.scaler.get_scale(), ad.graph))
+    (eager, l_e, s_e, _), (graphed, l_g, s_g, g) = runs
+    assert g is not None and s_e == s_g
+    np.testing.assert_allclose(l_g, l_e, rtol=1e-2)
+    for k in eager:
+        if eager[k].dtype.kind == "f":
+            assert rel_err(graphed[k], eager[k]) < 1e-2, k
+    set_torch_cuda_precision("fp32")
+
+
+def test_fp16_needs_float32_master_weights():
+    be = backends.get("cupy", precision="fp16")
+    with pytest.raises(ValueError, match="float32 master"):
+        models.build("cnn", backend=be, dtype="float64")
+
+
+def test_half_gemm_accumulates_into_float32():
+    be = backends.get("cupy")
+    r = np.random.default_rng(0)
+    a, b = r.standard_normal((64, 300)).astype(np.float16), r.standard_normal((300, 48)).astype(np.float16)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    out = be.asarray(np.ones((64, 48), np.float32))
+    be.gemm(be.asarray(a), be.asarray(np.ascontiguousarray(b.T)).T, out=out, accumulate=True)
+    assert rel_err(be.to_host(out), ref + 1) < 1e-5
+    assert be.gemm(be.asarray(a), be.asarray(b)).dtype == np.float16
+
+
+def test_convolution_split_over_the_batch_matches_the_whole(monkeypatch):
+    """Rebuilding im2col columns in backward, a batch slice at a time (column blocks of the
+    output and strided GEMM operands), gives what keeping them does."""
+    from scratch_nn.backends import cupy_backend
+
+    r = np.random.default_rng(0)
+    x = r.standard_normal((10, 16, 12, 12)).astype(np.float32)
+    w = r.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    b = r.standard_normal(24).astype(np.float32)
+    dy = r.standard_normal((10, 24, 6, 6)).astype(np.float32)
+    monkeypatch.setattr(cupy_backend, "COLS_BUDGET", 3 * 16 * 9 * 36 * 4)    # slices of 3 images
+    outs = []
+    for recompute in (False, True):
+        be = backends.get("cupy", recompute_cols=recompute)
+        gx, gw, gb = be.asarray(x), be.asarray(w), be.asarray(b)
+        assert len(be._batch_slices(gx, 3, 2, 6, 6)) == (4 if recompute else 1)
+        y, cache = be.conv2d_forward(gx, gw, gb, 2, 1, relu=True)
+        dx, dw, db = be.conv2d_backward(be.asarray(dy), cache, gw)
+        outs.append([be.to_host(a) for a in (y, dx, dw, db)])
+    for a, b_ in zip(*outs):
+        assert rel_err(a, b_) < 1e-6
+
+
+def test_gemm_reads_and_writes_column_blocks():
+    be = backends.get("cupy")
+    r = np.random.default_rng(1)
+    a = be.asarray(r.standard_normal((8, 5)).astype(np.float32))
+    big = be.asarray(r.standard_normal((5, 30)).astype(np.float32))
+    out = be.xp.zeros((8, 30), dtype=np.float32)
+    be.gemm(a, big[:, 10:20], out=out[:, 10:20])
+    ref = be.to_host(a) @ be.to_host(big)[:, 10:20]
+    assert rel_err(be.to_host(out)[:, 10:20], ref) < 1e-5
+    assert not be.to_host(out)[:, :10].any() and not be.to_host(out)[:, 20:].any()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_split_weight_gradient_matches_one_gemm(dtype):
+    """A small dW over a long reduction runs as batched GEMMs over K slices plus a summing GEMV
+    (and accumulates); float16 operands write float32, as the fp16 mode's gradients."""
+    be = backends.get("cupy")
+    r = np.random.default_rng(3)
+    dy = r.standard_normal((16, 65536)).astype(dtype)
+    cols = r.standard_normal((27, 65536)).astype(dtype)
+    out_dtype = np.float32 if dtype == "float16" else dtype
+    ref = dy.astype(np.float64) @ cols.astype(np.float64).T + 1
+    out = be.asarray(np.ones((16, 27), out_dtype))
+    be._wgrad_call(be.asarray(dy), be.asarray(cols), out, True)(be._gemm)
+    assert rel_err(be.to_host(out), ref) < (1e-12 if dtype == "float64" else 1e-5)
