@@ -4,10 +4,14 @@
     python -m experiments.bench --models resnet18 --repeats 5 --csv
     python -m experiments.bench --scratch-backends cupy --precision tf32 --batch-size 128 --csv
     python -m experiments.bench --scratch-backends cupy --models cnn --cuda-graph both
+    python -m experiments.bench --scratch-backends cupy --models resnet18 --batch-size 512 --precision bf16 \
+        --torch-memory-format both --cuda-graph both
 
 With --scratch-backends cupy the comparison runs on the GPU against torch on CUDA (cuDNN
-autotuned, NCHW, eager unless --cuda-graph), in the same --precision on both sides, and
-also records each side's peak GPU memory (what its allocator reserved at most).
+autotuned, NCHW and/or channels-last (--torch-memory-format), eager unless --cuda-graph), in
+the same --precision on both sides, and also records each side's peak GPU memory (what its
+allocator reserved at most). Each ratio is scratch over one torch memory format, in one
+CUDA-graph mode.
 
 For every model, each scratch backend and torch train on the same fixed batches from the
 same initial weights. Warm-up steps run first and are reported apart; then the repeats
@@ -34,8 +38,12 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per implementation (default 3)")
     ap.add_argument("--min-time", type=float, default=2.0,
                     help="seconds each repeat runs at least, sized on one step timed after the warm-up (default 2)")
-    ap.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "fp16"),
-                    help="GPU runs: fp32 strict, tf32, or fp16 mixed, the same on both sides (default fp32)")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "fp16", "bf16"),
+                    help="GPU runs: fp32 strict, tf32, fp16 mixed (loss-scaled) or bf16 mixed, the same on both "
+                         "sides (default fp32)")
+    ap.add_argument("--torch-memory-format", default="nchw", choices=("nchw", "channels-last", "both"),
+                    help="GPU runs: torch's layout, NCHW as a beginner runs it, channels-last as a user tuning "
+                         "for speed does, or both (default nchw)")
     ap.add_argument("--cuda-graph", default="off", choices=("off", "on", "both"),
                     help="GPU runs: replay each side's step as a captured CUDA graph (both: measure with and "
                          "without; default off)")
@@ -61,8 +69,9 @@ def parse_args(argv=None):
     a.gpu = "cupy" in a.scratch_backends
     if a.gpu and len(a.scratch_backends) > 1:
         ap.error("cupy is compared with torch on the GPU: bench it on its own (--scratch-backends cupy)")
-    if not a.gpu and (a.precision != "fp32" or a.cuda_graph != "off"):
-        ap.error("--precision tf32/fp16 and --cuda-graph are GPU modes: use --scratch-backends cupy")
+    if not a.gpu and (a.precision != "fp32" or a.cuda_graph != "off" or a.torch_memory_format != "nchw"):
+        ap.error("--precision tf32/fp16/bf16, --cuda-graph and --torch-memory-format are GPU options: use "
+                 "--scratch-backends cupy")
     if a.csv == "":
         a.csv = DEFAULT_GPU_CSV if a.gpu else DEFAULT_CSV
     return a
@@ -74,7 +83,7 @@ def print_table(rows, args, cpu):
     print(f"Training throughput, batch {args.batch_size}, median of {args.repeats} repeats [min-max], {where}")
     head = f"{'model':9s} {'scratch':14s} {'scratch img/s':>26s} {'torch img/s':>26s} {'ratio':>20s}"
     if args.gpu:
-        head += f" {'peak MB scratch/torch':>22s}"
+        head += f" {'torch layout':>13s} {'peak MB scratch/torch':>22s}"
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -87,7 +96,7 @@ def print_table(rows, args, cpu):
         line = f"{r['model']:9s} {r['backend']:14s} {s:>26s} {t:>26s} {q:>20s}"
         if args.gpu:
             tp = "-" if r["torch_peak_mb"] is None else f"{r['torch_peak_mb']:.0f}"
-            line += f" {r['scratch_peak_mb']:>12.0f} / {tp:>7s}"
+            line += f" {r['torch_memory_format']:>13s} {r['scratch_peak_mb']:>12.0f} / {tp:>7s}"
         print(line)
 
 

@@ -30,7 +30,7 @@ def parse_args(argv=None):
     ap.add_argument("--gpus", type=int, default=2, help="GPUs of the data-parallel runs (default 2)")
     ap.add_argument("--model", default="resnet18", help="cnn | resnet18 (default resnet18)")
     ap.add_argument("--batch-size", type=int, default=256, help="per GPU (default 256)")
-    ap.add_argument("--precision", default="fp32", help="comma-separated: fp32,tf32,fp16 (default fp32)")
+    ap.add_argument("--precision", default="fp32", help="comma-separated: fp32,tf32,fp16,bf16 (default fp32)")
     ap.add_argument("--impl", default="scratch,torch", help="comma-separated: scratch,torch (default both)")
     ap.add_argument("--steps", type=int, default=150, help="training steps of each run (default 150)")
     ap.add_argument("--warmup-steps", type=int, default=20, help="steps left out of the timing (default 20)")
@@ -45,7 +45,7 @@ def parse_args(argv=None):
     a = ap.parse_args(argv)
     a.precisions = [p for p in a.precision.split(",") if p]
     a.impls = [i for i in a.impl.split(",") if i]
-    bad = [i for i in a.impls if i not in IMPL_ARGS] + [p for p in a.precisions if p not in ("fp32", "tf32", "fp16")]
+    bad = [i for i in a.impls if i not in IMPL_ARGS] + [p for p in a.precisions if p not in ("fp32", "tf32", "fp16", "bf16")]
     if bad:
         ap.error(f"unknown --impl or --precision value(s): {', '.join(bad)}")
     if a.gpus < 2:

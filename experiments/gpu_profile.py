@@ -1,25 +1,53 @@
 """Where a GPU training step goes: the two ceilings (copy bandwidth, GEMM rate), the scratch
-step kernel by kernel, its GEMMs by shape, and optionally torch's top CUDA kernels.
+step kernel by kernel, its GEMMs by shape, and optionally torch's top CUDA kernels; or, with
+--convs, ResNet-18's convolutions one by one, the scratch tensor-core kernels beside cuDNN.
 
     python -m experiments.gpu_profile resnet18 128 fp32 [torch]
+    python -m experiments.gpu_profile --convs 512 fp16 [--sm75] [--no-torch]
 """
 import sys
 
-USAGE = "usage: python -m experiments.gpu_profile MODEL BATCH PRECISION [torch]"
+USAGE = ("usage: python -m experiments.gpu_profile MODEL BATCH PRECISION [torch]\n"
+         "       python -m experiments.gpu_profile --convs BATCH fp16|bf16 [--sm75] [--no-torch]")
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) not in (3, 4) or (len(argv) == 4 and argv[3] != "torch") or not argv[1].isdigit():
-        print(USAGE, file=sys.stderr)
-        return 2
-    model, batch, precision = argv[0], int(argv[1]), argv[2]
+def _gpu_or_error():
     from scratch_nn.backends import BackendUnavailable, get
 
     try:
         get("cupy")
     except BackendUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
+        return False
+    return True
+
+
+def convs(argv):
+    flags = {a for a in argv if a.startswith("--")}
+    pos = [a for a in argv if not a.startswith("--")]
+    if len(pos) != 2 or not pos[0].isdigit() or pos[1] not in ("fp16", "bf16") or flags - {"--sm75", "--no-torch"}:
+        print(USAGE, file=sys.stderr)
+        return 2
+    if not _gpu_or_error():
+        return 2
+    from .measure.conv_layers import format_table, layer_table
+
+    storage = {"fp16": "float16", "bf16": "bfloat16"}[pos[1]]
+    rows, ceilings = layer_table(int(pos[0]), storage, async_copy="--sm75" not in flags,
+                                 with_torch="--no-torch" not in flags)
+    print(format_table(rows, ceilings, int(pos[0]), storage))
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--convs"]:
+        return convs(argv[1:])
+    if len(argv) not in (3, 4) or (len(argv) == 4 and argv[3] != "torch") or not argv[1].isdigit():
+        print(USAGE, file=sys.stderr)
+        return 2
+    model, batch, precision = argv[0], int(argv[1]), argv[2]
+    if not _gpu_or_error():
         return 2
     from .measure import kernel_profile as K
 

@@ -21,10 +21,10 @@ A row is one (impl, backend_or_device, engine, model, precision, batch_size, thr
   .double() / .float()). GPU: `fp32` (strict: TF32 off), `tf32` (TF32 GEMMs and convolutions,
   compute capability 8.0+), `fp16` and `bf16`. torch runs fp16/bf16 as the training study does:
   float32 weights under torch.autocast (bf16 needs compute capability 8.0+); scratch cupy runs
-  fp16 as its mixed-precision mode (half activations and GEMM operands, fp32 accumulation, half
-  weight copies) and has no bf16 mode.
+  fp16 and bf16 as its mixed-precision modes (16-bit channels-last activations, the tensor-core
+  convolutions, fp32 accumulation, 16-bit weight copies).
 
-What cannot run here (no GPU, CuPy or numba missing, tf32/bf16 below sm_80, scratch bf16,
+What cannot run here (no GPU, CuPy or numba missing, tf32/bf16 below sm_80,
 onnxruntime absent, torch.compile or a capture failing) is not dropped: it is written with
 status `skipped` (cannot run on this machine) or `failed` (tried, and it raised or gave wrong
 outputs) and a reason, and the bench goes on. The default selection is everything this machine

@@ -29,7 +29,8 @@ def build_parser():
     g.add_argument("--device", default=None, help=f"torch device: {' | '.join(DEVICES)} (default cpu)")
     g.add_argument("--model", default="cnn", help=f"{' | '.join(MODELS)} (default cnn)")
     g.add_argument("--precision", default="fp32", help=f"{' | '.join(PRECISIONS)} (default fp32: strict, no TF32; "
-                   "tf32 needs an Ampere+ GPU; fp16 is mixed precision on a GPU)")
+                   "tf32 needs an Ampere+ GPU; fp16 is mixed precision on a GPU, with loss scaling; bf16 the same "
+                   "without, on an Ampere+ GPU)")
     g.add_argument("--cuda-graph", action="store_true",
                    help="GPU: capture the training step once as a CUDA graph and replay it")
     g.add_argument("--threads", type=int, default=None,

@@ -55,7 +55,7 @@ def build_parser():
                     help="download CIFAR-10 (with its checksum) into --data-dir first if it is not there")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads of the multi-core rows (default: every core this process may use)")
-    ap.add_argument("--precision", default="fp32", help="GPU rows: fp32 | tf32 | fp16 (default fp32, like the "
+    ap.add_argument("--precision", default="fp32", help="GPU rows: fp32 | tf32 | fp16 | bf16 (default fp32, like the "
                                                         "CPU rows)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cpu-budget", type=float, default=None, metavar="SECONDS",

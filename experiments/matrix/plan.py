@@ -55,8 +55,8 @@ def resolve(a):
     """The study's settings from the preset and the flags (a plain dict, stored in study.json)."""
     if a.preset not in PRESETS:
         raise UsageError(f"--preset {a.preset!r} is not one of: {', '.join(PRESETS)}")
-    if a.precision not in ("fp32", "tf32", "fp16"):
-        raise UsageError(f"--precision {a.precision!r} is not one of: fp32, tf32, fp16")
+    if a.precision not in ("fp32", "tf32", "fp16", "bf16"):
+        raise UsageError(f"--precision {a.precision!r} is not one of: fp32, tf32, fp16, bf16")
     for flag in ("threads", "test_subset"):
         v = getattr(a, flag)
         if v is not None and v <= 0:

@@ -16,7 +16,9 @@ CSV_COLUMNS = ["cpu", "threads", "model", "batch_size", "scratch_backend", "scra
                "torch_images_per_s", "ratio", "date"]
 DEFAULT_CSV = os.path.join("results", "bench", "cpu_train.csv")
 GPU_CSV_COLUMNS = ["gpu", "model", "batch_size", "precision", "cuda_graph", "torch_cuda_graph", "scratch_images_per_s",
-                   "torch_images_per_s", "ratio", "scratch_peak_gpu_mem_mb", "torch_peak_gpu_mem_mb", "date"]
+                   "torch_images_per_s", "ratio", "scratch_peak_gpu_mem_mb", "torch_peak_gpu_mem_mb", "date",
+                   "torch_memory_format"]
+MEMORY_FORMAT_TAGS = {"nchw": "", "channels-last": "-cl"}      # torch side labels: torch-cuda, torch-cuda-cl
 DEFAULT_GPU_CSV = os.path.join("results", "bench", "gpu_train.csv")
 
 
@@ -30,9 +32,17 @@ def time_steps(adapter, batches, n_steps):
     return time.perf_counter() - t0
 
 
+def memory_formats(args):
+    """The torch memory formats a bench measures (NCHW alone on the CPU)."""
+    if not args.gpu:
+        return ["nchw"]
+    return {"nchw": ["nchw"], "channels-last": ["channels-last"], "both": ["nchw", "channels-last"]}[
+        getattr(args, "torch_memory_format", "nchw")]
+
+
 def bench_sides(args):
-    """(label, adapter options) for every side: scratch backends, then torch; on the GPU one
-    pair per CUDA-graph mode, the ratio taken within the pair."""
+    """(label, adapter options) for every side: scratch backends, then torch (each memory
+    format asked); on the GPU one group per CUDA-graph mode, the ratios taken within it."""
     graphs = {"off": [False], "on": [True], "both": [False, True]}[args.cuda_graph] if args.gpu else [False]
     sides = []
     for g in graphs:
@@ -40,8 +50,10 @@ def bench_sides(args):
         gpu_kw = dict(precision=args.precision, cuda_graph=g) if args.gpu else {}
         sides += [(f"scratch-{b}{tag}", dict(impl="scratch", backend=b, **gpu_kw)) for b in args.scratch_backends]
         if not args.no_torch:
-            sides.append((f"torch-{'cuda' if args.gpu else 'cpu'}{tag}",
-                          dict(impl="torch", device="cuda" if args.gpu else "cpu", **gpu_kw)))
+            dev = "cuda" if args.gpu else "cpu"
+            for mf in memory_formats(args):
+                mkw = dict(memory_format=mf) if args.gpu else {}
+                sides.append((f"torch-{dev}{MEMORY_FORMAT_TAGS[mf]}{tag}", dict(impl="torch", device=dev, **gpu_kw, **mkw)))
     return sides
 
 
@@ -99,30 +111,51 @@ def bench_model(model, args, log=print):
 
 
 def summarise(model, runners, args):
+    """One row per scratch side and torch memory format (the same CUDA-graph mode on both)."""
     rows = []
+    dev = "cuda" if args.gpu else "cpu"
     for label, run in runners.items():
         if not label.startswith("scratch-"):
             continue
         graph = label.endswith("+graph")
-        dev = "cuda" if args.gpu else "cpu"
-        torch_run = runners.get(f"torch-{dev}{'+graph' if graph else ''}")
         ips = run["ips"]
-        row = dict(model=model, backend=label[len("scratch-"):], scratch=statistics.median(ips),
-                   scratch_min=min(ips), scratch_max=max(ips), torch=None, ratio=None, cuda_graph=graph,
-                   torch_cuda_graph=graph,     # a column of its own: rows before torch captured fp16 have 0
-                   scratch_peak_mb=run["peak_mb"], torch_peak_mb=torch_run["peak_mb"] if torch_run else None)
-        if torch_run:
-            tips = torch_run["ips"]
-            ratios = [a / b for a, b in zip(ips, tips)]   # pairs measured back to back
-            row.update(torch=statistics.median(tips), torch_min=min(tips), torch_max=max(tips),
-                       ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios))
-        rows.append(row)
+        for mf in memory_formats(args) if not args.no_torch else [None]:
+            torch_run = runners.get(f"torch-{dev}{MEMORY_FORMAT_TAGS[mf]}{'+graph' if graph else ''}") if mf else None
+            row = dict(model=model, backend=label[len("scratch-"):], scratch=statistics.median(ips),
+                       scratch_min=min(ips), scratch_max=max(ips), torch=None, ratio=None, cuda_graph=graph,
+                       torch_cuda_graph=graph,     # a column of its own: rows before torch captured fp16 have 0
+                       torch_memory_format=mf or "nchw",
+                       scratch_peak_mb=run["peak_mb"], torch_peak_mb=torch_run["peak_mb"] if torch_run else None)
+            if torch_run:
+                tips = torch_run["ips"]
+                ratios = [a / b for a, b in zip(ips, tips)]   # pairs measured back to back
+                row.update(torch=statistics.median(tips), torch_min=min(tips), torch_max=max(tips),
+                           ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios))
+            rows.append(row)
     return rows
+
+
+def upgrade_gpu_csv(path):
+    """Give a GPU table written before the torch_memory_format column that column: its rows
+    compared with torch in NCHW, the only layout measured then."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+        header = rows and list(rows[0]) or []
+    if not rows or header == GPU_CSV_COLUMNS:
+        return
+    if header != GPU_CSV_COLUMNS[:-1]:
+        raise ValueError(f"{path} has columns {header}, not experiments.bench's; give another --csv")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=GPU_CSV_COLUMNS)
+        w.writeheader()
+        w.writerows(dict(r, torch_memory_format="nchw") for r in rows)
 
 
 def append_csv(path, rows, args, cpu):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     new = not os.path.exists(path) or os.path.getsize(path) == 0
+    if args.gpu and not new:
+        upgrade_gpu_csv(path)
     date = datetime.date.today().isoformat()
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=GPU_CSV_COLUMNS if args.gpu else CSV_COLUMNS)
@@ -135,6 +168,7 @@ def append_csv(path, rows, args, cpu):
             if args.gpu:
                 w.writerow(dict(common, gpu=cpu, precision=args.precision, cuda_graph=int(r["cuda_graph"]),
                                 torch_cuda_graph=int(r["torch_cuda_graph"]),
+                                torch_memory_format=r["torch_memory_format"],
                                 scratch_peak_gpu_mem_mb=f"{r['scratch_peak_mb']:.0f}",
                                 torch_peak_gpu_mem_mb="" if r["torch_peak_mb"] is None else f"{r['torch_peak_mb']:.0f}"))
             else:

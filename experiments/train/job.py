@@ -17,7 +17,7 @@ DEVICES = ("cpu", "cuda")
 MODELS = ("cnn", "resnet18")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "multistep", "cosine", "onecycle")
-PRECISIONS = ("fp32", "fp64", "tf32", "fp16")   # tf32 and fp16 (mixed) are GPU modes
+PRECISIONS = ("fp32", "fp64", "tf32", "fp16", "bf16")   # tf32, fp16 and bf16 (mixed) are GPU modes
 DATASETS = ("auto", "cifar10", "synthetic")
 
 
@@ -61,7 +61,7 @@ def validate(a):
     if a.nesterov and (a.optimizer != "sgd" or a.momentum <= 0):
         raise UsageError("--nesterov needs --optimizer sgd and --momentum > 0")
     on_gpu = (a.impl == "scratch" and a.backend == "cupy") or (a.impl == "torch" and a.device == "cuda")
-    if a.precision in ("tf32", "fp16") and not on_gpu:
+    if a.precision in ("tf32", "fp16", "bf16") and not on_gpu:
         raise UsageError(f"--precision {a.precision} is a GPU mode: use --backend cupy or --device cuda")
     if a.cuda_graph and not on_gpu:
         raise UsageError("--cuda-graph needs a GPU: --backend cupy or --device cuda")
@@ -128,7 +128,10 @@ def make_adapter(a):
             raise UsageError("--impl torch needs PyTorch: pip install -e '.[torch]'") from None
         if a.device == "cuda" and not torch.cuda.is_available():
             raise UsageError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu")
-        return build("torch", device=a.device, dist=a.dist, sync_bn=a.sync_bn, **common)
+        try:
+            return build("torch", device=a.device, dist=a.dist, sync_bn=a.sync_bn, **common)
+        except ValueError as e:     # a precision this GPU lacks (tf32 / bf16 below compute capability 8.0)
+            raise UsageError(str(e)) from None
     from scratch_nn.backends.nccl import NcclUnavailable
 
     from ..dist.rendezvous import RendezvousError

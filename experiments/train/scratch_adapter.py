@@ -44,8 +44,10 @@ class ScratchAdapter:
         cls = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW}[spec.name]
         self.opt = cls(param_groups(list(self.net.named_parameters()), spec), **optimizer_kwargs(spec))
         self.device_name = self.be.name
-        # fp16: half activations from the first layer on; the loss is scaled on the device
-        self.input_dtype = np.dtype(np.float16) if precision == "fp16" else self.dtype
+        # fp16 in the channel-major layout: half batches from the loader; the channels-last 16-bit
+        # modes convert the float32 batch in their first kernel. fp16 scales the loss on the device.
+        half_input = precision == "fp16" and getattr(self.be, "layout", None) == "cnhw"
+        self.input_dtype = np.dtype(np.float16) if half_input else self.dtype
         self.scaler = None
         if precision == "fp16":
             from scratch_nn import amp

@@ -3,8 +3,8 @@ parameter groups, so that both sides build the same optimizer from one OptimSpec
 from dataclasses import dataclass, field
 
 IMPLS = ("scratch", "torch")
-PRECISIONS = ("fp32", "fp64", "tf32", "fp16")
-GPU_PRECISIONS = ("tf32", "fp16")   # modes that exist only on a GPU
+PRECISIONS = ("fp32", "fp64", "tf32", "fp16", "bf16")
+GPU_PRECISIONS = ("tf32", "fp16", "bf16")   # modes that exist only on a GPU
 
 
 def precision_dtype(precision):

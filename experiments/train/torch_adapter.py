@@ -5,6 +5,9 @@ import numpy as np
 from .spec import GPU_PRECISIONS, OptimSpec, optimizer_kwargs, param_groups, precision_dtype
 
 
+MEMORY_FORMATS = ("nchw", "channels-last")
+
+
 def set_torch_threads(n):
     """Intra- and inter-op threads. torch accepts the inter-op count only before its first
     parallel work, once per process; a later call keeps the earlier setting."""
@@ -17,14 +20,13 @@ def set_torch_threads(n):
         pass
 
 
-
 class TorchAdapter:
     impl = "torch"
     checkpoint_suffix = ".pt"
 
     def __init__(self, model, device="cpu", optimizer=None, seed=0, num_classes=10, dtype=None,
                  label_smoothing=0.0, threads=None, initial_state=None, precision="fp32", cuda_graph=False,
-                 dist=None, sync_bn=False, dist_timeout_s=300):
+                 dist=None, sync_bn=False, dist_timeout_s=300, memory_format="nchw"):
         import torch
 
         import torch_impl
@@ -59,6 +61,14 @@ class TorchAdapter:
                                          seed=seed, dtype=dtype).state_dict()
         self.net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in initial_state.items()})
         self.net.to(self.device)
+        if memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"memory format {memory_format!r} is not one of: {', '.join(MEMORY_FORMATS)}")
+        # channels-last: weights and every batch NHWC in memory, cuDNN's fastest layout for
+        # tensor cores (what a PyTorch user who tunes for speed runs)
+        self.memory_format = memory_format
+        self._mf = torch.channels_last if memory_format == "channels-last" else torch.contiguous_format
+        if memory_format == "channels-last":
+            self.net.to(memory_format=torch.channels_last)
         self.model = self.net       # what a step calls: the network, or its DDP wrapper
         if self.dist is not None:
             import datetime
@@ -79,16 +89,18 @@ class TorchAdapter:
                 self.model = torch.nn.parallel.DistributedDataParallel(
                     self.net, device_ids=[self.dist.local_rank] if device == "cuda" else None,
                     broadcast_buffers=False, gradient_as_bucket_view=True)
-        self.amp = precision == "fp16"
+        # autocast: fp16 with GradScaler's loss scaling, bf16 without (its range is fp32's)
+        self.amp = precision in ("fp16", "bf16")
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         spec = optimizer or OptimSpec()
         cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[spec.name]
         # a captured fp16 step takes the fused optimizer: GradScaler hands it found_inf on the
         # GPU, where the other optimizers make GradScaler read it on the host (a capture error)
-        fused = {"fused": True} if cuda_graph and self.amp else {}
+        fused = {"fused": True} if cuda_graph and precision == "fp16" else {}
         self.opt = cls(param_groups(list(self.net.named_parameters()), spec), **optimizer_kwargs(spec), **fused)
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.device_name = device
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self.graph = None
         self._graph_calls = 0
         # eager steps before capture: DDP needs 11 (torch's CUDA graph notes), one process 3
@@ -98,8 +110,8 @@ class TorchAdapter:
     def to_device(self, x, y):
         t = self.torch
         if isinstance(x, t.Tensor):     # a device loader's batch
-            return x.to(self.device, self.tdtype), y.to(self.device)
-        return (t.from_numpy(np.ascontiguousarray(x)).to(self.device, self.tdtype),
+            return x.to(self.device, self.tdtype, memory_format=self._mf), y.to(self.device)
+        return (t.from_numpy(np.ascontiguousarray(x)).to(self.device, self.tdtype, memory_format=self._mf),
                 t.from_numpy(np.ascontiguousarray(y)).to(self.device))
 
     def host(self, a):
@@ -122,13 +134,19 @@ class TorchAdapter:
     def _eager_step(self, x, y):
         t = self.torch
         self.opt.zero_grad(set_to_none=True)
+        if x.dim() == 4 and self._mf is t.channels_last and not x.is_contiguous(memory_format=t.channels_last):
+            x = x.contiguous(memory_format=t.channels_last)
         if self.amp:    # a capture must not keep autocast's cast weights (torch's CUDA graph notes)
-            with t.autocast("cuda", dtype=t.float16, cache_enabled=not self.use_graph):
+            with t.autocast("cuda", dtype=self.amp_dtype, cache_enabled=not self.use_graph):
                 logits = self.model(x)
                 loss = self.loss_fn(logits, y)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.opt)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.opt.step()
         else:
             logits = self.model(x)
             loss = self.loss_fn(logits, y)
@@ -220,7 +238,10 @@ class TorchAdapter:
 
     def predict(self, x):
         self.net.eval()
-        with self.torch.no_grad(), self.torch.autocast("cuda", dtype=self.torch.float16, enabled=self.amp):
+        if x.dim() == 4 and self._mf is self.torch.channels_last:
+            x = x.contiguous(memory_format=self.torch.channels_last)
+        with self.torch.no_grad(), self.torch.autocast("cuda", dtype=self.amp_dtype or self.torch.float16,
+                                                       enabled=self.amp):
             return self.net(x).float().cpu().numpy()
 
     def synchronize(self):
@@ -251,16 +272,17 @@ class TorchAdapter:
             t.cuda.set_rng_state_all(obj["rng"]["cuda"])
 
 
-
 def set_torch_cuda_precision(precision):
-    """fp32 is strict (no TF32 in matmuls or cuDNN convolutions); tf32 allows both; fp16 runs
-    under autocast (the adapter). cuDNN autotunes its algorithms for the fixed shapes."""
+    """fp32 is strict (no TF32 in matmuls or cuDNN convolutions); tf32 allows both; fp16 and
+    bf16 run under autocast (the adapter). cuDNN autotunes its algorithms for the fixed shapes."""
     import torch
 
     tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True
-    if tf32 and torch.cuda.get_device_capability()[0] < 8:
-        raise ValueError("precision tf32 needs a GPU of compute capability 8.0 or newer; use fp32 or fp16")
+    major, minor = torch.cuda.get_device_capability()
+    if precision in ("tf32", "bf16") and major < 8:
+        raise ValueError(f"precision {precision} needs a GPU of compute capability 8.0 or newer (this one is "
+                         f"{major}.{minor}); use fp32 or fp16")
 

@@ -13,7 +13,7 @@ from .base import Backend, BackendUnavailable
 _REGISTRY = {
     "numpy": ("scratch_nn.backends.numpy_backend", "NumpyBackend"),
     "numba": ("scratch_nn.backends.numba_backend", "NumbaBackend"),
-    "cupy": ("scratch_nn.backends.cupy_backend", "CupyBackend"),
+    "cupy": ("scratch_nn.backends.cupy_nhwc_backend", "make_cupy_backend"),   # by precision (and layout)
 }
 
 NAMES = tuple(_REGISTRY)

@@ -11,9 +11,9 @@ or contiguous columns (a transposed view), at any leading stride (a column block
 matrix, which is how a convolution is split over the batch). cuBLAS is column-major, so it
 computes C^T = B^T A^T, reading a row-major matrix as its column-major transpose.
 
-float16 operands accumulate in float32 (tensor cores) and may write a float32 C: that is how
-the fp16 mode's weight gradients land in their fp32 master buffers without a rounding to
-half or a pass of their own.
+float16 and bfloat16 operands accumulate in float32 (tensor cores) and may write a float32 C:
+that is how the 16-bit modes' weight gradients land in their fp32 master buffers without a
+rounding or a pass of their own.
 """
 import ctypes
 
@@ -22,7 +22,14 @@ import numpy as np
 # cublas_api.h / library_types.h enums (part of the ABI)
 OP_N, OP_T = 0, 1
 CUDA_R = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np.float16): 2}
+try:                                     # bfloat16 (CUDA_R_16BF) where ml_dtypes gives numpy the dtype
+    import ml_dtypes
+
+    CUDA_R[np.dtype(ml_dtypes.bfloat16)] = 14
+except ImportError:
+    pass
 _F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
+_HALVES = tuple(d for d in CUDA_R if d.itemsize == 2)
 COMPUTE_32F, COMPUTE_32F_FAST_TF32, COMPUTE_64F = 68, 77, 70
 GEMM_DEFAULT = -1
 
@@ -109,7 +116,7 @@ class Gemm:
             out = cupy.empty((m, n), dtype=out_dtype or a.dtype)
         elif out.shape != (m, n) or not (out.strides[1] == out.itemsize and (m == 1 or out.strides[0] >= n * out.itemsize)):
             raise ValueError(f"gemm output must be {(m, n)} with contiguous rows, got {out.shape} {out.strides}")
-        if out.dtype != a.dtype and not (a.dtype == _F16 and out.dtype == _F32):
+        if out.dtype != a.dtype and not (a.dtype in _HALVES and out.dtype == _F32):
             raise TypeError(f"gemm of {a.dtype} operands cannot write {out.dtype}")
         if m == 0 or n == 0:
             return out
@@ -124,7 +131,7 @@ class Gemm:
         dt = a.dtype
         if dt == _F64:
             compute, one, beta = COMPUTE_64F, self._one64, (self._one64 if accumulate else self._zero64)
-        else:   # float32 (strict or TF32) and float16 operands accumulate in float32
+        else:   # float32 (strict or TF32) and 16-bit operands accumulate in float32
             compute = COMPUTE_32F_FAST_TF32 if (tf32 and dt == _F32) else COMPUTE_32F
             one, beta = self._one32, (self._one32 if accumulate else self._zero32)
         ct, oct_ = CUDA_R[dt], CUDA_R[out.dtype]

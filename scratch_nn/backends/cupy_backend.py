@@ -12,6 +12,10 @@ Precision (`precision=`):
   BatchNorm statistics and optimizer state; the loss is scaled dynamically (scratch_nn.amp).
   The half copy of the weights lives in a flat arena beside the fp32 one and is rewritten by
   the optimizer's update kernel, so it costs no pass of its own.
+- "bf16": the same with bfloat16 (compute capability 8.0+, CuPy with ml_dtypes), and no loss
+  scaling, as torch's bf16 autocast.
+fp16 and bf16 train in channels-last layout on the tensor-core convolutions (cupy_nhwc_backend.py;
+`layout="cnhw"` keeps this module's im2col path for fp16).
 
 Nothing is copied between host and device in a training step except the loss when it is read,
 and nothing synchronises: the optimizer reads its learning rate from device memory, so a
@@ -24,7 +28,8 @@ import numpy as np
 
 from .base import Backend, BackendUnavailable
 
-PRECISIONS = ("fp32", "tf32", "fp16")
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+HALF_PRECISIONS = ("fp16", "bf16")     # 16-bit activations, fp32 masters
 NULL = np.uint64(0)           # a null pointer argument
 BLOCK = 256
 COLS_BUDGET = 128 * 2**20     # bytes of im2col columns at a time when they are rebuilt in backward
@@ -55,7 +60,14 @@ def _import_cupy():
     return cupy
 
 
+SM75_ENV = "SCRATCH_NN_SM75"   # =1: run as a T4 would (its kernel variants, no tf32 or bf16)
+
+
 def compute_capability(cupy, device=None):
+    """(major, minor) of the GPU, or (7, 5) under SCRATCH_NN_SM75=1: the sm_75 code paths and
+    refusals run on a newer GPU, since no T4 is at hand."""
+    if os.environ.get(SM75_ENV) == "1":
+        return 7, 5
     dev = cupy.cuda.Device(device)
     cc = dev.compute_capability   # "75", "80", "90"
     return int(cc[:-1]), int(cc[-1])
@@ -65,10 +77,35 @@ def check_precision(precision, cupy, device=None):
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
     major, minor = compute_capability(cupy, device)
-    if precision == "tf32" and major < 8:
+    if precision in ("tf32", "bf16") and major < 8:
         raise PrecisionUnavailable(
-            f"precision 'tf32' needs a GPU of compute capability 8.0 or newer (Ampere+); this one is "
+            f"precision '{precision}' needs a GPU of compute capability 8.0 or newer (Ampere+); this one is "
             f"{major}.{minor}. Use --precision fp32, or fp16 (mixed precision runs on {major}.{minor})")
+    if precision == "bf16":
+        bfloat16_dtype(cupy)
+
+
+def bfloat16_dtype(cupy):
+    """numpy's bfloat16 dtype from ml_dtypes, which CuPy 14+ computes with; PrecisionUnavailable
+    with what to install where either is missing."""
+    try:
+        import ml_dtypes
+
+        dt = np.dtype(ml_dtypes.bfloat16)
+        (cupy.ones(2, dtype=dt) + cupy.ones(2, dtype=dt)).sum()
+        return dt
+    except Exception as e:      # ImportError, or a CuPy without bfloat16 kernels
+        raise PrecisionUnavailable(f"precision 'bf16' needs CuPy 14 or newer with ml_dtypes (pip install ml-dtypes; "
+                                   f"CuPy said: {type(e).__name__}: {e}); or use --precision fp16") from None
+
+
+def half_dtype(precision, cupy):
+    """The 16-bit activation dtype of a mixed-precision mode (None for fp32 / tf32)."""
+    if precision == "fp16":
+        return np.dtype(np.float16)
+    if precision == "bf16":
+        return bfloat16_dtype(cupy)
+    return None
 
 
 def kernels(storage):
@@ -86,16 +123,17 @@ def adam_hyper(lr, beta1, beta2, step):
     return lr, 1.0 - beta1 ** step, math.sqrt(1.0 - beta2 ** step)
 
 
-def _grid1(n):
+def grid1(n):
     return (max(1, min(-(-n // BLOCK), 65535 * 4)),)
 
 
-def _grid_per_channel(m, c):
+def grid_per_channel(m, c):
     return (max(1, min(-(-m // BLOCK), 4096)), c)
 
 
 class CupyBackend(Backend):
     name = "cupy"
+    layout = "cnhw"
     supported_dtypes = ("float32", "float64")
 
     def __init__(self, threads=None, precision="fp32", device=None, recompute_cols=None):
@@ -111,13 +149,16 @@ class CupyBackend(Backend):
         self._gemm = Gemm(cupy)
         self._tf32 = precision == "tf32"
         self.fp16 = precision == "fp16"
-        if self.fp16:
-            self.supported_dtypes = ("float32",)   # the master weights; compute is half
+        self.half = half_dtype(precision, cupy)          # the 16-bit activation dtype, or None
+        self.mixed = self.half is not None
+        self._half_kind = np.int32(1 if precision == "bf16" else 0)
+        if self.mixed:
+            self.supported_dtypes = ("float32",)   # the master weights; compute is 16-bit
         # Keep each convolution's im2col columns for its backward (one pass less over the
         # largest arrays of a step), or rebuild them there, a slice of the batch at a time
         # (less memory). Default: rebuild in the fp16 mode, whose point is a small footprint
         # and whose tensor-core GEMMs leave memory traffic the larger share; keep otherwise.
-        self.recompute_cols = self.fp16 if recompute_cols is None else bool(recompute_cols)
+        self.recompute_cols = self.mixed if recompute_cols is None else bool(recompute_cols)
         # fp16 mode: (pointer, size) of an fp32 parameter arena, or of one parameter in it -> its
         # float16 copy (a view into the arena's copy); the (arena, copy) pairs for refreshing
         self._halves = {}
@@ -144,22 +185,23 @@ class CupyBackend(Backend):
                     layout="CNHW behind NCHW views", recompute_cols=self.recompute_cols)
 
     def check_dtype(self, dtype):
-        if self.fp16 and self.xp.dtype(dtype).name != "float32":
-            raise ValueError("precision fp16 keeps float32 master weights: build the model with dtype float32")
+        if self.mixed and self.xp.dtype(dtype).name != "float32":
+            raise ValueError(f"precision {self.precision} keeps float32 master weights: build the model with dtype "
+                             f"float32")
         return super().check_dtype(dtype)
 
     def _act(self, x):
         """An activation in the compute dtype (the fp16 mode casts a float32 input once)."""
-        return x.astype(np.float16) if self.fp16 and x.dtype != np.float16 else x
+        return x.astype(self.half) if self.mixed and x.dtype != self.half else x
 
     def _w(self, w):
         """The weight a GEMM reads: in the fp16 mode its half copy (kept up to date by the
         optimizer), or a fresh cast for a parameter no optimizer owns."""
-        if not self.fp16 or w.dtype == np.float16:
+        if not self.mixed or w.dtype == self.half:
             return w
         h = self._halves.get((w.data.ptr, w.size))
         if h is None:
-            return w.astype(np.float16)
+            return w.astype(self.half)
         return h if h.shape == w.shape else h.reshape(w.shape)
 
     def _ones_vec(self, n, dtype):
@@ -302,7 +344,7 @@ class CupyBackend(Backend):
             for a, e in slices:                            # a column block of y per batch slice
                 self.gemm(wm, self._cols(x[a:e], kh, stride, pad, oh, ow), out=y[:, a * p:e * p])
         if b is not None or relu:
-            self._launch(self._k(y.dtype)("bias_relu"), _grid_per_channel(y.shape[1], f),
+            self._launch(self._k(y.dtype)("bias_relu"), grid_per_channel(y.shape[1], f),
                          (y, b if b is not None else NULL, np.int32(y.shape[1]), np.int32(relu)))
         y = self._nchw(y.reshape(f, n, oh, ow))
         saved = (x, None) if self.recompute_cols else (x.shape, cols)
@@ -327,7 +369,7 @@ class CupyBackend(Backend):
         kt = self._k(dym.dtype)
         if relu_out is not None:
             masked = self.xp.empty_like(dym)
-            self._launch(kt("relu_backward"), _grid1(dym.size),
+            self._launch(kt("relu_backward"), grid1(dym.size),
                          (dym, self._cnhw(relu_out), masked, np.int64(dym.size)))
             dym = masked
         wm = self._w(w).reshape(f, -1)
@@ -357,7 +399,7 @@ class CupyBackend(Backend):
             dcols = self.gemm(wm.T, dys)                  # (C*k*k, slice*OH*OW)
             if one_by_one:
                 return self._nchw(dcols.reshape(c, n, h, wd))
-            self._launch(kt("col2im"), _grid_per_channel((e - a) * h * wd, c),
+            self._launch(kt("col2im"), grid_per_channel((e - a) * h * wd, c),
                          (dcols, dx[:, a:e], np.int32(e - a), np.int32(h), np.int32(wd), np.int32(k),
                           np.int32(stride), np.int32(pad), np.int32(oh), np.int32(ow), np.int64(n * h * wd)))
         return None if dx is None else self._nchw(dx)
@@ -392,7 +434,7 @@ class CupyBackend(Backend):
     def linear_forward(self, x, w, b, relu=False):
         y = self.gemm(self._act(x), self._w(w).T)
         if b is not None or relu:
-            self._launch(self._k(y.dtype)("bias_rows"), _grid1(y.size),
+            self._launch(self._k(y.dtype)("bias_rows"), grid1(y.size),
                          (y, b if b is not None else NULL, np.int64(y.size), np.int32(y.shape[1]), np.int32(relu)))
         return y
 
@@ -467,7 +509,7 @@ class CupyBackend(Backend):
                       bvar))
         yc = xp.empty_like(xc)
         res = self._cnhw(residual) if residual is not None else None
-        self._launch(k("bn_apply"), _grid_per_channel(m, c),
+        self._launch(k("bn_apply"), grid_per_channel(m, c),
                      (xc, res if res is not None else NULL, scale, shift, yc, np.int32(m), np.int32(relu)))
         y = self._nchw(yc)
         return y, bmean, bvar, (xc, mean_, invstd_, gamma, yc if relu else None, residual is not None)
@@ -492,6 +534,16 @@ class CupyBackend(Backend):
         n = m * comm.world_size
         return shift * m, (var + shift * shift) * m, 1, n / (n - 1)
 
+    def _synced_bn_coeffs(self, fn, grid, p1, p2, c, s, m, gamma, mean_, invstd_, coef):
+        """dx's coefficients from every rank's sums, over the global count (the dgamma and dbeta
+        already written are this rank's: the gradient all-reduce averages them)."""
+        xp = self.xp
+        sums = xp.stack([p1.reshape(c, s).sum(axis=1), p2.reshape(c, s).sum(axis=1)])
+        self.bn_comm.allreduce_(sums)
+        unused = xp.empty(2 * c, dtype=gamma.dtype)
+        self._launch(fn, grid, (sums[0], sums[1], np.int32(c), np.int32(1), np.int32(m * self.bn_comm.world_size),
+                                gamma, mean_, invstd_, unused[:c], unused[c:], coef, np.int32(0)))
+
     def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps, relu=False, residual=None):
         xp = self.xp
         x = self._act(x)
@@ -501,7 +553,7 @@ class CupyBackend(Backend):
         shift = beta - running_mean * scale
         yc = xp.empty_like(xc)
         res = self._cnhw(residual) if residual is not None else None
-        self._launch(self._k(x.dtype)("bn_apply"), _grid_per_channel(n * h * w, c),
+        self._launch(self._k(x.dtype)("bn_apply"), grid_per_channel(n * h * w, c),
                      (xc, res if res is not None else NULL, scale, shift, yc, np.int32(n * h * w), np.int32(relu)))
         return self._nchw(yc)
 
@@ -528,17 +580,11 @@ class CupyBackend(Backend):
                      (p1, p2, np.int32(c), np.int32(s), np.int32(m), gamma, mean_, invstd_, dgamma, dbeta, coef,
                       np.int32(accumulate)))
         if self.bn_comm is not None:
-            # dgamma and dbeta above are this rank's (the gradient all-reduce averages them);
-            # dx's coefficients come from every rank's sums, over the global count
-            sums = xp.stack([p1.reshape(c, s).sum(axis=1), p2.reshape(c, s).sum(axis=1)])
-            self.bn_comm.allreduce_(sums)
-            unused = xp.empty(2 * c, dtype=dgamma.dtype)
-            self._launch(k("bn_grad_coeffs"), (-(-c // BLOCK),),
-                         (sums[0], sums[1], np.int32(c), np.int32(1), np.int32(m * self.bn_comm.world_size), gamma,
-                          mean_, invstd_, unused[:c], unused[c:], coef, np.int32(0)))
+            self._synced_bn_coeffs(k("bn_grad_coeffs"), (-(-c // BLOCK),), p1, p2, c, s, m, gamma, mean_, invstd_,
+                                   coef)
         dx = xp.empty_like(xc)
         dres = xp.empty_like(xc) if has_res else None
-        self._launch(k("bn_backward_apply"), _grid_per_channel(m, c),
+        self._launch(k("bn_backward_apply"), grid_per_channel(m, c),
                      (dyc, xc, yc if yc is not None else NULL, coef, dx, dres if has_res else NULL, np.int32(m)))
         return self._nchw(dx), (self._nchw(dres) if has_res else None)
 
@@ -547,7 +593,7 @@ class CupyBackend(Backend):
         if not (dy.flags.c_contiguous and y.flags.c_contiguous and dy.shape == y.shape):
             return super().relu_backward(dy, y)
         dx = self.xp.empty_like(dy)
-        self._launch(self._k(dy.dtype)("relu_backward"), _grid1(dy.size), (dy, y, dx, np.int64(dy.size)))
+        self._launch(self._k(dy.dtype)("relu_backward"), grid1(dy.size), (dy, y, dx, np.int64(dy.size)))
         return dx
 
     # ------------------------------------------------------------------ pooling
@@ -560,7 +606,7 @@ class CupyBackend(Backend):
         y = self.xp.empty((n, c, h // 2, w // 2), dtype=x.dtype)    # NCHW: see the kernel
         idx = self.xp.empty(y.shape, dtype=np.uint8)
         it = x.itemsize
-        self._launch(self._k(x.dtype)("maxpool2x2_forward"), _grid1(y.size),
+        self._launch(self._k(x.dtype)("maxpool2x2_forward"), grid1(y.size),
                      (x, np.int64(x.strides[0] // it), np.int64(x.strides[1] // it), y, idx,
                       np.int32(n), np.int32(c), np.int32(h), np.int32(w)))
         return y, ("2x2", idx, (n, c, h, w))
@@ -573,7 +619,7 @@ class CupyBackend(Backend):
             dy = self.xp.ascontiguousarray(dy)
         dx = self.xp.empty((c, n, h, w), dtype=dy.dtype)
         it = dy.itemsize
-        self._launch(self._k(dy.dtype)("maxpool2x2_backward"), _grid1(idx.size),
+        self._launch(self._k(dy.dtype)("maxpool2x2_backward"), grid1(idx.size),
                      (dy, np.int64(dy.strides[0] // it), np.int64(dy.strides[1] // it), idx, dx,
                       np.int32(n), np.int32(c), np.int32(h), np.int32(w)))
         return self._nchw(dx)
@@ -582,7 +628,7 @@ class CupyBackend(Backend):
         n, c, h, w = x.shape
         xc = self._cnhw(x)
         y = self.xp.empty((n, c), dtype=x.dtype)
-        self._launch(self._k(x.dtype)("global_avgpool_forward"), _grid1(n * c),
+        self._launch(self._k(x.dtype)("global_avgpool_forward"), grid1(n * c),
                      (xc, y, np.int32(n), np.int32(c), np.int32(h * w)))
         return y
 
@@ -590,7 +636,7 @@ class CupyBackend(Backend):
         n, c, h, w = x_shape
         dy = self.xp.ascontiguousarray(dy)
         dx = self.xp.empty((c, n, h, w), dtype=dy.dtype)
-        self._launch(self._k(dy.dtype)("global_avgpool_backward"), _grid1(dx.size),
+        self._launch(self._k(dy.dtype)("global_avgpool_backward"), grid1(dx.size),
                      (dy, dx, np.int32(n), np.int32(c), np.int32(h * w)))
         return self._nchw(dx)
 
@@ -624,8 +670,8 @@ class CupyBackend(Backend):
             v[...] = p.data.reshape(-1)
             p.data = v.reshape(p.data.shape)
             p.grad = g.reshape(p.data.shape)
-        if self.fp16 and flat_p.dtype == np.float32:
-            flat_h = flat_p.astype(np.float16)
+        if self.mixed and flat_p.dtype == np.float32:
+            flat_h = flat_p.astype(self.half)
             self._half_arenas.append((flat_p, flat_h))
             self._halves[(flat_p.data.ptr, flat_p.size)] = flat_h
             for p, hv in zip(params, self._split(flat_h, sizes)):
@@ -715,10 +761,11 @@ class CupyBackend(Backend):
         hyper = self.set_hyper(hyper_key or ("sgd", params[0].data.ptr), (lr,))
         fn = self._k(params[0].dtype)("sgd_update")
         for p, g, b in self._groups(params, grads, bufs if momentum else None):
-            self._launch(fn, _grid1(p.size), (p, g, b if b is not None else NULL, np.int64(p.size), hyper,
+            self._launch(fn, grid1(p.size), (p, g, b if b is not None else NULL, np.int64(p.size), hyper,
                                               np.float64(momentum), np.float64(dampening), np.int32(nesterov),
                                               np.float64(weight_decay), np.int32(first_step),
-                                              amp_state if amp_state is not None else NULL, self._half_of(p)))
+                                              amp_state if amp_state is not None else NULL, self._half_of(p),
+                                              self._half_kind))
 
     def adam_update(self, params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1, beta2, eps,
                     weight_decay, decoupled, hyper_key=None, amp_state=None):
@@ -726,10 +773,10 @@ class CupyBackend(Backend):
         hyper = self.set_hyper(hyper_key or ("adam", params[0].data.ptr), adam_hyper(lr, beta1, beta2, step))
         fn = self._k(params[0].dtype)("adam_update")
         for p, g, m, v in self._groups(params, grads, exp_avgs, exp_avg_sqs):
-            self._launch(fn, _grid1(p.size), (p, g, m, v, np.int64(p.size), hyper, np.float64(beta1),
+            self._launch(fn, grid1(p.size), (p, g, m, v, np.int64(p.size), hyper, np.float64(beta1),
                                               np.float64(beta2), np.float64(eps), np.float64(weight_decay),
                                               np.int32(decoupled), amp_state if amp_state is not None else NULL,
-                                              self._half_of(p)))
+                                              self._half_of(p), self._half_kind))
 
     # ------------------------------------------------------------------ dynamic loss scaling (scratch_nn.amp)
     def amp_state(self, init_scale):
@@ -741,7 +788,7 @@ class CupyBackend(Backend):
         self._join()
         for grads in grad_lists:
             for (g,) in self._groups(grads):
-                self._launch(self._k(g.dtype)("amp_check"), _grid1(g.size), (g, np.int64(g.size), amp_state))
+                self._launch(self._k(g.dtype)("amp_check"), grid1(g.size), (g, np.int64(g.size), amp_state))
 
     def amp_update(self, amp_state, growth, backoff, interval):
         self._k(np.float32)("amp_update")((1,), (1,), (amp_state, np.float32(growth), np.float32(backoff),

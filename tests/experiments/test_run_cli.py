@@ -81,6 +81,8 @@ BAD = [
     (["--nesterov", "--optimizer", "adam"], "nesterov"),
     (["--precision", "tf32"], "GPU mode"),
     (["--precision", "fp16", "--impl", "torch"], "GPU mode"),
+    (["--precision", "bf16"], "GPU mode"),
+    (["--precision", "bf16", "--impl", "torch"], "GPU mode"),
     (["--cuda-graph"], "--cuda-graph"),
     (["--host-data"], "--host-data"),
 ]

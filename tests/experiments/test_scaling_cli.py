@@ -41,7 +41,12 @@ def test_bench_gpu_flags_are_validated():
     # torch's fp16 step is captured too (fused optimizer, found_inf on the GPU)
     a16 = bench.parse_args(["--scratch-backends", "cupy", "--precision", "fp16", "--cuda-graph", "on"])
     assert [label for label, _ in train_steps.bench_sides(a16)] == ["scratch-cupy+graph", "torch-cuda+graph"]
-    for bad in (["--precision", "tf32"], ["--cuda-graph", "on"], ["--scratch-backends", "cupy,numba"]):
+    # torch channels-last beside NCHW: one torch side per layout, ratios per layout
+    ab = bench.parse_args(["--scratch-backends", "cupy", "--precision", "bf16", "--torch-memory-format", "both"])
+    assert [label for label, _ in train_steps.bench_sides(ab)] == ["scratch-cupy", "torch-cuda", "torch-cuda-cl"]
+    assert [kw.get("memory_format") for _, kw in train_steps.bench_sides(ab)] == [None, "nchw", "channels-last"]
+    for bad in (["--precision", "tf32"], ["--cuda-graph", "on"], ["--scratch-backends", "cupy,numba"],
+                ["--precision", "bf16"], ["--torch-memory-format", "channels-last"]):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
 
@@ -75,3 +80,24 @@ def test_dp_scaling_refuses_bad_settings(argv, needle, capsys):
     with pytest.raises(SystemExit):
         dp_scaling.parse_args(argv)
     assert needle in capsys.readouterr().err
+
+
+def test_bench_summarises_one_row_per_torch_layout_and_upgrades_old_tables(tmp_path):
+    from experiments import bench
+
+    a = bench.parse_args(["--scratch-backends", "cupy", "--precision", "fp16", "--torch-memory-format", "both",
+                          "--cuda-graph", "both", "--repeats", "2"])
+    runners = {label: dict(ips=[100.0 * (i + 1), 110.0 * (i + 1)], peak_mb=10.0 * (i + 1))
+               for i, (label, _) in enumerate(train_steps.bench_sides(a))}
+    rows = train_steps.summarise("resnet18", runners, a)
+    assert [(r["cuda_graph"], r["torch_memory_format"]) for r in rows] == \
+        [(False, "nchw"), (False, "channels-last"), (True, "nchw"), (True, "channels-last")]
+    assert rows[1]["ratio"] == pytest.approx(100 / 300) and rows[3]["ratio"] == pytest.approx(400 / 600)
+    # a table written before the column gets it, its old rows marked nchw
+    old = tmp_path / "gpu.csv"
+    cols = train_steps.GPU_CSV_COLUMNS[:-1]
+    old.write_text(",".join(cols) + "\n" + ",".join("1" for _ in cols) + "\n")
+    train_steps.append_csv(str(old), rows, a, "Test GPU")
+    back = list(csv.DictReader(open(old)))
+    assert list(back[0]) == train_steps.GPU_CSV_COLUMNS and back[0]["torch_memory_format"] == "nchw"
+    assert [r["torch_memory_format"] for r in back[1:]] == ["nchw", "channels-last"] * 2

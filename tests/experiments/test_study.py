@@ -86,7 +86,7 @@ def test_dry_run_lists_the_matrix_and_skips_gpu_rows_without_a_gpu(tiny, tmp_pat
 @pytest.mark.parametrize("args, needle", [
     (["--preset", "huge"], "--preset"),
     (["--preset", "tiny", "--only", "nothing/*"], "matches no row"),
-    (["--preset", "tiny", "--precision", "bf16"], "--precision"),
+    (["--preset", "tiny", "--precision", "fp8"], "--precision"),
     (["--preset", "tiny", "--cpu-budget", "-1"], "--cpu-budget"),
     (["--resume"], "does not exist"),
 ])

@@ -3,7 +3,8 @@ CUDA graphs, flat parameter arenas). Skipped where no GPU is visible; the shared
 suite (gradcheck, torch parity on the CPU, models) also runs on cupy there, via conftest's
 `be` fixture.
 
-Run on a GPU machine with: python -m pytest -q tests/test_cupy_gpu.py
+Run on a GPU machine with: python -m pytest -q tests/gpu (and SCRATCH_NN_SM75=1 for the
+T4's code paths and refusals: the sm_75 kernel variants, no tf32 or bf16)
 """
 import numpy as np
 import pytest
@@ -215,15 +216,26 @@ def test_gemm_layouts_and_accumulate(dtype):
 
 def test_precision_modes_are_checked():
     with pytest.raises(ValueError, match="precision"):
-        backends.get("cupy", precision="bf16")
+        backends.get("cupy", precision="fp8")
     with pytest.raises(ValueError, match="GPU mode"):
         make_adapter("scratch", model="cnn", backend="numpy", precision="tf32")
 
 
-# ---------------------------------------------------------------------- fp16 mixed precision
-def _autocast_pair(name, seed=0):
-    """scratch fp16, and torch fp32 plus an identical torch copy run under autocast."""
-    be = backends.get("cupy", precision="fp16")
+# ---------------------------------------------------------------------- fp16 / bf16 mixed precision
+HALVES = ["fp16", "bf16"]
+TORCH_HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _half_backend(precision):
+    try:
+        return backends.get("cupy", precision=precision)
+    except backends.BackendUnavailable as e:     # bf16 below compute capability 8.0, or no ml_dtypes
+        pytest.skip(str(e))
+
+
+def _autocast_pair(name, seed=0, precision="fp16"):
+    """scratch fp16 / bf16, and torch fp32 plus an identical torch copy run under autocast."""
+    be = _half_backend(precision)
     net = models.build(name, backend=be, seed=seed)
     set_torch_cuda_precision("fp32")
     sd = {k: torch.from_numpy(v) for k, v in net.state_dict().items()}
@@ -233,32 +245,34 @@ def _autocast_pair(name, seed=0):
     return be, net, t32, t16
 
 
-def _torch_step(tnet, x, y, amp, scale):
-    with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+def _torch_step(tnet, x, y, amp, scale, dtype=torch.float16):
+    with torch.autocast("cuda", dtype=dtype, enabled=amp):
         logits = tnet(torch.from_numpy(x).cuda())
         loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y).cuda())
     (loss * scale).backward()
     return logits.float().detach().cpu().numpy()
 
 
+@pytest.mark.parametrize("precision", HALVES)
 @pytest.mark.parametrize("name", ["cnn", "resnet18"])
-def test_fp16_is_as_close_to_fp32_as_torch_autocast(name):
-    """One step in fp16 mixed precision: scratch's logits and (unscaled) gradients are no
-    further from torch fp32 than three times torch autocast's own distance from it."""
+def test_half_is_as_close_to_fp32_as_torch_autocast(name, precision):
+    """One step in fp16 / bf16 mixed precision (the channels-last tensor-core path): scratch's
+    logits and (unscaled) gradients are no further from torch fp32 than three times torch
+    autocast's own distance from it."""
     from scratch_nn import amp
 
-    be, net, t32, t16 = _autocast_pair(name)
-    scale = 1024.0
-    scaler = amp.GradScaler(be, init_scale=scale)
+    be, net, t32, t16 = _autocast_pair(name, precision=precision)
+    scale = 1024.0 if precision == "fp16" else 1.0
+    scaler = amp.GradScaler(be, init_scale=scale) if precision == "fp16" else None
     x, y = data(name, seed=3, n=32)
     logits = net.forward(be.asarray(x))
-    assert logits.dtype == np.float16
+    assert logits.dtype == be.half and be.layout == "nhwc"
     _, d = losses.softmax_cross_entropy(logits, be.asarray(y), backend=be, scaler=scaler)
     net.backward(d, input_grad=False)
     ref = _torch_step(t32, x, y, False, scale)
-    auto = _torch_step(t16, x, y, True, scale)
+    auto = _torch_step(t16, x, y, True, scale, TORCH_HALF[precision])
     e_s, e_t = rel_err(be.to_host(logits).astype(np.float32), ref), rel_err(auto, ref)
-    print(f"{name} logits: scratch fp16 {e_s:.2e}, torch autocast {e_t:.2e} from fp32")
+    print(f"{name} logits: scratch {precision} {e_s:.2e}, torch autocast {e_t:.2e} from fp32")
     assert e_s < 3 * e_t + 1e-4
     g32, g16 = dict(t32.named_parameters()), dict(t16.named_parameters())
     worst = []
@@ -269,6 +283,41 @@ def test_fp16_is_as_close_to_fp32_as_torch_autocast(name):
         worst.append((e_s / max(e_t, 1e-4), k, e_s, e_t))
         assert e_s < 3 * e_t + 1e-4, (k, e_s, e_t)
     print("worst gradient ratio:", max(worst))
+
+
+def _assert_states_as_close_as_autocast(net, t32, t16):
+    """Every scratch parameter and buffer within 3x of torch autocast's distance from torch fp32."""
+    s32, s16 = t32.state_dict(), t16.state_dict()
+    for k, v in net.state_dict().items():
+        if "num_batches" in k:
+            continue
+        r = s32[k].cpu().numpy()
+        e_s, e_t = rel_err(v, r), rel_err(s16[k].float().cpu().numpy(), r)
+        assert e_s < 3 * e_t + 1e-5, (k, e_s, e_t)
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_bf16_training_follows_torch_autocast(name):
+    """Four SGD steps in bf16 on both sides (no loss scaling, as torch's bf16 autocast): the
+    scratch parameters stay as close to torch fp32's as torch autocast's do (3x)."""
+    be, net, t32, t16 = _autocast_pair(name, precision="bf16")
+    hp = dict(lr=0.02, momentum=0.9, weight_decay=5e-4)
+    opt, o32, o16 = optim.SGD(net.parameters(), **hp), torch.optim.SGD(t32.parameters(), **hp), \
+        torch.optim.SGD(t16.parameters(), **hp)
+    for s in range(4):
+        x, y = data(name, seed=40 + s, n=32)
+        opt.zero_grad(); o32.zero_grad(); o16.zero_grad()
+        _, d = losses.softmax_cross_entropy(net.forward(be.asarray(x)), be.asarray(y), backend=be)
+        net.backward(d, input_grad=False)
+        opt.step()
+        _torch_step(t32, x, y, False, 1.0)
+        o32.step()
+        _torch_step(t16, x, y, True, 1.0, torch.bfloat16)
+        o16.step()
+    _assert_states_as_close_as_autocast(net, t32, t16)
+    w = net.parameters()[0]      # the bf16 weight copy the GEMMs read follows the update
+    assert np.array_equal(be.to_host(be._w(w.data)).astype(np.float32),
+                          be.to_host(w.data).astype(be.half).astype(np.float32))
 
 
 @pytest.mark.parametrize("name", ["cnn", "resnet18"])
@@ -297,13 +346,7 @@ def test_fp16_training_follows_torch_autocast(name):
         tscaler.step(o16)
         tscaler.update()
     assert scaler.scale == tscaler.get_scale()
-    s32, s16 = t32.state_dict(), t16.state_dict()
-    for k, v in net.state_dict().items():
-        if "num_batches" in k:
-            continue
-        r = s32[k].cpu().numpy()
-        e_s, e_t = rel_err(v, r), rel_err(s16[k].float().cpu().numpy(), r)
-        assert e_s < 3 * e_t + 1e-5, (k, e_s, e_t)
+    _assert_states_as_close_as_autocast(net, t32, t16)
 
 
 def test_loss_scaler_skips_overflowing_steps_and_adapts():
@@ -338,15 +381,17 @@ def test_loss_scaler_skips_overflowing_steps_and_adapts():
     assert not np.array_equal(net.state_dict()["conv1.weight"], before["conv1.weight"])
 
 
+@pytest.mark.parametrize("precision", HALVES)
 @pytest.mark.parametrize("name", ["cnn", "resnet18"])
-def test_fp16_cuda_graph_replays_the_eager_step(name):
+def test_half_cuda_graph_replays_the_eager_step(name, precision):
+    _half_backend(precision)
     spec = OptimSpec("sgd", lr=0.05, momentum=0.9, weight_decay=5e-4)
     runs = []
     for graph in (False, True):
-        ad = make_adapter("scratch", model=name, backend="cupy", optimizer=spec, seed=0, precision="fp16",
+        ad = make_adapter("scratch", model=name, backend="cupy", optimizer=spec, seed=0, precision=precision,
                           cuda_graph=graph)
         seen = [float(ad.train_step(*ad.to_device(*data(name, seed=20 + s)))) for s in range(5)]
-        runs.append((ad.state_dict(), seen, ad.scaler.scale))
+        runs.append((ad.state_dict(), seen, ad.scaler.scale if ad.scaler else None))
     (eager, l_e, s_e), (graphed, l_g, s_g) = runs
     assert np.allclose(l_e, l_g, rtol=1e-3) and s_e == s_g
     for k in eager:
@@ -371,6 +416,80 @@ def test_torch_fp16_cuda_graph_replays_the_eager_step():
         if eager[k].dtype.kind == "f":
             assert rel_err(graphed[k], eager[k]) < 1e-2, k
     set_torch_cuda_precision("fp32")
+
+
+def test_fp16_channel_major_layout_still_matches_torch_autocast():
+    """layout="cnhw" keeps the im2col fp16 path (for measuring against the tensor-core one)."""
+    be = backends.get("cupy", precision="fp16", layout="cnhw")
+    assert be.layout == "cnhw"
+    net = models.build("resnet18", backend=be, seed=0)
+    t32 = torch_impl.models.build("resnet18").cuda()
+    t32.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()})
+    t16 = torch_impl.models.build("resnet18").cuda()
+    t16.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()})
+    set_torch_cuda_precision("fp32")
+    x, y = data("resnet18", seed=5, n=16)
+    logits = be.to_host(net.forward(be.asarray(x))).astype(np.float32)
+    ref, auto = _torch_step(t32, x, y, False, 1.0), _torch_step(t16, x, y, True, 1.0)
+    assert rel_err(logits, ref) < 3 * rel_err(auto, ref) + 1e-4
+
+
+def test_the_sm75_switch_runs_the_t4_paths_and_refusals(monkeypatch):
+    """SCRATCH_NN_SM75=1: tf32 and bf16 are refused as on a T4 (one line saying why and what to
+    use), and fp16 runs the register-staged kernels with m16n8k8 tensor-core steps (the whole
+    suite runs under the switch too: SCRATCH_NN_SM75=1 python -m pytest tests/gpu)."""
+    from scratch_nn.backends.cupy_backend import PrecisionUnavailable
+
+    monkeypatch.setenv("SCRATCH_NN_SM75", "1")
+    for p in ("tf32", "bf16"):
+        with pytest.raises(PrecisionUnavailable, match="compute capability 8.0") as e:
+            backends.get("cupy", precision=p)
+        assert "\n" not in str(e.value) and "fp16" in str(e.value)
+    be75 = backends.get("cupy", precision="fp16")
+    assert not be75.async_copy and be75.describe()["sm75_variant"]
+
+
+@pytest.mark.parametrize("precision", HALVES)
+def test_a_half_run_repeats_bitwise(precision):
+    """Two fresh runs of three resnet18 steps end bitwise equal: the tile each convolution
+    measures fastest may differ between them, but no sum's order depends on it (fixed chunks of
+    the weight gradient and of the BatchNorm statistics, no atomics)."""
+    _half_backend(precision)
+    spec = OptimSpec("sgd", lr=0.05, momentum=0.9, weight_decay=5e-4)
+    states = []
+    for _ in range(2):
+        ad = make_adapter("scratch", model="resnet18", backend="cupy", optimizer=spec, seed=0, precision=precision)
+        for s_ in range(3):
+            ad.train_step(*ad.to_device(*data("resnet18", seed=60 + s_, n=32)))
+        states.append(ad.state_dict())
+    for k in states[0]:
+        assert np.array_equal(states[0][k], states[1][k]), k
+
+
+def test_torch_refuses_bf16_below_compute_capability_8(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+    with pytest.raises(ValueError, match="bf16 needs a GPU of compute capability 8.0"):
+        set_torch_cuda_precision("bf16")
+
+
+def test_batchnorm_takes_the_convolution_statistics_only_right_after_it():
+    """The BatchNorm after a convolution merges the statistics its epilogue wrote; given any
+    other input it computes them itself, and both give torch's batch statistics."""
+    be = _half_backend("fp16")
+    r = np.random.default_rng(2)
+    x = be.asarray(r.standard_normal((8, 64, 16, 16)).astype(np.float32)).astype(np.float16)
+    w = be.asarray((r.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32))
+    gamma, beta = be.xp.ones(64, dtype=np.float32), be.xp.zeros(64, dtype=np.float32)
+    xin = be._view(be._nhwc(x))
+    y, _ = be.conv2d_forward(xin, w, None, 1, 1)
+    assert be._stats is not None
+    _, m1, v1, _ = be.batchnorm_forward_train(y, gamma, beta, 1e-5)
+    assert be._stats is None                       # taken
+    _, m2, v2, _ = be.batchnorm_forward_train(y, gamma, beta, 1e-5)   # now computed from y
+    yt = torch.from_numpy(be.to_host(y).astype(np.float32)).double()
+    tm, tv = yt.mean(dim=(0, 2, 3)).numpy(), yt.var(dim=(0, 2, 3), unbiased=False).numpy()
+    for m, v in ((m1, v1), (m2, v2)):
+        assert rel_err(be.to_host(m), tm) < 1e-4 and rel_err(be.to_host(v), tv) < 1e-4
 
 
 def test_fp16_needs_float32_master_weights():

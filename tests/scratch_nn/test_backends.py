@@ -47,3 +47,33 @@ def test_im2col_col2im_are_adjoint(be):
         lhs = float((be.to_host(cols) * c).sum())
         rhs = float((x * be.to_host(back)).sum())
         assert abs(lhs - rhs) < 1e-9 * max(1.0, abs(lhs))
+
+
+class _FakeCupy:
+    """Just enough of cupy for check_precision: one device of a given compute capability."""
+
+    def __init__(self, cc):
+        dev = type("Dev", (), {"compute_capability": cc})
+        self.cuda = type("Cuda", (), {"Device": staticmethod(lambda d=None: dev)})
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_ampere_modes_are_refused_on_a_t4_with_one_line_saying_what_to_use(precision, monkeypatch):
+    from scratch_nn.backends.cupy_backend import PrecisionUnavailable, check_precision
+
+    monkeypatch.delenv("SCRATCH_NN_SM75", raising=False)
+    with pytest.raises(PrecisionUnavailable) as e:
+        check_precision(precision, _FakeCupy("75"))
+    msg = str(e.value)
+    assert "\n" not in msg and "compute capability 8.0" in msg and "7.5" in msg and "fp16" in msg
+    check_precision("fp16", _FakeCupy("75"))          # fp16 runs on the T4
+    monkeypatch.setenv("SCRATCH_NN_SM75", "1")        # the switch makes an H200 answer as a T4
+    with pytest.raises(PrecisionUnavailable):
+        check_precision(precision, _FakeCupy("90"))
+
+
+def test_the_cupy_factory_picks_the_layout_by_precision():
+    from scratch_nn.backends import cupy_nhwc_backend as F
+
+    with pytest.raises(ValueError, match="layout"):
+        F.make_cupy_backend(layout="nchw")

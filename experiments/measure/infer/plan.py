@@ -139,8 +139,6 @@ def why_not(cfg, probe):
     if cfg.where == "cuda" and probe.cuda:
         return probe.cuda
     if cfg.where == "cupy":
-        if cfg.precision == "bf16":
-            return "scratch_nn has no bf16 mode (cupy backend: fp32, tf32, fp16)"
         if probe.cupy:
             return probe.cupy
     if cfg.gpu and cfg.precision in SM80_PRECISIONS:

@@ -22,8 +22,10 @@ class ScratchRunner:
         self.net = models.build(cfg.model, backend=self.be, seed=seed, dtype=dtype)
         self.net.load_state_dict(state)
         self.net.eval()
-        self.input_dtype = np.dtype(np.float16) if cfg.precision == "fp16" else np.dtype(dtype)
-        if cfg.where == "cupy" and cfg.precision == "fp16":
+        # the channels-last 16-bit modes take the float32 batch (their first kernel converts it)
+        half_input = cfg.precision == "fp16" and getattr(self.be, "layout", None) == "cnhw"
+        self.input_dtype = np.dtype(np.float16) if half_input else np.dtype(dtype)
+        if cfg.where == "cupy" and cfg.precision in ("fp16", "bf16"):
             # the half weight copies the GEMMs read (an optimizer would set them up); without
             # them every forward would cast each weight afresh
             self.be.pack_parameters(self.net.parameters())

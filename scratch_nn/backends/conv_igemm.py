@@ -1,0 +1,363 @@
+"""Implicit-GEMM convolutions on tensor cores (cuda/conv_igemm.cu): the launchers.
+
+Activations are channels-last, (N, H, W, C), 16-bit (half or bfloat16 bits in uint16 arrays:
+CuPy has no bfloat16 dtype), channels a multiple of 8 (the network input is padded with zero
+channels to 16). Weights stay fp32 masters in PyTorch's (F, C, KH, KW) layout and are packed
+to 16 bits per use: (F, KH*KW, Cp) for the forward, (C, KH*KW, F) for the data gradient.
+
+Every launcher states its grid. Tile shapes are picked per GEMM shape (`_config`); the set
+of compiled instantiations is `CONFIGS`. `async_copy=False` runs the sm_75 variant (register-
+staged double buffering and m16n8k8 mma), what a T4 gets; the environment variable
+SCRATCH_NN_SM75=1 forces it on newer GPUs (the backend then refuses tf32 and bf16, as a T4 does).
+"""
+import numpy as np
+
+from .cuda_kernels import CONV_FILES, compile_module, source
+
+KINDS = {"float16": 0, "bfloat16": 1}
+NULL = np.uint64(0)
+TAPS_STRIDE = 32               # ints per sub-pixel class in a tap table (cuda/conv_igemm.cu)
+PAD = 8                        # halves of padding per shared-memory row
+WGRAD_BK = 32                  # positions per wgrad stage
+WGRAD_WS_BYTES = 96 * 2**20    # at most this much fp32 partial workspace per wgrad
+T4_SMEM = 64 * 1024            # the most dynamic shared memory a block may take on sm_75
+STATS_ROWS = 128               # output positions per BatchNorm-statistics chunk of a forward
+
+# conv_igemm tiles (BM, BN, BK, WM, WN, STAGES): BM output positions by BN channels, BK
+# channels a K step, WM x WN warps, STAGES cp.async stages (sm_75: two register-staged buffers)
+IGEMM_CONFIGS = [(128, 128, 32, 2, 2, 4), (128, 128, 32, 2, 4, 4), (128, 256, 32, 2, 4, 3), (256, 128, 32, 4, 2, 3),
+                 (128, 64, 32, 2, 2, 4), (256, 64, 32, 4, 1, 3), (64, 64, 32, 2, 2, 4), (128, 64, 64, 2, 2, 3),
+                 (128, 64, 16, 2, 2, 4), (128, 128, 16, 2, 2, 4), (128, 32, 32, 4, 1, 4),
+                 (128, 32, 16, 4, 1, 4), (128, 16, 16, 4, 1, 4), (256, 64, 16, 4, 1, 4)]
+# conv_wgrad tiles (BM, BN, WM, WN, STAGES): BM output channels by BN of the taps * C columns
+WGRAD_CONFIGS = [(128, 128, 2, 2, 4), (128, 256, 2, 4, 3), (128, 64, 2, 2, 4), (64, 64, 2, 2, 4), (64, 128, 2, 2, 4),
+                 (64, 192, 2, 2, 3), (64, 48, 2, 1, 4), (64, 16, 2, 1, 4), (32, 48, 2, 1, 4), (32, 32, 2, 1, 4),
+                 (32, 16, 2, 1, 4), (16, 48, 1, 1, 4), (16, 16, 1, 1, 4), (16, 32, 1, 1, 4)]
+
+
+def _stages(cfg, async_copy):
+    return cfg[-1] if async_copy else 2
+
+
+def igemm_name(kind, cfg, async_copy):
+    bm, bn, bk, wm, wn, _ = cfg
+    return f"conv_igemm<{kind}, {bm}, {bn}, {bk}, {wm}, {wn}, {_stages(cfg, async_copy)}, " \
+           f"{'true' if async_copy else 'false'}>"
+
+
+def wgrad_name(kind, cfg, async_copy):
+    bm, bn, wm, wn, _ = cfg
+    return f"conv_wgrad<{kind}, {bm}, {bn}, {wm}, {wn}, {_stages(cfg, async_copy)}, " \
+           f"{'true' if async_copy else 'false'}>"
+
+
+def igemm_smem(cfg, async_copy):
+    bm, bn, bk = cfg[:3]
+    return 2 * max(_stages(cfg, async_copy) * (bm + bn) * (bk + PAD), bm * (bn + PAD))
+
+
+def igemm_static_smem(cfg):
+    """conv_igemm's own __shared__ arrays: the tap tables, out_row, red_s."""
+    bm, bn, _, wm, _, _ = cfg
+    return 4 * 9 * 4 + 8 + 8 * bm + 2 * wm * bn * 4
+
+
+def wgrad_smem(cfg, async_copy):
+    bm, bn = cfg[:2]
+    return _stages(cfg, async_copy) * WGRAD_BK * ((bm + PAD) + (bn + PAD)) * 2
+
+
+def _fits(smem, async_copy):
+    return async_copy or smem <= T4_SMEM
+
+
+def name_expressions(kind, async_copy):
+    """Every instantiation one (storage kind, copy path) needs."""
+    names = [igemm_name(kind, c, async_copy) for c in IGEMM_CONFIGS
+             if _fits(igemm_smem(c, async_copy) + igemm_static_smem(c), async_copy)]
+    names += [wgrad_name(kind, c, async_copy) for c in WGRAD_CONFIGS if _fits(wgrad_smem(c, async_copy), async_copy)]
+    return sorted(set(names)) + ["wgrad_reduce", f"pack_weights<{kind}>", f"nchw_to_nhwc<{kind}>"]
+
+
+def fast_divisor(d):
+    """(mul, sh) with n // d == (n * mul) >> sh for every 0 <= n < 2**31 (cuda/conv_igemm.cu's fdiv)."""
+    if d < 1:
+        raise ValueError("a divisor must be positive")
+    sh = 32 + (d - 1).bit_length()
+    return -(-(1 << sh) // d), sh
+
+
+# ------------------------------------------------------------------ tap tables
+def _one_class(k, sign, p):
+    """Every tap (kh, kw) of a k x k kernel in one class, at row offset sign * (kh - p)."""
+    t = np.zeros((1, TAPS_STRIDE), np.int32)
+    t[0, 0] = t[0, 28] = k * k
+    for kh in range(k):
+        for kw in range(k):
+            i = kh * k + kw
+            t[0, 1 + 3 * i:4 + 3 * i] = (sign * (kh - p), sign * (kw - p), i)
+    return t
+
+
+def taps_forward(k, s, p):
+    """One class: tap (kh, kw) reads input row oh*s + kh - p."""
+    return _one_class(k, 1, p)
+
+
+def taps_dgrad(k, s, p):
+    """The data gradient as a gathered GEMM over dY: stride 1 is one class reading dY row
+    ih + p - kh; stride 2 is four sub-pixel classes (ph, pw), position (2i + ph, 2j + pw)
+    taking the taps with (ph + p - kh) even, at dY row i + (ph + p - kh) / 2."""
+    if s == 1:
+        return _one_class(k, -1, p)
+    if s != 2:
+        raise ValueError("the tensor-core data gradient takes stride 1 or 2")
+    t = np.zeros((4, TAPS_STRIDE), np.int32)
+    for z in range(4):
+        ph, pw = z >> 1, z & 1
+        n = 0
+        for kh in range(k):
+            if (ph + p - kh) % 2:
+                continue
+            for kw in range(k):
+                if (pw + p - kw) % 2:
+                    continue
+                t[z, 1 + 3 * n:4 + 3 * n] = ((ph + p - kh) // 2, (pw + p - kw) // 2, kh * k + kw)
+                n += 1
+        t[z, 0] = n
+        t[z, 28] = k * k
+    return t
+
+
+# ------------------------------------------------------------------ tile choice
+def igemm_candidates(f, c, async_copy=True):
+    """The compiled conv_igemm tiles that can run a GEMM of f output channels over c gathered
+    channels: K steps that divide c, no channel tile wider than f needs (and the sm_75 shared
+    memory limit where it applies)."""
+    if c % 16:
+        raise ValueError(f"the tensor-core convolution needs channels padded to a multiple of 16, got {c}")
+    fit = max(16, -(-f // 16) * 16)
+    out = [cfg for cfg in IGEMM_CONFIGS if c % cfg[2] == 0 and cfg[1] <= max(fit, 16)
+           and _fits(igemm_smem(cfg, async_copy) + igemm_static_smem(cfg), async_copy)]
+    widest = max(cfg[1] for cfg in out)
+    return [cfg for cfg in out if cfg[1] == widest or cfg[1] >= min(f, 128)]
+
+
+def igemm_default(f, c, async_copy=True):
+    """The tile taken without measuring (inside a CUDA-graph capture, before any tuning)."""
+    cands = igemm_candidates(f, c, async_copy)
+    for pref in ((128, 128, 32, 2, 4, 4), (128, 64, 32, 2, 2, 4), (128, 32, 32, 4, 1, 4), (128, 128, 16, 2, 2, 4),
+                 (128, 64, 16, 2, 2, 4), (128, 32, 16, 4, 1, 4), (128, 16, 16, 4, 1, 4)):
+        if pref in cands:
+            return pref
+    return cands[0]
+
+
+def wgrad_candidates(f, k_cols, async_copy=True):
+    """conv_wgrad tiles for f output channels over k_cols = taps * C columns."""
+    fit = max(16, -(-f // 16) * 16)
+    out = [cfg for cfg in WGRAD_CONFIGS if k_cols % cfg[1] == 0 and cfg[0] <= fit
+           and _fits(wgrad_smem(cfg, async_copy), async_copy)]
+    if not out:
+        raise ValueError(f"no wgrad tile for {f} channels over {k_cols} columns")
+    tallest = max(cfg[0] for cfg in out)
+    return [cfg for cfg in out if cfg[0] == tallest]
+
+
+def wgrad_default(f, k_cols, async_copy=True):
+    return max(wgrad_candidates(f, k_cols, async_copy), key=lambda cfg: (cfg[1] <= 128, cfg[1]))
+
+
+class ConvKernels:
+    """The compiled tensor-core convolutions for one storage kind and copy path. Each GEMM
+    shape's tile is chosen by measurement the first time it runs outside a CUDA-graph capture
+    (every candidate timed with events, as cudnn.benchmark does); `choices` records them."""
+
+    def __init__(self, cupy, storage, async_copy, sms, tune=True, dtype=np.uint16):
+        if storage not in KINDS:
+            raise ValueError(f"tensor-core convolutions store float16 or bfloat16, not {storage}")
+        self.xp = cupy
+        self.dtype = np.dtype(dtype)            # what outputs are allocated as (the bits are the same)
+        self.kind = KINDS[storage]
+        self.async_copy = bool(async_copy)
+        self.sms = sms
+        self.tune = tune
+        self._names = name_expressions(self.kind, self.async_copy)
+        self.module = compile_module(cupy, source(files=CONV_FILES), self._names)
+        self._fn = {}
+        self._tables = {}
+        self.choices = {}           # (pass, shape...) -> tile
+
+    def _kernel(self, name, smem=0):
+        fn = self._fn.get(name)
+        if fn is None:
+            fn = self._fn[name] = self.module.get_function(name)
+        if fn.max_dynamic_shared_size_bytes < smem:     # static + dynamic over 48 KB needs the opt-in
+            fn.max_dynamic_shared_size_bytes = smem
+        return fn
+
+    def _table(self, key, make):
+        t = self._tables.get(key)
+        if t is None:
+            t = self._tables[key] = self.xp.asarray(make())
+        return t
+
+    def _pick(self, key, cands, default, run):
+        """The tile for `key`: measured once over `cands` (run(cfg) launches one), else `default`."""
+        cfg = self.choices.get(key)
+        if cfg is not None:
+            return cfg
+        cupy = self.xp
+        if len(cands) == 1 or not self.tune or cupy.cuda.get_current_stream().is_capturing():
+            return default
+        best, best_ms = None, None
+        for cand in cands:
+            run(cand)                                   # module load, shared-memory limit, caches
+            s, e = cupy.cuda.Event(), cupy.cuda.Event()
+            s.record()
+            for _ in range(3):
+                run(cand)
+            e.record()
+            e.synchronize()
+            ms = cupy.cuda.get_elapsed_time(s, e)
+            if best_ms is None or ms < best_ms:
+                best, best_ms = cand, ms
+        self.choices[key] = best
+        return best
+
+    # -------------------------------------------------------------- packing
+    def pack_forward(self, w, cp=None, out=None):
+        """fp32 (F, C, KH, KW) -> 16-bit (F, KH*KW, Cp), channels zero-padded to Cp."""
+        f, c, kh, kw = w.shape
+        cp = cp or c
+        out = out if out is not None else self.xp.empty((f, kh * kw, cp), dtype=np.uint16)
+        n = out.size
+        self._kernel(f"pack_weights<{self.kind}>")((min(-(-n // 256), 4096),), (256,),
+                                                   (w, out, np.int32(f), np.int32(c), np.int32(kh * kw), np.int32(cp),
+                                                    np.int32(0)))
+        return out
+
+    def pack_dgrad(self, w, out=None):
+        """fp32 (F, C, KH, KW) -> 16-bit (C, KH*KW, F)."""
+        f, c, kh, kw = w.shape
+        out = out if out is not None else self.xp.empty((c, kh * kw, f), dtype=np.uint16)
+        n = out.size
+        self._kernel(f"pack_weights<{self.kind}>")((min(-(-n // 256), 4096),), (256,),
+                                                   (w, out, np.int32(f), np.int32(c), np.int32(kh * kw), np.int32(c),
+                                                    np.int32(1)))
+        return out
+
+    def to_nhwc(self, x, cp):
+        """fp32 NCHW -> 16-bit NHWC with cp >= C channels (zeros beyond C)."""
+        n, c, h, w = x.shape
+        x = self.xp.ascontiguousarray(x, dtype=np.float32)
+        out = self.xp.empty((n, h, w, cp), dtype=self.dtype)
+        total = out.size
+        self._kernel(f"nchw_to_nhwc<{self.kind}>")((min(-(-total // 256), 65535),), (256,),
+                                                   (x, out, np.int32(n), np.int32(c), np.int32(h * w), np.int32(cp)))
+        return out
+
+    # -------------------------------------------------------------- the gathered GEMM
+    def _igemm(self, cfg, x, wp, y, table, f, grid_hw, s, out_hw, os_, bias, relu, stats):
+        """grid: (ceil(M / BM), ceil(f / BN), classes) of WM * WN warps."""
+        n, h, w, c = x.shape
+        bm, bn, bk, wm, wn, _ = cfg
+        ohc, owc = grid_hw
+        m = n * ohc * owc
+        smem = igemm_smem(cfg, self.async_copy)
+        grid = (-(-m // bm), -(-f // bn), table.shape[0])
+        self._kernel(igemm_name(self.kind, cfg, self.async_copy), smem)(
+            grid, (wm * wn * 32,),
+            (x, wp, y, table, np.int32(n), np.int32(h), np.int32(w), np.int32(c), np.int32(f), np.int32(ohc),
+             np.int32(owc), np.int32(s), np.int32(out_hw[0]), np.int32(out_hw[1]), np.int32(os_),
+             bias if bias is not None else NULL, np.int32(relu), stats if stats is not None else NULL),
+            shared_mem=smem)
+
+    def forward(self, x, wp, k, s, p, bias=None, relu=False, stats=False, out=None):
+        """y (N, OH, OW, F) = conv(x (N, H, W, C), wp (F, k*k, C)) (+ bias, ReLU). With stats,
+        returns (y, st, rows): st (tiles, 2, F) float32 holds each tile of `rows` output positions'
+        per-channel mean and sum of squared deviations (the last tile may hold fewer rows)."""
+        n, h, w, c = x.shape
+        f = wp.shape[0]
+        oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        y = out if out is not None else self.xp.empty((n, oh, ow, f), dtype=self.dtype)
+        table = self._table(("f", k, s, p), lambda: taps_forward(k, s, p))
+        m = n * oh * ow
+        holder = {}
+
+        def run(cfg):
+            st = self.xp.empty((-(-m // cfg[0]), 2, f), dtype=np.float32) if stats else None
+            self._igemm(cfg, x, wp, y, table, f, (oh, ow), s, (oh, ow), 1, bias, relu, st)
+            holder["st"] = st
+
+        cands = igemm_candidates(f, c, self.async_copy)
+        if stats:       # the statistics' chunks follow the tile rows: keep them one size, so a run repeats bitwise
+            cands = [cfg for cfg in cands if cfg[0] == STATS_ROWS] or cands[:1]
+        default = igemm_default(f, c, self.async_copy)
+        cfg = self._pick(("forward", n, h, w, c, f, k, s, p, bool(stats)), cands,
+                         default if default in cands else cands[0], run)
+        run(cfg)
+        return (y, holder["st"], cfg[0]) if stats else y
+
+    def dgrad(self, dy, wd, k, s, p, hw, out=None):
+        """dx (N, H, W, C) of a convolution (k, s, p) from dy (N, OH, OW, F) and wd (C, k*k, F)."""
+        n, oh, ow, f = dy.shape
+        c = wd.shape[0]
+        h, w = hw
+        dx = out if out is not None else self.xp.empty((n, h, w, c), dtype=self.dtype)
+        table = self._table(("d", k, s, p), lambda: taps_dgrad(k, s, p))
+        if s == 1:
+            grid_hw, os_ = (h, w), 1
+        else:
+            if h % 2 or w % 2:
+                raise ValueError("the stride-2 data gradient needs even input sizes")
+            grid_hw, os_ = (h // 2, w // 2), 2
+
+        def run(cfg):
+            self._igemm(cfg, dy, wd, dx, table, c, grid_hw, 1, (h, w), os_, None, False, None)
+
+        cfg = self._pick(("dgrad", n, oh, ow, f, c, k, s, p), igemm_candidates(c, f, self.async_copy),
+                         igemm_default(c, f, self.async_copy), run)
+        run(cfg)
+        return dx
+
+    def wgrad(self, dy, x, k, s, p, out, accumulate=False, creal=None):
+        """out (F, Creal, k, k) fp32 (+)= the weight gradient from dy (N, OH, OW, F) and the
+        forward's input x (N, H, W, C): chunks of positions into fp32 partials
+        (grid: (ceil(F / BM), k*k*C / BN, chunks)), then summed in chunk order."""
+        n, oh, ow, f = dy.shape
+        _, h, w, c = x.shape
+        creal = creal or c
+        m, kcols = n * oh * ow, k * k * c
+        mul_hw, sh_hw = fast_divisor(oh * ow)
+        mul_w, sh_w = fast_divisor(ow)
+        holder = {}
+        # the chunks of positions depend on the shape alone (the default tile's count), not on
+        # the tile a measurement picks: every tile then adds the same partial sums in the same
+        # order, and a run repeats bitwise whichever tile won
+        ref = wgrad_default(f, kcols, self.async_copy)
+        tiles = -(-f // ref[0]) * (kcols // ref[1])
+        chunks = max(1, min(-(-4 * self.sms // tiles), -(-m // WGRAD_BK), WGRAD_WS_BYTES // max(1, 4 * f * kcols)))
+        chunk = -(-(-(-m // chunks)) // WGRAD_BK) * WGRAD_BK
+        chunks = -(-m // chunk)
+
+        def run(cfg):
+            bm, bn, wm, wn, _ = cfg
+            ws = self.xp.empty((chunks, f, kcols), dtype=np.float32)
+            smem = wgrad_smem(cfg, self.async_copy)
+            self._kernel(wgrad_name(self.kind, cfg, self.async_copy), smem)(
+                (-(-f // bm), kcols // bn, chunks), (wm * wn * 32,),
+                (dy, x, ws, np.int32(n), np.int32(h), np.int32(w), np.int32(c), np.int32(f), np.int32(oh),
+                 np.int32(ow), np.int32(k), np.int32(s), np.int32(p), np.int32(chunk), np.int32(kcols),
+                 np.uint64(mul_hw), np.int32(sh_hw), np.uint64(mul_w), np.int32(sh_w)), shared_mem=smem)
+            holder["ws"] = ws
+
+        cfg = self._pick(("wgrad", n, h, w, c, f, k, s, p), wgrad_candidates(f, kcols, self.async_copy),
+                         wgrad_default(f, kcols, self.async_copy), run)
+        run(cfg)
+        ws = holder["ws"]
+        total = f * kcols
+        self._kernel("wgrad_reduce")((min(-(-total // 256), 8192),), (256,),
+                                     (ws, out, np.int32(ws.shape[0]), np.int32(f), np.int32(c), np.int32(creal),
+                                      np.int32(k * k), np.int32(accumulate)))
+        return out

@@ -1,0 +1,268 @@
+"""The GPU backend's 16-bit modes (fp16, bf16) in channels-last layout, on the tensor-core
+convolutions of conv_igemm.py: no im2col buffer, BatchNorm statistics from the convolution's
+epilogue.
+
+Layout. Activations live (N, H, W, C) contiguous in the 16-bit dtype behind NCHW-shaped views
+(`buf.transpose(0, 3, 1, 2)`), so the layers and state dicts are unchanged. The network's
+float32 input is converted once, its 3 channels padded with zeros to 16 (the K step of the
+stem's GEMM). Everything else (the optimizer over flat fp32 arenas with their 16-bit copies,
+the loss, Linear on cuBLAS, dynamic loss scaling for fp16, data parallelism) is CupyBackend's.
+
+Per layer:
+- Conv2d: the weights (fp32 masters) are packed to 16 bits per use, (F, KH*KW, Cp) for the
+  forward and (C, KH*KW, F) for the data gradient; bias and ReLU in the epilogue (the CNN's);
+  a convolution without them (every ResNet one, each followed by a BatchNorm) also writes its
+  output's per-tile mean and squared deviations, which the BatchNorm after it merges instead
+  of reading its input once more. The weight gradient lands in the fp32 gradient buffer.
+- BatchNorm2d: apply (+ residual, ReLU) and backward as per-element kernels over (M, C).
+- MaxPool2d 2x2 and the global average pool: channels-last kernels (cuda/nhwc.cu).
+"""
+import os
+
+import numpy as np
+
+from .base import BackendUnavailable
+from .cupy_backend import (BLOCK, HALF_PRECISIONS, NULL, SM75_ENV, CupyBackend, grid1, compute_capability)
+
+STEM_CHANNELS = 16        # input channels are padded to a multiple of this (the smallest K step)
+STAT_ROWS = 256           # rows per partial of BatchNorm statistics computed apart from a convolution
+BWD_ROWS = 256           # rows per partial of BatchNorm's backward sums
+
+
+def _padded(c):
+    return -(-c // STEM_CHANNELS) * STEM_CHANNELS
+
+
+class CupyChannelsLastBackend(CupyBackend):
+    layout = "nhwc"
+
+    def __init__(self, threads=None, precision="fp16", device=None, tune=True):
+        if precision not in HALF_PRECISIONS:
+            raise ValueError(f"the channels-last backend runs precision fp16 or bf16, not {precision!r}")
+        super().__init__(threads=threads, precision=precision, device=device)
+        from .conv_igemm import ConvKernels
+
+        major, _ = compute_capability(self.xp, self.device_id)
+        self.async_copy = major >= 8          # cp.async pipelines; the sm_75 variant otherwise
+        self.conv = ConvKernels(self.xp, self.half.name, self.async_copy, self._sms, tune=tune, dtype=self.half)
+        # the last convolution's output statistics, for the BatchNorm right after it: (pointer, shape, stats, rows)
+        self._stats = None
+
+    def describe(self):
+        d = super().describe()
+        d.update(layout="NHWC behind NCHW views", convolution="implicit GEMM on tensor cores (mma.sync, "
+                 + ("cp.async pipeline" if self.async_copy else "sm_75 register-staged") + ")",
+                 sm75_variant=os.environ.get(SM75_ENV) == "1")
+        d.pop("recompute_cols", None)
+        return d
+
+    def conv_choices(self):
+        """The tile each convolution shape measured fastest (pass, shape...) -> tile."""
+        return {"/".join(map(str, k)): list(v) for k, v in self.conv.choices.items()}
+
+    # ------------------------------------------------------------------ layout
+    @staticmethod
+    def _view(buf):
+        return buf.transpose(0, 3, 1, 2)
+
+    def _nhwc(self, x):
+        """The (N, H, W, C) contiguous 16-bit buffer behind an NCHW-shaped x (a copy, and a cast,
+        when x is not such a view)."""
+        t = x.transpose(0, 2, 3, 1)
+        if x.dtype != self.half:
+            t = t.astype(self.half)
+        return t if t.flags.c_contiguous else self.xp.ascontiguousarray(t)
+
+    def _input(self, x, cp):
+        """A convolution's input as (N, H, W, cp): the network's fp32 (or other) NCHW batch
+        converted in one kernel, channels zero-padded to cp; an activation as it is."""
+        if x.dtype == self.half and x.shape[1] == cp:
+            return self._nhwc(x)
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
+        return self.conv.to_nhwc(x, cp)
+
+    def _remember(self, y, stats, rows):
+        # only the latest convolution's: a BatchNorm takes its statistics right after it, and an
+        # older pointer may have been freed and handed to another array since
+        self._stats = (y.data.ptr, y.shape, stats, rows)
+
+    # ------------------------------------------------------------------ convolution
+    def conv2d_forward(self, x, w, b, stride, pad, relu=False):
+        f, c, kh, kw = w.shape
+        if kh != kw:
+            raise ValueError("the cupy backend's convolution takes square kernels")
+        cp = _padded(c)
+        xb = self._input(x, cp)
+        n, h, wd, _ = xb.shape
+        oh, ow = self.conv_output_size(h, kh, stride, pad), self.conv_output_size(wd, kw, stride, pad)
+        out = self.xp.empty((n, oh, ow, f), dtype=self.half)
+        wp = self.conv.pack_forward(w, cp)
+        with_stats = b is None and not relu
+        self._stats = None
+        res = self.conv.forward(xb, wp, kh, stride, pad, bias=b, relu=relu, stats=with_stats, out=out)
+        if with_stats:
+            self._remember(out, res[1], res[2])
+        cache = (xb, c, kh, stride, pad, out if relu else None, b is not None, (h, wd))
+        return self._view(out), cache
+
+    # conv2d_backward and conv2d_backward_into are CupyBackend's: both caches hold has_bias at [6]
+    def _conv_backward(self, dy, cache, w, wgrad, bgrad, need_dx, accumulate):
+        xb, c, k, stride, pad, relu_out, has_bias, hw = cache
+        dyb = self._nhwc(dy)
+        if relu_out is not None:
+            masked = self.xp.empty_like(dyb)
+            self._launch(self._k(dyb.dtype)("relu_backward"), grid1(dyb.size),
+                         (dyb, relu_out, masked, np.int64(dyb.size)))
+            dyb = masked
+        if has_bias:
+            self._column_sums(dyb, bgrad, accumulate)
+        self.conv.wgrad(dyb, xb, k, stride, pad, wgrad, accumulate=accumulate, creal=c)
+        if not need_dx:
+            return None
+        if c % STEM_CHANNELS:
+            raise ValueError(f"no input gradient for a {c}-channel input (the network's): pass input_grad=False")
+        dx = self.conv.dgrad(dyb, self.conv.pack_dgrad(w), k, stride, pad, hw)
+        return self._view(dx)
+
+    def _column_sums(self, g, out, accumulate):
+        """out[f] (+)= sum of g (M, F) over its rows: a bias gradient."""
+        f = g.shape[-1]
+        m = g.size // f
+        s = -(-m // BWD_ROWS)
+        part = self.xp.empty(f * s, dtype=np.float32)
+        self._launch(self._k(g.dtype)("bn_bwd_sums_nhwc"), (s,),
+                     (g, NULL, NULL, NULL, np.int32(m), np.int32(f), np.int32(BWD_ROWS), part, NULL))
+        self._launch(self._k(np.float32)("sum_partials"), (-(-f // BLOCK),),
+                     (part, np.int32(s), np.int32(f), out, np.int32(accumulate)))
+
+    # ------------------------------------------------------------------ batch norm
+    def batchnorm_forward_train(self, x, gamma, beta, eps, relu=False, residual=None, running=None):
+        xp = self.xp
+        xb = self._nhwc(x)
+        n, h, w, c = xb.shape
+        m = n * h * w
+        hit, self._stats = self._stats, None
+        if hit is not None and hit[0] == xb.data.ptr and hit[1] == xb.shape:
+            stats, rows = hit[2], hit[3]
+        else:
+            rows = STAT_ROWS
+            stats = xp.empty((-(-m // rows), 2, c), dtype=np.float32)
+            self._launch(self._k(xb.dtype)("nhwc_stats"), (stats.shape[0],),
+                         (xb, np.int32(m), np.int32(c), np.int32(rows), stats))
+        chunks, per_rank, total = stats.shape[0], stats.shape[0], m
+        if self.bn_comm is not None:          # every rank's chunks, merged as one batch
+            stats = self.bn_comm.allgather(stats).reshape(-1, 2, c)
+            chunks, total = stats.shape[0], m * self.bn_comm.world_size
+        buf = xp.empty(6 * c, dtype=np.float32)
+        mean_, invstd_, scale, shift, bmean, bvar = (buf[i * c:(i + 1) * c] for i in range(6))
+        if running is None:
+            run_mean, run_var, mom = xp.zeros(c, dtype=gamma.dtype), xp.ones(c, dtype=gamma.dtype), 0.0
+        else:
+            run_mean, run_var, mom = running
+        self._launch(self._k(np.float32)("bn_merge_stats"), (-(-c // 32),),
+                     (stats, np.int32(chunks), np.int32(per_rank), np.int32(rows), np.int32(m), np.int32(c), gamma,
+                      beta, run_mean, run_var, np.float64(eps), np.float64(mom), np.float64(total / (total - 1)),
+                      mean_, invstd_, scale, shift, bmean, bvar))
+        yb = xp.empty_like(xb)
+        res = self._nhwc(residual) if residual is not None else None
+        self._launch(self._k(xb.dtype)("bn_apply_nhwc"), grid1(xb.size // 8),
+                     (xb, res if res is not None else NULL, scale, shift, yb, np.int64(xb.size), np.int32(c),
+                      np.int32(relu)))
+        return self._view(yb), bmean, bvar, (xb, mean_, invstd_, gamma, yb if relu else None, residual is not None)
+
+    def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps, relu=False, residual=None):
+        xp = self.xp
+        xb = self._nhwc(x)
+        c = xb.shape[3]
+        scale = (gamma / xp.sqrt(running_var + eps)).astype(np.float32)
+        shift = (beta - running_mean * scale).astype(np.float32)
+        yb = xp.empty_like(xb)
+        res = self._nhwc(residual) if residual is not None else None
+        self._launch(self._k(xb.dtype)("bn_apply_nhwc"), grid1(xb.size // 8),
+                     (xb, res if res is not None else NULL, scale, shift, yb, np.int64(xb.size), np.int32(c),
+                      np.int32(relu)))
+        return self._view(yb)
+
+    def _bn_backward(self, dy, cache, dgamma, dbeta, accumulate):
+        xp = self.xp
+        xb, mean_, invstd_, gamma, yb, has_res = cache
+        c = xb.shape[3]
+        m = xb.size // c
+        dyb = self._nhwc(dy)
+        k = self._k(dyb.dtype)
+        s = -(-m // BWD_ROWS)
+        p = xp.empty(2 * c * s + 3 * c, dtype=np.float32)
+        p1, p2, coef = p[:c * s], p[c * s:2 * c * s], p[2 * c * s:]
+        self._launch(k("bn_bwd_sums_nhwc"), (s,),
+                     (dyb, xb, yb if yb is not None else NULL, mean_, np.int32(m), np.int32(c), np.int32(BWD_ROWS), p1,
+                      p2))
+        coeffs = self._k(np.float32)("bn_grad_coeffs_nhwc")
+        self._launch(coeffs, (-(-c // 32),),
+                     (p1, p2, np.int32(c), np.int32(s), np.int32(m), gamma, mean_, invstd_, dgamma, dbeta, coef,
+                      np.int32(accumulate)))
+        if self.bn_comm is not None:
+            self._synced_bn_coeffs(coeffs, (-(-c // 32),), p1, p2, c, s, m, gamma, mean_, invstd_, coef)
+        dx = xp.empty_like(xb)
+        dres = xp.empty_like(xb) if has_res else None
+        self._launch(k("bn_bwd_apply_nhwc"), grid1(xb.size // 8),
+                     (dyb, xb, yb if yb is not None else NULL, coef, dx, dres if has_res else NULL, np.int64(xb.size),
+                      np.int32(c)))
+        return self._view(dx), (self._view(dres) if has_res else None)
+
+    # ------------------------------------------------------------------ pooling
+    def maxpool2d_forward(self, x, k, stride, pad):
+        n, c, h, w = x.shape
+        if not (k == 2 and stride == 2 and pad == 0 and h % 2 == 0 and w % 2 == 0):
+            raise ValueError("the channels-last backend pools 2x2 windows with stride 2 over even sizes")
+        xb = self._nhwc(x)
+        y = self.xp.empty((n, h // 2, w // 2, c), dtype=xb.dtype)
+        idx = self.xp.empty(y.shape, dtype=np.uint8)
+        self._launch(self._k(xb.dtype)("maxpool2x2_nhwc_forward"), grid1(y.size),
+                     (xb, y, idx, np.int32(n), np.int32(h), np.int32(w), np.int32(c)))
+        return self._view(y), ("2x2nhwc", idx, (n, c, h, w))
+
+    def maxpool2d_backward(self, dy, cache):
+        _, idx, (n, c, h, w) = cache
+        if dy.dtype != self.half:
+            dy = dy.astype(self.half)
+        dx = self.xp.empty((n, h, w, c), dtype=dy.dtype)
+        it = dy.itemsize
+        sn, sc, sh, sw = (st // it for st in dy.strides)
+        self._launch(self._k(dy.dtype)("maxpool2x2_nhwc_backward"), grid1(idx.size),
+                     (dy, np.int64(sn), np.int64(sc), np.int64(sh), np.int64(sw), idx, dx, np.int32(n), np.int32(h),
+                      np.int32(w), np.int32(c)))
+        return self._view(dx)
+
+    def global_avgpool_forward(self, x):
+        n, c, h, w = x.shape
+        xb = self._nhwc(x)
+        y = self.xp.empty((n, c), dtype=xb.dtype)
+        self._launch(self._k(xb.dtype)("avgpool_nhwc_forward"), grid1(n * c),
+                     (xb, y, np.int32(n), np.int32(h * w), np.int32(c)))
+        return y
+
+    def global_avgpool_backward(self, dy, x_shape):
+        n, c, h, w = x_shape
+        dy = self.xp.ascontiguousarray(dy, dtype=self.half)
+        dx = self.xp.empty((n, h, w, c), dtype=dy.dtype)
+        self._launch(self._k(dy.dtype)("avgpool_nhwc_backward"), grid1(dx.size),
+                     (dy, dx, np.int32(n), np.int32(h * w), np.int32(c)))
+        return self._view(dx)
+
+
+def make_cupy_backend(threads=None, precision="fp32", device=None, layout="auto", **options):
+    """backends.get("cupy", ...): the channels-last tensor-core backend for fp16 and bf16, the
+    channel-major im2col one (CupyBackend) for fp32 and tf32, or with layout="cnhw" for fp16."""
+    if layout not in ("auto", "nhwc", "cnhw"):
+        raise ValueError(f"layout {layout!r} is not one of: auto, nhwc, cnhw")
+    if precision in HALF_PRECISIONS and layout != "cnhw":
+        tune = options.pop("tune", True)
+        if options:
+            raise TypeError(f"unexpected options for the channels-last backend: {', '.join(options)}")
+        return CupyChannelsLastBackend(threads=threads, precision=precision, device=device, tune=tune)
+    if layout == "nhwc":
+        raise BackendUnavailable(f"the channels-last backend runs fp16 and bf16, not {precision}")
+    if precision == "bf16":
+        raise ValueError("bf16 runs in the channels-last layout only (layout auto or nhwc)")
+    return CupyBackend(threads=threads, precision=precision, device=device, **options)

@@ -1,0 +1,161 @@
+"""The tensor-core convolutions (scratch_nn/backends/conv_igemm.py) against a float64 reference on
+the GPU: forward (with its BatchNorm statistics), data gradient and weight gradient, for every
+convolution shape the two models have and sizes that are not tile multiples, in fp16 (both the
+sm_80 cp.async path and the sm_75 register-staged one) and bf16. Outputs are poisoned first; the
+error must stay within 2x what torch's own autocast convolution shows against float64 on the same
+inputs (and every value written). Skipped without a GPU, CuPy and torch."""
+import numpy as np
+import pytest
+
+cupy = pytest.importorskip("cupy")
+torch = pytest.importorskip("torch")
+try:
+    N_GPU = cupy.cuda.runtime.getDeviceCount()
+except Exception:
+    N_GPU = 0
+pytestmark = pytest.mark.skipif(N_GPU == 0 or not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+from scratch_nn.backends import conv_igemm as G  # noqa: E402
+
+# (N, C, F, H, k, s, p): the stem, the CNN's, every ResNet-18 shape, odd batches
+SHAPES = [
+    (7, 3, 64, 32, 3, 1, 1), (1, 3, 16, 32, 3, 1, 1), (7, 16, 32, 16, 3, 1, 1),
+    (7, 64, 64, 32, 3, 1, 1), (3, 64, 128, 32, 3, 2, 1), (7, 64, 128, 32, 1, 2, 0),
+    (1, 128, 128, 16, 3, 1, 1), (7, 128, 256, 16, 3, 2, 1), (5, 128, 256, 16, 1, 2, 0),
+    (7, 256, 256, 8, 3, 1, 1), (7, 256, 512, 8, 3, 2, 1), (7, 256, 512, 8, 1, 2, 0),
+    (9, 512, 512, 4, 3, 1, 1), (64, 64, 64, 32, 3, 1, 1), (64, 512, 512, 4, 3, 1, 1),
+]
+MODES = [("float16", True), ("float16", False), ("bfloat16", True)]
+POISON = 0x7e00        # a half NaN (and a bf16 NaN-ish pattern): anything unwritten shows
+
+
+def _kernels(storage, async_copy):
+    cc = int(cupy.cuda.Device().compute_capability)
+    if (storage == "bfloat16" or async_copy) and cc < 80:
+        pytest.skip("needs compute capability 8.0+")
+    key = (storage, async_copy)
+    if key not in _CACHE:
+        sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+        _CACHE[key] = G.ConvKernels(cupy, storage, async_copy, sms)
+    return _CACHE[key]
+
+
+_CACHE = {}
+
+
+def to_bits(a, storage):
+    """float array -> 16-bit storage bits (uint16), rounded to nearest even."""
+    a = np.asarray(a, np.float32)
+    if storage == "float16":
+        return a.astype(np.float16).view(np.uint16)
+    u = a.view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def from_bits(b, storage):
+    b = cupy.asnumpy(b) if isinstance(b, cupy.ndarray) else b
+    if storage == "float16":
+        return b.view(np.float16).astype(np.float64)
+    return (b.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def ref_conv(x, w, s, p):
+    """float64 NHWC x (N, H, W, C), w (F, C, k, k) -> (N, OH, OW, F), on the GPU."""
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).cuda()
+    wt = torch.from_numpy(w).cuda()
+    return torch.nn.functional.conv2d(xt, wt, stride=s, padding=p).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def ref_grads(x, w, dy, s, p):
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).cuda().requires_grad_()
+    wt = torch.from_numpy(w).cuda().requires_grad_()
+    y = torch.nn.functional.conv2d(xt, wt, stride=s, padding=p)
+    y.backward(torch.from_numpy(np.ascontiguousarray(dy.transpose(0, 3, 1, 2))).cuda())
+    return xt.grad.permute(0, 2, 3, 1).cpu().numpy(), wt.grad.cpu().numpy()
+
+
+def torch_autocast_errors(x, w, dy, s, p, storage, ref_y, ref_dx, ref_dw):
+    """torch's own channels-last autocast convolution's relative errors against float64."""
+    dt = torch.float16 if storage == "float16" else torch.bfloat16
+    torch.backends.cudnn.allow_tf32 = False
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).float().cuda()
+    xt = xt.to(memory_format=torch.channels_last).requires_grad_()
+    wt = torch.from_numpy(w).float().cuda().requires_grad_()
+    with torch.autocast("cuda", dtype=dt):
+        y = torch.nn.functional.conv2d(xt, wt, stride=s, padding=p)
+    y.backward(torch.from_numpy(np.ascontiguousarray(dy.transpose(0, 3, 1, 2))).to(dt).cuda())
+    ty = y.float().permute(0, 2, 3, 1).detach().cpu().numpy()
+    tdx = xt.grad.permute(0, 2, 3, 1).cpu().numpy()
+    tdw = wt.grad.cpu().numpy()
+    return rel(ty, ref_y), rel(tdx, ref_dx), rel(tdw, ref_dw)
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _case(shape, storage, seed):
+    n, c, f, h, k, s, p = shape
+    r = np.random.default_rng(seed)
+    cp = max(16, -(-c // 8) * 8) if c % 16 else c       # the stem's channels padded to 16
+    x = np.zeros((n, h, h, cp), np.float32)
+    x[..., :c] = r.standard_normal((n, h, h, c))
+    w = (r.standard_normal((f, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
+    oh = (h + 2 * p - k) // s + 1
+    dy = r.standard_normal((n, oh, oh, f)).astype(np.float32)
+    # the values the kernels see: rounded to the storage type
+    xq = from_bits(to_bits(x, storage), storage)
+    wq = from_bits(to_bits(w, storage), storage).reshape(w.shape)
+    dyq = from_bits(to_bits(dy, storage), storage)
+    return x, w, dy, xq, wq, dyq, cp, oh
+
+
+@pytest.mark.parametrize("storage,async_copy", MODES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N{}C{}F{}H{}k{}s{}".format(*s[:6]))
+def test_forward_dgrad_wgrad_match_float64(shape, storage, async_copy):
+    n, c, f, h, k, s, p = shape
+    K = _kernels(storage, async_copy)
+    x, w, dy, xq, wq, dyq, cp, oh = _case(shape, storage, seed=hash(shape) % 2**31)
+    wpad = np.zeros((f, cp, k, k)); wpad[:, :c] = wq
+    ref_y = ref_conv(xq, wpad, s, p)
+    ref_dx, ref_dw = ref_grads(xq, wpad, dyq, s, p)
+    ref_dx, ref_dw = ref_dx[..., :c], ref_dw[:, :c]
+    ty, tdx, tdw = torch_autocast_errors(xq[..., :c], wq, dyq, s, p, storage, ref_y, ref_dx, ref_dw)
+
+    xd = cupy.asarray(to_bits(x, storage))
+    wd32 = cupy.asarray(w)
+    wp = K.pack_forward(wd32, cp=cp)
+    y = cupy.full((n, oh, oh, f), POISON, np.uint16)
+    _, stats, bm = K.forward(xd, wp, k, s, p, stats=True, out=y)
+    m_tiles = stats.shape[0]
+    got_y = from_bits(y, storage)
+    assert np.all(np.isfinite(got_y)), "unwritten or non-finite outputs"
+    assert rel(got_y, ref_y) <= 2 * ty + 1e-6, (rel(got_y, ref_y), ty)
+
+    # statistics: per-tile (mean, M2) merged (Chan) must give the rounded outputs' mean and variance
+    st = cupy.asnumpy(stats).astype(np.float64)
+    rows = np.minimum(bm, n * oh * oh - bm * np.arange(m_tiles))
+    mean = (st[:, 0] * rows[:, None]).sum(0) / rows.sum()
+    m2 = st[:, 1].sum(0) + ((st[:, 0] - mean) ** 2 * rows[:, None]).sum(0)
+    yy = got_y.reshape(-1, f)
+    np.testing.assert_allclose(mean, yy.mean(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(m2 / rows.sum(), yy.var(0), rtol=1e-3, atol=1e-5)
+
+    dyd = cupy.asarray(to_bits(dy, storage))
+    if c >= 16:         # the stem needs no data gradient
+        wdg = K.pack_dgrad(wd32)
+        dx = cupy.full((n, h, h, c), POISON, np.uint16)
+        K.dgrad(dyd, wdg, k, s, p, (h, h), out=dx)
+        got_dx = from_bits(dx, storage)
+        assert np.all(np.isfinite(got_dx))
+        assert rel(got_dx, ref_dx) <= 2 * tdx + 1e-6, (rel(got_dx, ref_dx), tdx)
+
+    dw = cupy.full((f, c, k, k), np.nan, np.float32)
+    K.wgrad(dyd, xd, k, s, p, dw, creal=c)
+    got_dw = cupy.asnumpy(dw)
+    assert np.all(np.isfinite(got_dw))
+    assert rel(got_dw, ref_dw) <= 2 * tdw + 1e-6, (rel(got_dw, ref_dw), tdw)
+    # accumulate adds, and a second run repeats bitwise (fixed-order reduction)
+    K.wgrad(dyd, xd, k, s, p, dw, accumulate=True, creal=c)
+    np.testing.assert_array_equal(cupy.asnumpy(dw), 2 * got_dw)

@@ -1,0 +1,130 @@
+"""The index arithmetic of the tensor-core convolutions, checked on the CPU: a NumPy emulation
+of what cuda/conv_igemm.cu computes (the tap tables of conv_igemm.py, the gather at
+(i * s + dh, j * s + dw), the sub-pixel classes of the stride-2 data gradient written at
+(i * os + ph, j * os + pw), the weight packings, the wgrad gather) against torch's float64
+convolution and its gradients, for every convolution shape of the two models."""
+import numpy as np
+import pytest
+
+from scratch_nn.backends import conv_igemm as G
+
+torch = pytest.importorskip("torch")
+
+SHAPES = [(2, 3, 16, 8, 3, 1, 1), (2, 16, 32, 8, 3, 1, 1), (3, 8, 16, 8, 3, 2, 1), (2, 8, 16, 8, 1, 2, 0),
+          (1, 8, 8, 4, 3, 1, 1), (2, 8, 16, 4, 3, 2, 1), (1, 8, 8, 6, 1, 1, 0)]
+
+
+def pack(w, for_dgrad, cp=None):
+    """cuda/conv_igemm.cu's pack_weights, index for index."""
+    f, c, kh, kw = w.shape
+    taps, cp = kh * kw, cp or c
+    total = c * taps * f if for_dgrad else f * taps * cp
+    out = np.zeros(total)
+    flat = w.reshape(-1)
+    for q in range(total):
+        if for_dgrad:
+            cc, r = divmod(q, taps * f)
+            t, ff = divmod(r, f)
+        else:
+            ff, r = divmod(q, taps * cp)
+            t, cc = divmod(r, cp)
+        out[q] = flat[(ff * c + cc) * taps + t] if cc < c else 0.0
+    return out.reshape((c, taps, f) if for_dgrad else (f, taps, cp))
+
+
+def igemm(x, wp, table, grid_hw, s, out_hw, os_):
+    """conv_igemm: for each class z and tap t, out[n, i*os+ph, j*os+pw, :] += x[n, i*s+dh, j*s+dw, :] @ wp[:, idx, :]^T."""
+    n, h, w, c = x.shape
+    f = wp.shape[0]
+    ohc, owc = grid_hw
+    y = np.full((n, out_hw[0], out_hw[1], f), np.nan)
+    ii, jj = np.meshgrid(np.arange(ohc), np.arange(owc), indexing="ij")
+    for z in range(table.shape[0]):
+        ph, pw = z >> 1, z & 1
+        acc = np.zeros((n, ohc, owc, f))
+        for t in range(table[z, 0]):
+            dh, dw, idx = table[z, 1 + 3 * t:4 + 3 * t]
+            ih, iw = ii * s + dh, jj * s + dw
+            ok = (ih >= 0) & (ih < h) & (iw >= 0) & (iw < w)
+            a = np.where(ok[None, :, :, None], x[:, np.clip(ih, 0, h - 1), np.clip(iw, 0, w - 1), :], 0.0)
+            acc += a @ wp[:, idx, :].T
+        y[:, ii * os_ + ph, jj * os_ + pw, :] = acc
+    return y
+
+
+def wgrad(dy, x, k, s, p):
+    """conv_wgrad + wgrad_reduce: dW[f, c, kh, kw] = sum_m dY[m, f] * X[n, oh*s-p+kh, ow*s-p+kw, c]."""
+    n, oh, ow, f = dy.shape
+    _, h, w, c = x.shape
+    out = np.zeros((f, c, k, k))
+    o_h, o_w = np.meshgrid(np.arange(oh), np.arange(ow), indexing="ij")
+    for kh in range(k):
+        for kw in range(k):
+            ih, iw = o_h * s - p + kh, o_w * s - p + kw
+            ok = (ih >= 0) & (ih < h) & (iw >= 0) & (iw < w)
+            xt = np.where(ok[None, :, :, None], x[:, np.clip(ih, 0, h - 1), np.clip(iw, 0, w - 1), :], 0.0)
+            out[:, :, kh, kw] = dy.reshape(-1, f).T @ xt.reshape(-1, c)
+    return out
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_emulated_kernels_match_torch_float64(shape):
+    n, c, f, h, k, s, p = shape
+    r = np.random.default_rng(sum(shape))
+    cp = 16 if c % 16 else c
+    x = np.zeros((n, h, h, cp))
+    x[..., :c] = r.standard_normal((n, h, h, c))
+    w = r.standard_normal((f, c, k, k))
+    xt = torch.from_numpy(np.ascontiguousarray(x[..., :c].transpose(0, 3, 1, 2))).requires_grad_()
+    wt = torch.from_numpy(w).requires_grad_()
+    yt = torch.nn.functional.conv2d(xt, wt, stride=s, padding=p)
+    oh = yt.shape[2]
+    dy = r.standard_normal((n, oh, oh, f))
+    yt.backward(torch.from_numpy(np.ascontiguousarray(dy.transpose(0, 3, 1, 2))))
+
+    y = igemm(x, pack(w, False, cp), G.taps_forward(k, s, p), (oh, oh), s, (oh, oh), 1)
+    np.testing.assert_allclose(y, yt.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-10, atol=1e-10)
+
+    wd = pack(w, True)
+    table = G.taps_dgrad(k, s, p)
+    if s == 1:
+        dx = igemm(dy, wd, table, (h, h), 1, (h, h), 1)
+    else:
+        dx = igemm(dy, wd, table, (h // 2, h // 2), 1, (h, h), 2)
+    np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-10, atol=1e-10)
+
+    np.testing.assert_allclose(wgrad(dy, x, k, s, p)[:, :c], wt.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("k,s,p", [(3, 1, 1), (3, 2, 1), (1, 2, 0), (1, 1, 0)])
+def test_the_data_gradient_classes_use_every_tap_once(k, s, p):
+    t = G.taps_dgrad(k, s, p)
+    used = sorted(int(t[z, 3 + 3 * i]) for z in range(t.shape[0]) for i in range(t[z, 0]))
+    assert used == list(range(k * k))
+    assert all(t[z, 28] == k * k for z in range(t.shape[0]))
+
+
+def test_tiles_exist_for_every_model_shape_on_both_paths():
+    for f, c in ((64, 16), (64, 64), (128, 64), (128, 128), (256, 128), (256, 256), (512, 256), (512, 512),
+                 (16, 16), (32, 16)):
+        for async_copy in (True, False):
+            for a, b in ((f, c), (c, f)):          # forward: F over C; data gradient: C over F
+                cands = G.igemm_candidates(a, b, async_copy)
+                assert cands and G.igemm_default(a, b, async_copy) in cands
+                assert all(b % cfg[2] == 0 for cfg in cands)
+                if not async_copy:
+                    assert all(G.igemm_smem(cfg, False) + G.igemm_static_smem(cfg) <= G.T4_SMEM for cfg in cands)
+            kcols = 9 * c
+            wc = G.wgrad_candidates(f, kcols, async_copy)
+            assert wc and all(kcols % cfg[1] == 0 for cfg in wc) and G.wgrad_default(f, kcols, async_copy) in wc
+    names = G.name_expressions(0, False)
+    assert len(names) == len(set(names)) and all(", 2, false>" in n for n in names if n.startswith("conv_"))
+
+
+def test_fast_division_is_exact():
+    r = np.random.default_rng(0)
+    for d in list(range(1, 70)) + [256, 1024, 4096, 65536, 12345, 2**20 + 7]:
+        mul, sh = G.fast_divisor(d)
+        ns = np.concatenate([r.integers(0, 2**31, 2000), np.arange(0, 3 * d), [2**31 - 1, 2**31 - d]])
+        for n in ns.tolist():
+            assert (n * mul) >> sh == n // d and n * mul < 2**64, (d, n)
