@@ -187,6 +187,7 @@ class ConvKernels:
         self._fn = {}
         self._tables = {}
         self.choices = {}           # (pass, shape...) -> tile
+        self._wgrad_plans = {}      # wgrad shape -> its chunking
 
     def _kernel(self, name, smem=0):
         fn = self._fn.get(name)
@@ -202,11 +203,14 @@ class ConvKernels:
             t = self._tables[key] = self.xp.asarray(make())
         return t
 
-    def _pick(self, key, cands, default, run):
-        """The tile for `key`: measured once over `cands` (run(cfg) launches one), else `default`."""
+    def _pick(self, key, options, run):
+        """The tile for `key`: measured once over the candidates (run(cfg) launches one), else
+        the default; options() -> (candidates, default) runs only while no choice is cached, so
+        a step's launches cost a dictionary lookup of host time."""
         cfg = self.choices.get(key)
         if cfg is not None:
             return cfg
+        cands, default = options()
         cupy = self.xp
         if len(cands) == 1 or not self.tune or cupy.cuda.get_current_stream().is_capturing():
             return default
@@ -290,12 +294,14 @@ class ConvKernels:
             self._igemm(cfg, x, wp, y, table, f, (oh, ow), s, (oh, ow), 1, bias, relu, st)
             holder["st"] = st
 
-        cands = igemm_candidates(f, c, self.async_copy)
-        if stats:       # the statistics' chunks follow the tile rows: keep them one size, so a run repeats bitwise
-            cands = [cfg for cfg in cands if cfg[0] == STATS_ROWS] or cands[:1]
-        default = igemm_default(f, c, self.async_copy)
-        cfg = self._pick(("forward", n, h, w, c, f, k, s, p, bool(stats)), cands,
-                         default if default in cands else cands[0], run)
+        def options():
+            cands = igemm_candidates(f, c, self.async_copy)
+            if stats:   # the statistics' chunks follow the tile rows: keep them one size, so a run repeats bitwise
+                cands = [cfg for cfg in cands if cfg[0] == STATS_ROWS] or cands[:1]
+            default = igemm_default(f, c, self.async_copy)
+            return cands, default if default in cands else cands[0]
+
+        cfg = self._pick(("forward", n, h, w, c, f, k, s, p, bool(stats)), options, run)
         run(cfg)
         return (y, holder["st"], cfg[0]) if stats else y
 
@@ -316,10 +322,20 @@ class ConvKernels:
         def run(cfg):
             self._igemm(cfg, dy, wd, dx, table, c, grid_hw, 1, (h, w), os_, None, False, None)
 
-        cfg = self._pick(("dgrad", n, oh, ow, f, c, k, s, p), igemm_candidates(c, f, self.async_copy),
-                         igemm_default(c, f, self.async_copy), run)
+        cfg = self._pick(("dgrad", n, oh, ow, f, c, k, s, p),
+                         lambda: (igemm_candidates(c, f, self.async_copy), igemm_default(c, f, self.async_copy)), run)
         run(cfg)
         return dx
+
+    def _wgrad_plan(self, m, f, kcols, oh, ow):
+        """(chunks, positions a chunk, fdiv pair of OH*OW, of OW). The chunks depend on the shape
+        alone (the default tile's count), not on the tile a measurement picks: every tile then
+        adds the same partial sums in the same order, and a run repeats bitwise whichever won."""
+        ref = wgrad_default(f, kcols, self.async_copy)
+        tiles = -(-f // ref[0]) * (kcols // ref[1])
+        chunks = max(1, min(-(-4 * self.sms // tiles), -(-m // WGRAD_BK), WGRAD_WS_BYTES // max(1, 4 * f * kcols)))
+        chunk = -(-(-(-m // chunks)) // WGRAD_BK) * WGRAD_BK
+        return -(-m // chunk), chunk, fast_divisor(oh * ow), fast_divisor(ow)
 
     def wgrad(self, dy, x, k, s, p, out, accumulate=False, creal=None):
         """out (F, Creal, k, k) fp32 (+)= the weight gradient from dy (N, OH, OW, F) and the
@@ -329,17 +345,12 @@ class ConvKernels:
         _, h, w, c = x.shape
         creal = creal or c
         m, kcols = n * oh * ow, k * k * c
-        mul_hw, sh_hw = fast_divisor(oh * ow)
-        mul_w, sh_w = fast_divisor(ow)
+        key = ("wgrad", n, h, w, c, f, k, s, p)
+        plan = self._wgrad_plans.get(key)
+        if plan is None:
+            plan = self._wgrad_plans[key] = self._wgrad_plan(m, f, kcols, oh, ow)
+        chunks, chunk, (mul_hw, sh_hw), (mul_w, sh_w) = plan
         holder = {}
-        # the chunks of positions depend on the shape alone (the default tile's count), not on
-        # the tile a measurement picks: every tile then adds the same partial sums in the same
-        # order, and a run repeats bitwise whichever tile won
-        ref = wgrad_default(f, kcols, self.async_copy)
-        tiles = -(-f // ref[0]) * (kcols // ref[1])
-        chunks = max(1, min(-(-4 * self.sms // tiles), -(-m // WGRAD_BK), WGRAD_WS_BYTES // max(1, 4 * f * kcols)))
-        chunk = -(-(-(-m // chunks)) // WGRAD_BK) * WGRAD_BK
-        chunks = -(-m // chunk)
 
         def run(cfg):
             bm, bn, wm, wn, _ = cfg
@@ -352,8 +363,8 @@ class ConvKernels:
                  np.uint64(mul_hw), np.int32(sh_hw), np.uint64(mul_w), np.int32(sh_w)), shared_mem=smem)
             holder["ws"] = ws
 
-        cfg = self._pick(("wgrad", n, h, w, c, f, k, s, p), wgrad_candidates(f, kcols, self.async_copy),
-                         wgrad_default(f, kcols, self.async_copy), run)
+        cfg = self._pick(key, lambda: (wgrad_candidates(f, kcols, self.async_copy),
+                                       wgrad_default(f, kcols, self.async_copy)), run)
         run(cfg)
         ws = holder["ws"]
         total = f * kcols

@@ -148,7 +148,6 @@ class CupyBackend(Backend):
 
         self._gemm = Gemm(cupy)
         self._tf32 = precision == "tf32"
-        self.fp16 = precision == "fp16"
         self.half = half_dtype(precision, cupy)          # the 16-bit activation dtype, or None
         self.mixed = self.half is not None
         self._half_kind = np.int32(1 if precision == "bf16" else 0)
