@@ -56,6 +56,12 @@ def main(argv=None):
     ad, xb, step = K.scratch_step(model, batch, precision)
     print(f"{model} b{batch} {precision}: {step * 1e3:.2f} ms/step, {batch / step:.0f} img/s (eager, no sync)")
     print(K.kernel_table(ad, xb))
+    try:
+        import torch  # noqa: F401  (its profiler reads CUPTI)
+    except ImportError:
+        print("(no torch here: no GPU time per kernel)")
+    else:
+        print("\n".join(K.gpu_kernel_table(ad, xb)))
     total_ms, lines = K.gemm_shapes(ad, xb)
     print(f"GEMMs: {total_ms:.2f} ms/step")
     print("\n".join(lines))

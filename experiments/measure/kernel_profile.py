@@ -72,6 +72,30 @@ def kernel_table(ad, batch, steps=5):
     return prof.table(steps)
 
 
+def gpu_kernel_table(ad, batch, steps=5, rows=30):
+    """GPU time per kernel of `steps` unsynchronised scratch steps, as the GPU ran them: CUPTI
+    (through torch.profiler) sees every kernel of the process, CuPy's included, so no host
+    time or launch latency is counted. Lines: ms per step and share per kernel name."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ad.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as p:
+        for _ in range(steps):
+            ad.train_step(*batch)
+        ad.synchronize()
+    times, calls = {}, {}
+    for avg in p.key_averages():
+        if avg.self_device_time_total > 0:     # a kernel, a copy or a memset (only CUDA activity is traced)
+            times[avg.key] = avg.self_device_time_total / 1e3
+            calls[avg.key] = avg.count
+    total = sum(times.values())
+    lines = [f"GPU time per kernel (CUPTI, {steps} steps unsynchronised): {total / steps:.2f} ms/step",
+             f"{'kernel':64s} {'ms/step':>8s} {'share':>6s} {'calls':>6s}"]
+    for name, ms in sorted(times.items(), key=lambda kv: -kv[1])[:rows]:
+        lines.append(f"{name[:64]:64s} {ms / steps:8.3f} {100 * ms / total:5.1f}% {calls[name] / steps:6.1f}")
+    return lines
+
+
 def gemm_shapes(ad, batch, steps=3, top=14):
     """(ms of GEMMs a step, lines of the slowest GEMM shapes with their TFLOP/s), each GEMM
     timed between events around it."""

@@ -10,6 +10,7 @@ import time
 
 from ..cli import UsageError, choice
 from .recipes import RECIPES, resolve as resolve_recipe
+from .torch_adapter import MEMORY_FORMATS
 
 IMPLS = ("scratch", "torch")
 BACKENDS = ("numpy", "numba", "cupy")
@@ -43,6 +44,10 @@ def validate(a):
         if a.backend is not None:
             raise UsageError(f"--backend {a.backend} is for --impl scratch; torch runs choose --device cpu|cuda")
         a.device = choice(a.device or "cpu", DEVICES, "--device")
+    if a.impl == "torch":
+        a.memory_format = choice(a.memory_format or "nchw", MEMORY_FORMATS, "--memory-format")
+    elif a.memory_format is not None:
+        raise UsageError("--memory-format is for --impl torch: scratch picks its layout per backend and precision")
     if a.checkpoint_every < 0:
         raise UsageError("--checkpoint-every must be >= 0")
     for name in ("epochs", "batch_size", "eval_every", "log_every", "max_steps", "train_subset", "test_subset",
@@ -129,7 +134,8 @@ def make_adapter(a):
         if a.device == "cuda" and not torch.cuda.is_available():
             raise UsageError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu")
         try:
-            return build("torch", device=a.device, dist=a.dist, sync_bn=a.sync_bn, **common)
+            return build("torch", device=a.device, dist=a.dist, sync_bn=a.sync_bn, memory_format=a.memory_format,
+                         **common)
         except ValueError as e:     # a precision this GPU lacks (tf32 / bf16 below compute capability 8.0)
             raise UsageError(str(e)) from None
     from scratch_nn.backends.nccl import NcclUnavailable
@@ -329,6 +335,9 @@ def execute(a, ds, adapter, train_loader, test_loader, resume=None):
         message += f"; the last good checkpoint is {last_ckpt} (--resume {folder.dir})"
     summary = S.build_summary(a, cfg, ds, state, sampler.summary(), status, wall_s=time.perf_counter() - t0)
     summary["checkpoint"] = last_ckpt
+    tiles = getattr(getattr(adapter, "be", None), "conv_choices", None)
+    if tiles is not None:       # chosen by measurement during the run, so known only now
+        summary["conv_tiles"] = tiles()
     runs_csv = a.runs_csv or os.path.join(os.path.dirname(os.path.abspath(a.out)), "runs.csv")
     S.add_scaling(summary, records.read_runs(runs_csv))
     records.write_json(folder.path("summary.json"), summary)

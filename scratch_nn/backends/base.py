@@ -231,6 +231,11 @@ class Backend:
         bgrad += dbeta
         return dx, dres
 
+    def add_(self, a, b):
+        """a += b in place (a residual block's two input gradients); returns a."""
+        a += b
+        return a
+
     # ------------------------------------------------------------------ activations
     def relu_forward(self, x):
         return self.xp.maximum(x, 0)

@@ -10,6 +10,8 @@ of compiled instantiations is `CONFIGS`. `async_copy=False` runs the sm_75 varia
 staged double buffering and m16n8k8 mma), what a T4 gets; the environment variable
 SCRATCH_NN_SM75=1 forces it on newer GPUs (the backend then refuses tf32 and bf16, as a T4 does).
 """
+import contextlib
+
 import numpy as np
 
 from .cuda_kernels import CONV_FILES, compile_module, source
@@ -22,17 +24,20 @@ WGRAD_BK = 32                  # positions per wgrad stage
 WGRAD_WS_BYTES = 96 * 2**20    # at most this much fp32 partial workspace per wgrad
 T4_SMEM = 64 * 1024            # the most dynamic shared memory a block may take on sm_75
 STATS_ROWS = 128               # output positions per BatchNorm-statistics chunk of a forward
+STATS_WARP_ROWS = 2            # ... split over this many warp rows (the order the epilogue adds them in)
 
 # conv_igemm tiles (BM, BN, BK, WM, WN, STAGES): BM output positions by BN channels, BK
 # channels a K step, WM x WN warps, STAGES cp.async stages (sm_75: two register-staged buffers)
 IGEMM_CONFIGS = [(128, 128, 32, 2, 2, 4), (128, 128, 32, 2, 4, 4), (128, 256, 32, 2, 4, 3), (256, 128, 32, 4, 2, 3),
                  (128, 64, 32, 2, 2, 4), (256, 64, 32, 4, 1, 3), (64, 64, 32, 2, 2, 4), (128, 64, 64, 2, 2, 3),
                  (128, 64, 16, 2, 2, 4), (128, 128, 16, 2, 2, 4), (128, 32, 32, 4, 1, 4),
-                 (128, 32, 16, 4, 1, 4), (128, 16, 16, 4, 1, 4), (256, 64, 16, 4, 1, 4)]
+                 (128, 32, 16, 4, 1, 4), (128, 16, 16, 4, 1, 4), (256, 64, 16, 4, 1, 4),
+                 (128, 64, 32, 4, 2, 4), (128, 64, 64, 4, 2, 3), (128, 128, 32, 4, 2, 4)]
 # conv_wgrad tiles (BM, BN, WM, WN, STAGES): BM output channels by BN of the taps * C columns
 WGRAD_CONFIGS = [(128, 128, 2, 2, 4), (128, 256, 2, 4, 3), (128, 64, 2, 2, 4), (64, 64, 2, 2, 4), (64, 128, 2, 2, 4),
                  (64, 192, 2, 2, 3), (64, 48, 2, 1, 4), (64, 16, 2, 1, 4), (32, 48, 2, 1, 4), (32, 32, 2, 1, 4),
-                 (32, 16, 2, 1, 4), (16, 48, 1, 1, 4), (16, 16, 1, 1, 4), (16, 32, 1, 1, 4)]
+                 (32, 16, 2, 1, 4), (16, 48, 1, 1, 4), (16, 16, 1, 1, 4), (16, 32, 1, 1, 4),
+                 (64, 192, 2, 4, 3), (128, 192, 2, 4, 3)]
 
 
 def _stages(cfg, async_copy):
@@ -143,6 +148,14 @@ def igemm_candidates(f, c, async_copy=True):
     return [cfg for cfg in out if cfg[1] == widest or cfg[1] >= min(f, 128)]
 
 
+def stats_tiles(cands):
+    """The tiles a forward that writes BatchNorm statistics may take: the statistics' chunks
+    follow the tile's rows and each chunk's sums go thread, lanes, then warp rows, so only
+    tiles of one BM and one warp-row count add them in one order; any of them gives the same
+    bits, and a run repeats bitwise whichever a measurement picked."""
+    return [cfg for cfg in cands if cfg[0] == STATS_ROWS and cfg[3] == STATS_WARP_ROWS] or cands[:1]
+
+
 def igemm_default(f, c, async_copy=True):
     """The tile taken without measuring (inside a CUDA-graph capture, before any tuning)."""
     cands = igemm_candidates(f, c, async_copy)
@@ -187,6 +200,7 @@ class ConvKernels:
         self._fn = {}
         self._tables = {}
         self.choices = {}           # (pass, shape...) -> tile
+        self._pin = None            # a tile every launch takes (pinned())
         self._wgrad_plans = {}      # wgrad shape -> its chunking
 
     def _kernel(self, name, smem=0):
@@ -207,6 +221,10 @@ class ConvKernels:
         """The tile for `key`: measured once over the candidates (run(cfg) launches one), else
         the default; options() -> (candidates, default) runs only while no choice is cached, so
         a step's launches cost a dictionary lookup of host time."""
+        if self._pin is not None:
+            if self._pin not in options()[0]:
+                raise ValueError(f"tile {self._pin} cannot run {key}")
+            return self._pin
         cfg = self.choices.get(key)
         if cfg is not None:
             return cfg
@@ -228,6 +246,16 @@ class ConvKernels:
                 best, best_ms = cand, ms
         self.choices[key] = best
         return best
+
+    @contextlib.contextmanager
+    def pinned(self, cfg):
+        """Inside the block every launch of the pass cfg belongs to takes tile cfg, measured
+        choices aside (the tests run each compiled tile this way)."""
+        self._pin = tuple(cfg)
+        try:
+            yield self
+        finally:
+            self._pin = None
 
     # -------------------------------------------------------------- packing
     def pack_forward(self, w, cp=None, out=None):
@@ -296,8 +324,8 @@ class ConvKernels:
 
         def options():
             cands = igemm_candidates(f, c, self.async_copy)
-            if stats:   # the statistics' chunks follow the tile rows: keep them one size, so a run repeats bitwise
-                cands = [cfg for cfg in cands if cfg[0] == STATS_ROWS] or cands[:1]
+            if stats:
+                cands = stats_tiles(cands)
             default = igemm_default(f, c, self.async_copy)
             return cands, default if default in cands else cands[0]
 
@@ -329,9 +357,12 @@ class ConvKernels:
 
     def _wgrad_plan(self, m, f, kcols, oh, ow):
         """(chunks, positions a chunk, fdiv pair of OH*OW, of OW). The chunks depend on the shape
-        alone (the default tile's count), not on the tile a measurement picks: every tile then
-        adds the same partial sums in the same order, and a run repeats bitwise whichever won."""
-        ref = wgrad_default(f, kcols, self.async_copy)
+        alone, not on the tile a measurement picks: every tile then adds the same partial sums
+        in the same order, and a run repeats bitwise whichever won. They are counted for the
+        largest candidate tile (4 CTAs an SM of it), so that the big tiles, which read the least
+        per FLOP, still fill the GPU (counted for a small one, a 64 x 192 tile of a 64-channel
+        layer got 177 CTAs on 132 SMs and lost to 64 x 64)."""
+        ref = max(wgrad_candidates(f, kcols, self.async_copy), key=lambda cfg: (cfg[0] * cfg[1], cfg[1]))
         tiles = -(-f // ref[0]) * (kcols // ref[1])
         chunks = max(1, min(-(-4 * self.sms // tiles), -(-m // WGRAD_BK), WGRAD_WS_BYTES // max(1, 4 * f * kcols)))
         chunk = -(-(-(-m // chunks)) // WGRAD_BK) * WGRAD_BK

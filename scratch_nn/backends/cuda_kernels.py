@@ -90,10 +90,10 @@ STORAGE = {"float32": ("float", "float"), "float64": ("double", "double"), "floa
 _TEMPLATES_T = ["im2col", "col2im", "relu_backward", "maxpool2x2_forward",
                 "maxpool2x2_backward", "global_avgpool_forward", "global_avgpool_backward", "softmax_xent",
                 "bn_backward_apply", "nhwc_stats", "bn_bwd_sums_nhwc", "bn_bwd_apply_nhwc", "maxpool2x2_nhwc_forward",
-                "maxpool2x2_nhwc_backward", "avgpool_nhwc_forward", "avgpool_nhwc_backward"]
+                "maxpool2x2_nhwc_backward", "avgpool_nhwc_forward", "avgpool_nhwc_backward", "add_nhwc"]
 _TEMPLATES_TP = ["bias_relu", "bias_rows", "bn_stats", "bn_apply", "bn_grad_coeffs", "bn_apply_nhwc"]
 _TEMPLATES_P = ["sgd_update", "adam_update", "amp_check", "bn_merge_stats"]
-_PLAIN = ["set_scalars", "amp_update", "sum_partials", "bn_grad_coeffs_nhwc"]
+_PLAIN = ["set_scalars", "amp_update", "sum_partials", "bn_grad_coeffs_nhwc", "bn_merge_partial"]
 
 
 def name_expressions(storage):

@@ -218,8 +218,8 @@ class CupyBackend(Backend):
             ks = _KERNELS_BY_DTYPE[dtype] = kernels(np.dtype(dtype).name)
         return ks
 
-    def _launch(self, fn, grid, args):
-        fn(grid, (BLOCK,), args)
+    def _launch(self, fn, grid, args, block=BLOCK):
+        fn(grid, (block,), args)
         if self.debug_sync:   # SCRATCH_NN_CUDA_SYNC=1: find the launch that faults
             self.xp.cuda.Device().synchronize()
 
@@ -290,6 +290,20 @@ class CupyBackend(Backend):
     @staticmethod
     def _nchw(buf):
         return buf.transpose(1, 0, 2, 3)
+
+    BUFFER_AXES = (1, 0, 2, 3)      # an NCHW view -> the contiguous buffer behind it
+
+    def add_(self, a, b):
+        """a += b over the contiguous buffers behind the two NCHW views: CuPy walks a
+        non-contiguous view in its own index order, uncoalesced (0.86 ms instead of 0.05 for a
+        67 MB fp16 add on the H200)."""
+        if a.ndim == 4 and b.shape == a.shape and b.dtype == a.dtype:
+            ab, bb = a.transpose(self.BUFFER_AXES), b.transpose(self.BUFFER_AXES)
+            if ab.flags.c_contiguous and bb.flags.c_contiguous:
+                ab += bb
+                return a
+        a += b
+        return a
 
     def gemm(self, a, b, out=None, accumulate=False, out_dtype=None):
         """a @ b on cuBLAS (TF32 tensor cores in tf32 mode), optionally accumulated into out

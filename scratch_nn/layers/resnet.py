@@ -33,5 +33,4 @@ class BasicBlock(Module):
     def backward(self, dy, input_grad=True):
         d, dshortcut = self.bn2.backward(dy)
         dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(d)))
-        dx += self.downsample.backward(dshortcut) if self.downsample is not None else dshortcut
-        return dx
+        return self.be.add_(dx, self.downsample.backward(dshortcut) if self.downsample is not None else dshortcut)

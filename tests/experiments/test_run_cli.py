@@ -53,6 +53,16 @@ def test_end_to_end_writes_every_file_with_its_schema(tmp_path, impl):
     table = pd.read_csv(runs_csv)
     assert list(table.columns) == records.RUNS_COLUMNS and len(table) == 1
     assert table.impl[0] == impl[1] and table.dataset[0] == "synthetic"
+    assert summary["memory_format"] == ("nchw" if impl[1] == "torch" else None) and summary["cuda_graph"] is False
+
+
+def test_torch_trains_channels_last_when_asked(tmp_path):
+    pytest.importorskip("torch")
+    code, out, _ = run_cli(tmp_path, "--impl", "torch", "--memory-format", "channels-last")
+    assert code == 0
+    d = only_run_dir(out)
+    assert json.loads((d / "config.json").read_text())["memory_format"] == "channels-last"
+    assert json.loads((d / "summary.json").read_text())["memory_format"] == "channels-last"
 
 
 def test_same_seed_same_losses_on_both_implementations(tmp_path):
@@ -85,6 +95,8 @@ BAD = [
     (["--precision", "bf16", "--impl", "torch"], "GPU mode"),
     (["--cuda-graph"], "--cuda-graph"),
     (["--host-data"], "--host-data"),
+    (["--memory-format", "channels-last"], "--impl torch"),
+    (["--impl", "torch", "--memory-format", "nhwc"], "--memory-format"),
 ]
 
 

@@ -159,3 +159,55 @@ def test_forward_dgrad_wgrad_match_float64(shape, storage, async_copy):
     # accumulate adds, and a second run repeats bitwise (fixed-order reduction)
     K.wgrad(dyd, xd, k, s, p, dw, accumulate=True, creal=c)
     np.testing.assert_array_equal(cupy.asnumpy(dw), 2 * got_dw)
+
+
+# small shapes that every compiled tile can take as a candidate of (F wide enough, C a K-step multiple)
+TILE_SHAPES = [(7, 16, 16, 8, 3, 1, 1), (7, 32, 32, 8, 3, 1, 1), (7, 64, 64, 8, 3, 1, 1),
+               (5, 128, 256, 8, 3, 2, 1), (3, 256, 256, 4, 3, 1, 1)]
+
+
+@pytest.mark.parametrize("storage,async_copy", MODES)
+def test_every_compiled_tile_matches_float64(storage, async_copy):
+    """The autotuner may pick any tile: each one, pinned, against float64 on shapes that are
+    not tile multiples (outputs poisoned)."""
+    K = _kernels(storage, async_copy)
+    ran = set()
+    for shape in TILE_SHAPES:
+        n, c, f, h, k, s, p = shape
+        x, w, dy, xq, wq, dyq, cp, oh = _case(shape, storage, seed=sum(shape))
+        ref_y = ref_conv(xq, wq, s, p)
+        ref_dx, ref_dw = ref_grads(xq, wq, dyq, s, p)
+        ty, tdx, tdw = torch_autocast_errors(xq, wq, dyq, s, p, storage, ref_y, ref_dx, ref_dw)
+        xd, dyd, wd32 = cupy.asarray(to_bits(x, storage)), cupy.asarray(to_bits(dy, storage)), cupy.asarray(w)
+        wp, wdg = K.pack_forward(wd32, cp=cp), K.pack_dgrad(wd32)
+        for cfg in G.igemm_candidates(f, c, async_copy):
+            with K.pinned(cfg):
+                y = cupy.full((n, oh, oh, f), POISON, np.uint16)
+                K.forward(xd, wp, k, s, p, out=y)
+            assert rel(from_bits(y, storage), ref_y) <= 2 * ty + 1e-6, (cfg, shape)
+            ran.add(("igemm", cfg))
+        # the forward that writes BatchNorm statistics gives the same bits on every tile it may take
+        seen = []
+        for cfg in G.stats_tiles(G.igemm_candidates(f, c, async_copy)):
+            with K.pinned(cfg):
+                y = cupy.full((n, oh, oh, f), POISON, np.uint16)
+                _, st, _ = K.forward(xd, wp, k, s, p, stats=True, out=y)
+            seen.append((cfg, cupy.asnumpy(y), cupy.asnumpy(st)))
+        for cfg, yv, sv in seen[1:]:
+            assert np.array_equal(yv, seen[0][1]) and np.array_equal(sv, seen[0][2]), (cfg, seen[0][0], shape)
+        for cfg in G.igemm_candidates(c, f, async_copy):
+            with K.pinned(cfg):
+                dx = cupy.full((n, h, h, c), POISON, np.uint16)
+                K.dgrad(dyd, wdg, k, s, p, (h, h), out=dx)
+            assert rel(from_bits(dx, storage), ref_dx) <= 2 * tdx + 1e-6, (cfg, shape)
+            ran.add(("igemm", cfg))
+        for cfg in G.wgrad_candidates(f, k * k * c, async_copy):
+            with K.pinned(cfg):
+                dw = cupy.full((f, c, k, k), np.nan, np.float32)
+                K.wgrad(dyd, xd, k, s, p, dw)
+            assert rel(cupy.asnumpy(dw), ref_dw) <= 2 * tdw + 1e-6, (cfg, shape)
+            ran.add(("wgrad", cfg))
+    compiled = {("igemm", cfg) for cfg in G.IGEMM_CONFIGS
+                if G.igemm_name(K.kind, cfg, async_copy) in G.name_expressions(K.kind, async_copy)}
+    missing = compiled - ran
+    assert not missing, f"compiled tiles no shape here exercised: {sorted(missing)}"

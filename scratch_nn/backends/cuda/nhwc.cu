@@ -41,46 +41,65 @@ __global__ void nhwc_stats(const T* __restrict__ x, int M, int C, int rows, floa
     }
 }
 
-// Merge the chunks' (mean, M2) (Chan et al., in two sums: the count-weighted mean, then each
-// chunk's M2 plus its count times its squared distance to that mean), then as bn_stats:
-// running statistics updated as nn.BatchNorm2d (unbiased variance), y = x*scale + shift's
-// coefficients. Chunk i holds min(rows, M - (i % per_rank) * rows) rows: with synchronised
-// BatchNorm the chunks are every rank's, per_rank each over M rows. grid: (ceil(C / 32));
-// block 256 = 8 chunk lanes x 32 channels; each sum goes lane by lane, then over the 8 lanes in
-// order, so the result does not depend on scheduling.
+// Merging the chunks' (mean, M2) (Chan et al.'s pairwise update, in double), in two launches
+// so that a layer1 BatchNorm's 4096 chunks are not one lane's long chain of divisions:
+// bn_merge_partial merges groups of `per_group` chunks, bn_merge_stats merges the groups, each
+// lane in turn and then the lanes in order, so the result does not depend on scheduling.
+__device__ __forceinline__ void chan_merge(double& n, double& mean, double& m2, double nb, double mb, double qb) {
+    if (nb == 0) return;
+    double tot = n + nb, d = mb - mean;
+    mean += d * nb / tot;
+    m2 += qb + d * d * n * nb / tot;
+    n = tot;
+}
+
+// the 8 lanes' (n, mean, m2) of each of 32 channels merged in lane order into lane 0's
+__device__ __forceinline__ void merge_lanes(double& n, double& mean, double& m2, int lr, int lc) {
+    __shared__ double sn[8][32], sm[8][32], sq[8][32];
+    sn[lr][lc] = n; sm[lr][lc] = mean; sq[lr][lc] = m2;
+    __syncthreads();
+    n = 0; mean = 0; m2 = 0;
+    if (lr == 0)
+        for (int q = 0; q < 8; ++q) chan_merge(n, mean, m2, sn[q][lc], sm[q][lc], sq[q][lc]);
+}
+
+// part[(g * 3 + {0, 1, 2}) * C + c] = (count, mean, M2) of chunks [g * per_group, (g + 1) *
+// per_group); chunk i holds min(rows, M - (i % per_rank) * rows) rows (with synchronised
+// BatchNorm the chunks are every rank's, per_rank each over M rows).
+// grid: (ceil(C / 32), groups); block 256 = 8 chunk lanes x 32 channels.
+__global__ void bn_merge_partial(const float* __restrict__ stats, int chunks, int per_rank, int rows, int M, int C,
+                                 int per_group, double* __restrict__ part) {
+    const int lc = threadIdx.x & 31, lr = threadIdx.x >> 5, c = blockIdx.x * 32 + lc, g = blockIdx.y;
+    const int hi = min(chunks, (g + 1) * per_group);
+    double n = 0, mean = 0, m2 = 0;
+    if (c < C)
+        for (int i = g * per_group + lr; i < hi; i += 8)
+            chan_merge(n, mean, m2, min(rows, M - (i % per_rank) * rows), stats[(long long)(2 * i) * C + c],
+                       stats[(long long)(2 * i + 1) * C + c]);
+    merge_lanes(n, mean, m2, lr, lc);
+    if (lr != 0 || c >= C) return;
+    part[(long long)(3 * g) * C + c] = n;
+    part[(long long)(3 * g + 1) * C + c] = mean;
+    part[(long long)(3 * g + 2) * C + c] = m2;
+}
+
+// The groups merged, then as bn_stats: running statistics updated as nn.BatchNorm2d (unbiased
+// variance), y = x*scale + shift's coefficients. grid: (ceil(C / 32)); block 256.
 template <class P>
-__global__ void bn_merge_stats(const float* __restrict__ stats, int chunks, int per_rank, int rows, int M, int C,
+__global__ void bn_merge_stats(const double* __restrict__ part, int groups, int C,
                                const P* __restrict__ gamma, const P* __restrict__ beta, P* __restrict__ run_mean,
                                P* __restrict__ run_var, double eps, double momentum, double unbias,
                                float* __restrict__ mean_out, float* __restrict__ invstd_out, P* __restrict__ scale,
                                P* __restrict__ shift, P* __restrict__ batch_mean, P* __restrict__ batch_var) {
-    __shared__ double sh[8][32], shn[8][32];
     const int lc = threadIdx.x & 31, lr = threadIdx.x >> 5, c = blockIdx.x * 32 + lc;
-    double n = 0, s1 = 0;
+    double n = 0, mean = 0, m2 = 0;
     if (c < C)
-        for (int i = lr; i < chunks; i += 8) {
-            double nb = min(rows, M - (i % per_rank) * rows);
-            n += nb;
-            s1 += nb * stats[(long long)(2 * i) * C + c];
-        }
-    sh[lr][lc] = s1; shn[lr][lc] = n;
-    __syncthreads();
-    double tot = 0, sum = 0;
-    for (int q = 0; q < 8; ++q) { tot += shn[q][lc]; sum += sh[q][lc]; }
-    const double mean = tot > 0 ? sum / tot : 0;
-    __syncthreads();
-    double m2 = 0;
-    if (c < C)
-        for (int i = lr; i < chunks; i += 8) {
-            double nb = min(rows, M - (i % per_rank) * rows), d = stats[(long long)(2 * i) * C + c] - mean;
-            m2 += stats[(long long)(2 * i + 1) * C + c] + nb * d * d;
-        }
-    sh[lr][lc] = m2;
-    __syncthreads();
+        for (int g = lr; g < groups; g += 8)
+            chan_merge(n, mean, m2, part[(long long)(3 * g) * C + c], part[(long long)(3 * g + 1) * C + c],
+                       part[(long long)(3 * g + 2) * C + c]);
+    merge_lanes(n, mean, m2, lr, lc);
     if (lr != 0 || c >= C) return;
-    m2 = 0;
-    for (int q = 0; q < 8; ++q) m2 += sh[q][lc];
-    double var = m2 / tot;
+    double var = m2 / n;
     float invstd = (float)(1.0 / sqrt(var + eps));
     mean_out[c] = (float)mean; invstd_out[c] = invstd;
     batch_mean[c] = (P)mean; batch_var[c] = (P)var;
@@ -127,37 +146,75 @@ __global__ void bn_apply_nhwc(const T* __restrict__ x, const T* __restrict__ res
     }
 }
 
+// a += b (a residual block's two input gradients), 8 values a thread; total % 8 == 0
+template <class T>
+__global__ void add_nhwc(T* __restrict__ a, const T* __restrict__ b, long long total) {
+    const long long vecs = total >> 3;
+    for (long long v = blockIdx.x * (long long)blockDim.x + threadIdx.x; v < vecs; v += (long long)gridDim.x * blockDim.x) {
+        float x[8], y[8];
+        load8(a + 8 * v, x);
+        load8(b + 8 * v, y);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) x[i] += y[i];
+        store8(a + 8 * v, x);
+    }
+}
+
 // ------------------------------------------------------------------ BatchNorm backward
 // Per chunk of rows: part1[c * S + i] = sum g, part2[c * S + i] = sum g * (x - mean[c]), with
-// g = relu ? dy * (y > 0) : dy (the layout bn_grad_coeffs reads). x may be null (a bias
-// gradient: part1 only). grid: (S); block 256 = 8 row lanes x 32 channel lanes.
+// g = relu ? dy * (y > 0) : dy (the layout bn_grad_coeffs_nhwc reads). x may be null (a bias
+// gradient: part1 only). C % 8 == 0. grid: (S); block 256: a thread takes 8 channels (16-byte
+// loads) of every R-th row, R = 256 / (C / 8) rows in flight (channel groups beyond 256 * 8 in
+// further rounds); the R row lanes are then added in order through shared memory.
 template <class T>
-__global__ void bn_bwd_sums_nhwc(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ y,
-                                 const float* __restrict__ mean, int M, int C, int rows, float* __restrict__ part1,
-                                 float* __restrict__ part2) {
-    __shared__ float sh1[8][32], sh2[8][32];
+__global__ void __launch_bounds__(256)
+bn_bwd_sums_nhwc(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ y,
+                 const float* __restrict__ mean, int M, int C, int rows, float* __restrict__ part1,
+                 float* __restrict__ part2) {
+    constexpr int NT = 256;
+    __shared__ float sh1[NT * 8], sh2[NT * 8];
     const int S = gridDim.x, lo = blockIdx.x * rows, hi = min(M, lo + rows);
-    const int lc = threadIdx.x & 31, lr = threadIdx.x >> 5;
-    for (int c0 = 0; c0 < C; c0 += 32) {
-        int c = c0 + lc;
-        float s1 = 0.f, s2 = 0.f;
-        if (c < C) {
-            float mu = x ? mean[c] : 0.f;
-            for (int m = lo + lr; m < hi; m += 8) {
-                long long q = (long long)m * C + c;
-                float g = to_a(dy[q]);
-                if (y && !(to_a(y[q]) > 0.f)) g = 0.f;
-                s1 += g;
-                if (x) s2 += g * (to_a(x[q]) - mu);
+    const int V = C >> 3, VW = min(V, NT), R = NT / VW;
+    const int tid = threadIdx.x, r = tid / VW;
+    for (int v0 = 0; v0 < V; v0 += VW) {
+        const int v = v0 + tid % VW, c0 = v * 8;
+        float s1[8], s2[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) s1[i] = s2[i] = 0.f;
+        if (r < R && v < V) {
+            float mu[8];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) mu[i] = x ? mean[c0 + i] : 0.f;
+            for (int m = lo + r; m < hi; m += R) {
+                const long long q = (long long)m * C + c0;
+                float g[8];
+                load8(dy + q, g);
+                if (y) {
+                    float yv[8];
+                    load8(y + q, yv);
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) if (!(yv[i] > 0.f)) g[i] = 0.f;
+                }
+#pragma unroll
+                for (int i = 0; i < 8; ++i) s1[i] += g[i];
+                if (x) {
+                    float xv[8];
+                    load8(x + q, xv);
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) s2[i] += g[i] * (xv[i] - mu[i]);
+                }
             }
         }
-        sh1[lr][lc] = s1; sh2[lr][lc] = s2;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) { sh1[tid * 8 + i] = s1[i]; sh2[tid * 8 + i] = s2[i]; }
         __syncthreads();
-        if (lr == 0 && c < C) {
-            float t1 = 0.f, t2 = 0.f;
-            for (int i = 0; i < 8; ++i) { t1 += sh1[i][lc]; t2 += sh2[i][lc]; }
-            part1[(long long)c * S + blockIdx.x] = t1;
-            if (part2) part2[(long long)c * S + blockIdx.x] = t2;
+        for (int t = tid; t < VW * 8; t += NT) {       // t = (vector lane, channel within it)
+            const int vl = t >> 3, c = (v0 + vl) * 8 + (t & 7);
+            if (v0 + vl >= V) continue;
+            float a1 = 0.f, a2 = 0.f;
+            for (int rr = 0; rr < R; ++rr) { a1 += sh1[(rr * VW + vl) * 8 + (t & 7)]; a2 += sh2[(rr * VW + vl) * 8 + (t & 7)]; }
+            part1[(long long)c * S + blockIdx.x] = a1;
+            if (part2) part2[(long long)c * S + blockIdx.x] = a2;
         }
         __syncthreads();
     }
@@ -187,23 +244,32 @@ __global__ void bn_bwd_apply_nhwc(const T* __restrict__ dy, const T* __restrict_
     }
 }
 
-// BatchNorm backward coefficients from bn_bwd_sums_nhwc's partials, as bn_grad_coeffs but with
-// the S partials of each channel summed in parallel in a fixed order (8 lanes, then in turn).
-// grid: (ceil(C / 32)); block 256 = 8 partial lanes x 32 channels.
+// sum_i p[i] for i < S by the whole block (blockDim.x a power of two): strided partial sums,
+// then a fixed tree over shared memory, so the order never depends on scheduling
+__device__ __forceinline__ float block_sum(const float* __restrict__ p, int S, float* sh) {
+    float a = 0.f;
+    for (int i = threadIdx.x; i < S; i += blockDim.x) a += p[i];
+    sh[threadIdx.x] = a;
+    __syncthreads();
+    for (int o = blockDim.x >> 1; o > 0; o >>= 1) {
+        if (threadIdx.x < o) sh[threadIdx.x] += sh[threadIdx.x + o];
+        __syncthreads();
+    }
+    float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+// BatchNorm backward coefficients from bn_bwd_sums_nhwc's partials, as bn_grad_coeffs, each
+// channel's S partials (contiguous) summed by one block. grid: (C); block 256.
 __global__ void bn_grad_coeffs_nhwc(const float* __restrict__ p1, const float* __restrict__ p2, int C, int S, int M,
                                     const float* __restrict__ gamma, const float* __restrict__ mean,
                                     const float* __restrict__ invstd, float* __restrict__ dgamma,
                                     float* __restrict__ dbeta, float* __restrict__ coef, int accumulate) {
-    __shared__ float sh1[8][32], sh2[8][32];
-    const int lc = threadIdx.x & 31, lr = threadIdx.x >> 5, c = blockIdx.x * 32 + lc;
-    float a1 = 0.f, a2 = 0.f;
-    if (c < C)
-        for (int i = lr; i < S; i += 8) { a1 += p1[(long long)c * S + i]; a2 += p2[(long long)c * S + i]; }
-    sh1[lr][lc] = a1; sh2[lr][lc] = a2;
-    __syncthreads();
-    if (lr != 0 || c >= C) return;
-    float s1 = 0.f, s2 = 0.f;
-    for (int q = 0; q < 8; ++q) { s1 += sh1[q][lc]; s2 += sh2[q][lc]; }
+    __shared__ float sh[256];
+    const int c = blockIdx.x;
+    const float s1 = block_sum(p1 + (long long)c * S, S, sh), s2 = block_sum(p2 + (long long)c * S, S, sh);
+    if (threadIdx.x != 0) return;
     float is = invstd[c], dg = s2 * is;
     dbeta[c] = accumulate ? dbeta[c] + s1 : s1;
     dgamma[c] = accumulate ? dgamma[c] + dg : dg;
@@ -211,13 +277,12 @@ __global__ void bn_grad_coeffs_nhwc(const float* __restrict__ p1, const float* _
     coef[3 * c] = a; coef[3 * c + 1] = b; coef[3 * c + 2] = -a * s1 / M - b * mean[c];
 }
 
-// out[c] (+)= sum_i part[c * S + i], in index order (a bias gradient from bn_bwd_sums_nhwc).
+// out[c] (+)= sum_i part[c * S + i] (a bias gradient from bn_bwd_sums_nhwc). grid: (C); block 256.
 __global__ void sum_partials(const float* __restrict__ part, int S, int C, float* __restrict__ out, int accumulate) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    float s = 0.f;
-    for (int i = 0; i < S; ++i) s += part[(long long)c * S + i];
-    out[c] = accumulate ? out[c] + s : s;
+    __shared__ float sh[256];
+    const int c = blockIdx.x;
+    const float s = block_sum(part + (long long)c * S, S, sh);
+    if (threadIdx.x == 0) out[c] = accumulate ? out[c] + s : s;
 }
 
 // ------------------------------------------------------------------ 2x2 max-pool, stride 2 (NHWC)
