@@ -33,6 +33,7 @@ HALF_PRECISIONS = ("fp16", "bf16")     # 16-bit activations, fp32 masters
 NULL = np.uint64(0)           # a null pointer argument
 BLOCK = 256
 COLS_BUDGET = 128 * 2**20     # bytes of im2col columns at a time when they are rebuilt in backward
+KEEP_COLS_BYTES = 256 * 2**20  # fp32/tf32: a convolution keeps its columns for backward up to this size
 SIDE_FMAS = 2**28             # weight gradients up to this many multiply-adds run on the side stream
 _KERNELS = {}
 _KERNELS_BY_DTYPE = {}
@@ -155,9 +156,14 @@ class CupyBackend(Backend):
             self.supported_dtypes = ("float32",)   # the master weights; compute is 16-bit
         # Keep each convolution's im2col columns for its backward (one pass less over the
         # largest arrays of a step), or rebuild them there, a slice of the batch at a time
-        # (less memory). Default: rebuild in the fp16 mode, whose point is a small footprint
-        # and whose tensor-core GEMMs leave memory traffic the larger share; keep otherwise.
-        self.recompute_cols = self.mixed if recompute_cols is None else bool(recompute_cols)
+        # (less memory). Default: rebuild in the fp16 mode, whose point is a small footprint;
+        # in tf32 ("auto") keep a convolution's columns when the whole batch's fit
+        # KEEP_COLS_BYTES, else rebuild them (ResNet-18 at batch 512 kept 14.3 GB, against
+        # torch's 5.7; now 5.0); keep in strict fp32, the mode measured for speed against torch
+        # at batch 128, where "auto" cost 6% (rebuilding layer1's 302 MB columns).
+        if recompute_cols is None:
+            recompute_cols = True if self.mixed else "auto" if precision == "tf32" else False
+        self.recompute_cols = recompute_cols if recompute_cols == "auto" else bool(recompute_cols)
         # fp16 mode: (pointer, size) of an fp32 parameter arena, or of one parameter in it -> its
         # float16 copy (a view into the arena's copy); the (arena, copy) pairs for refreshing
         self._halves = {}
@@ -328,12 +334,21 @@ class CupyBackend(Backend):
             return self._cnhw(x).reshape(c, n * h * w)   # a 1x1 conv's columns are its input
         return self._im2col(x, k, stride, pad, oh, ow)
 
+    def _rebuilds_cols(self, x, k, stride, oh, ow):
+        """Whether this convolution's backward rebuilds its columns (else the forward keeps them)."""
+        if k == 1 and stride == 1:
+            return False
+        if self.recompute_cols == "auto":
+            n, c = x.shape[:2]
+            return n * c * k * k * oh * ow * x.itemsize > KEEP_COLS_BYTES
+        return self.recompute_cols
+
     def _batch_slices(self, x, k, stride, oh, ow):
         """Batch slices whose im2col columns fit COLS_BUDGET bytes each (the whole batch when
         columns are kept for backward, or for a 1x1 stride-1 conv, whose columns are its input)."""
         n, c = x.shape[:2]
         per_image = c * k * k * oh * ow * x.itemsize
-        if not self.recompute_cols or (k == 1 and stride == 1):
+        if not self._rebuilds_cols(x, k, stride, oh, ow):
             return [(0, n)]
         step = max(1, min(n, COLS_BUDGET // max(per_image, 1)))
         return [(a, min(n, a + step)) for a in range(0, n, step)]
@@ -360,7 +375,7 @@ class CupyBackend(Backend):
             self._launch(self._k(y.dtype)("bias_relu"), grid_per_channel(y.shape[1], f),
                          (y, b if b is not None else NULL, np.int32(y.shape[1]), np.int32(relu)))
         y = self._nchw(y.reshape(f, n, oh, ow))
-        saved = (x, None) if self.recompute_cols else (x.shape, cols)
+        saved = (x, None) if self._rebuilds_cols(x, kh, stride, oh, ow) else (x.shape, cols)
         return y, (saved, stride, pad, oh, ow, y if relu else None, b is not None)
 
     def conv2d_backward(self, dy, cache, w, need_dx=True):

@@ -70,7 +70,8 @@ class NumbaBackend(Backend):
         from . import threads
 
         return dict(super().describe(), heap_kept=self.heap_kept, threading_layer=self.threading_layer,
-                    gemm=self.gemm_mode, blas_spin_bounded=threads.blas_spin_bounded)
+                    gemm=self.gemm_mode, blas_spin_bounded=threads.blas_spin_bounded,
+                    convolution=self.describe_convolution())
 
     def gemm(self, a, b):
         # numba's count is per calling thread and BLAS's process-wide: re-assert both cheaply,
@@ -100,31 +101,20 @@ class NumbaBackend(Backend):
         self.k.col2im(np.ascontiguousarray(cols), kh, kw, stride, pad, oh, ow, dx)
         return dx
 
-    def conv2d_forward(self, x, w, b, stride, pad, relu=False):
-        f, c, kh, kw = w.shape
-        n = x.shape[0]
-        cols, oh, ow = self.im2col(x, kh, kw, stride, pad)
-        ym = self.gemm(w.reshape(f, -1), cols)
-        out = np.empty((n, f, oh, ow), dtype=ym.dtype)
+    # conv2d_forward / conv2d_backward are the base's (batch slices of columns); these are its hooks
+    def _conv_out(self, ym, b, relu, out):
+        n, f, oh, ow = out.shape
         bias = b if b is not None else ym[:0, 0]
         self.k.conv_out_nchw(ym, bias, b is not None, relu, out.reshape(n, f, oh * ow))
-        return out, (cols, x.shape, stride, pad, oh, ow, out if relu else None)
 
-    def conv2d_backward(self, dy, cache, w, need_dx=True):
-        cols, x_shape, stride, pad, oh, ow, relu_out = cache
-        f, c, kh, kw = w.shape
-        n = dy.shape[0]
+    def _conv_grad_rows(self, dy, y):
+        n, f, oh, ow = dy.shape
         dy3 = np.ascontiguousarray(dy).reshape(n, f, oh * ow)
         dym = np.empty((f, n * oh * ow), dtype=dy.dtype)
         db = np.empty(f, dtype=dy.dtype)
-        y3 = relu_out.reshape(n, f, oh * ow) if relu_out is not None else dy3[:0]
-        self.k.conv_dy_gemm_layout(dy3, y3, relu_out is not None, dym, db)
-        dw = self.gemm(dym, cols.T).reshape(w.shape)
-        dx = None
-        if need_dx:
-            dcols = self.gemm(w.reshape(f, -1).T, dym)
-            dx = self.col2im(dcols, x_shape, kh, kw, stride, pad, oh, ow)
-        return dx, dw, db
+        y3 = np.ascontiguousarray(y).reshape(n, f, oh * ow) if y is not None else dy3[:0]
+        self.k.conv_dy_gemm_layout(dy3, y3, y is not None, dym, db)
+        return dym, db
 
     # ------------------------------------------------------------------ batch norm
     @staticmethod

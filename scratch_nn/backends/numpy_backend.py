@@ -28,7 +28,7 @@ class NumpyBackend(Backend):
         return np.matmul(a, b)
 
     def describe(self):
-        return dict(super().describe(), heap_kept=self.heap_kept)
+        return dict(super().describe(), heap_kept=self.heap_kept, convolution=self.describe_convolution())
 
     def to_host(self, a):
         return np.asarray(a)

@@ -77,3 +77,49 @@ def test_the_cupy_factory_picks_the_layout_by_precision():
 
     with pytest.raises(ValueError, match="layout"):
         F.make_cupy_backend(layout="nchw")
+
+
+def _ref_conv(x, w, b, s, p, dy):
+    """float64 direct convolution, its input and weight gradients (loops over taps only)."""
+    n, c, h, wd = x.shape
+    f, _, k, _ = w.shape
+    oh, ow = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
+    xp_ = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    y = np.zeros((n, f, oh, ow)) + b.reshape(1, f, 1, 1)
+    dxp, dw = np.zeros_like(xp_), np.zeros_like(w)
+    for a in range(k):
+        for bb in range(k):
+            win = xp_[:, :, a:a + s * oh:s, bb:bb + s * ow:s]
+            y += np.einsum("ncij,fc->nfij", win, w[:, :, a, bb])
+            dw[:, :, a, bb] = np.einsum("nfij,ncij->fc", dy, win)
+            dxp[:, :, a:a + s * oh:s, bb:bb + s * ow:s] += np.einsum("nfij,fc->ncij", dy, w[:, :, a, bb])
+    return y, dxp[:, :, p:p + h, p:p + wd], dw, dy.sum(axis=(0, 2, 3))
+
+
+@pytest.mark.parametrize("k,s,p", [(3, 1, 1), (3, 2, 1), (1, 2, 0)])
+def test_convolution_in_batch_slices_matches_float64_and_the_whole_batch(be, k, s, p):
+    """Batches whose columns exceed COLS_BYTES go in slices, the weight gradient rebuilding
+    their columns: the same gradients as one slice, and as a float64 direct convolution, on
+    an odd batch and channel counts no block divides."""
+    r = np.random.default_rng(k * 10 + s)
+    x, w = r.standard_normal((7, 5, 9, 9)), r.standard_normal((6, 5, k, k))
+    bias = r.standard_normal(6)
+    oh = (9 + 2 * p - k) // s + 1
+    dy = r.standard_normal((7, 6, oh, oh))
+    ref_y, ref_dx, ref_dw, ref_db = _ref_conv(x, w, bias, s, p, dy)
+    got = {}
+    two = 2 * 5 * k * k * oh * oh * 8                  # the columns of two images
+    for budget in (None, two):
+        if budget is not None:
+            be.COLS_BYTES = budget
+        try:
+            assert len(be.conv_slices(7, 5 * k * k, oh * oh, 8)) == (1 if budget is None else 4)
+            y, cache = be.conv2d_forward(be.asarray(x), be.asarray(w), be.asarray(bias), s, p)
+            dx, dw, db = be.conv2d_backward(be.asarray(dy), cache, be.asarray(w))
+        finally:
+            be.__dict__.pop("COLS_BYTES", None)
+        got[budget] = [np.asarray(be.to_host(a)) for a in (y, dx, dw, db)]
+        for g, ref in zip(got[budget], (ref_y, ref_dx, ref_dw, ref_db)):
+            np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-10)
+    for a, b_ in zip(got[None], got[two]):
+        np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)
