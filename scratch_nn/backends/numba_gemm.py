@@ -119,14 +119,17 @@ class PartitionedGemm:
     def __init__(self, cblas):
         self.kernels = {np.dtype(np.float32): _make_kernels(cblas[0]), np.dtype(np.float64): _make_kernels(cblas[1])}
 
-    def __call__(self, a, b, threads):
+    def __call__(self, a, b, threads, out=None):
+        """a @ b, into out (C-contiguous, (m, n)) when given."""
         if a.dtype != b.dtype or a.dtype not in self.kernels or a.ndim != 2 or b.ndim != 2:
-            return np.matmul(a, b)
+            return np.matmul(a, b, out=out)
         m, k = a.shape
         k2, n = b.shape
         if k != k2:
             raise ValueError(f"gemm: shapes {a.shape} and {b.shape} do not chain")
-        c = np.empty((m, n), dtype=a.dtype)
+        if out is not None and (out.shape != (m, n) or out.dtype != a.dtype or not out.flags.c_contiguous):
+            raise ValueError(f"gemm: out must be a C-contiguous {a.dtype} array of shape {(m, n)}")
+        c = out if out is not None else np.empty((m, n), dtype=a.dtype)
         if m == 0 or n == 0:
             return c
         if k == 0:

@@ -90,3 +90,81 @@ def test_same_loss_curve_as_numpy_for_20_steps(name, batch):
     assert np.all(np.isfinite(numba32)) and numba32[-1] < numba32[0]   # it learns: the batches repeat
     np.testing.assert_allclose(numba32[:3], numpy32[:3], rtol=1e-5, atol=0)
     assert np.abs(numba32 - numpy64).max() <= 2 * np.abs(numpy32 - numpy64).max() + 1e-6
+
+
+def _ref_conv3x3(x, w, b, dy, relu):
+    """float64 direct 3x3 stride-1 padding-1 convolution (+ bias, ReLU), its gradients."""
+    n, c, h, wd = x.shape
+    xp_ = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    pre = np.zeros((n, w.shape[0], h, wd)) + b.reshape(1, -1, 1, 1)
+    for a in range(3):
+        for bb in range(3):
+            pre += np.einsum("ncij,fc->nfij", xp_[:, :, a:a + h, bb:bb + wd], w[:, :, a, bb])
+    y = np.maximum(pre, 0) if relu else pre
+    g = dy * (y > 0) if relu else dy
+    dxp, dw = np.zeros_like(xp_), np.zeros_like(w)
+    for a in range(3):
+        for bb in range(3):
+            dw[:, :, a, bb] = np.einsum("nfij,ncij->fc", g, xp_[:, :, a:a + h, bb:bb + wd])
+            dxp[:, :, a:a + h, bb:bb + wd] += np.einsum("nfij,fc->ncij", g, w[:, :, a, bb])
+    return y, dxp[:, :, 1:h + 1, 1:wd + 1], dw, g.sum(axis=(0, 2, 3))
+
+
+@pytest.mark.parametrize("n,c,f,h,relu", [(1, 64, 5, 8, False), (7, 67, 9, 10, True), (3, 128, 32, 16, False)])
+def test_winograd_convolution_matches_float64_in_one_slice_and_in_many(n, c, f, h, relu):
+    """The Winograd F(2x2, 3x3) path (forward, data and weight gradient, bias, fused ReLU) against
+    a float64 direct convolution to 1e-10, on odd batches and channel counts, in one batch
+    slice and in slices of one image (transforms rebuilt in backward); float32 close to it."""
+    r = np.random.default_rng(n * 100 + c)
+    x, w, b = r.standard_normal((n, c, h, h)), r.standard_normal((f, c, 3, 3)), r.standard_normal(f)
+    dy = r.standard_normal((n, f, h, h))
+    refs = _ref_conv3x3(x, w, b, dy, relu)
+    be = backends.get("numba")
+    assert be.winograd_applies(w, x.shape, 1, 1)
+    for budget in (None, 16 * max(c, f) * h * h // 4 * 8):        # whole batch; one image a slice
+        if budget is not None:
+            be.COLS_BYTES = budget
+            assert len(be.conv_slices(n, 16 * max(c, f), h * h // 4, 8)) == n
+        y, cache = be.conv2d_forward(x, w, b, 1, 1, relu=relu)
+        assert cache[0] == "winograd" and (cache[2] is None) == (budget is not None and n > 1)
+        dx, dw, db = be.conv2d_backward(dy, cache, w)
+        for got, ref in zip((y, dx, dw, db), refs):
+            np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+    y32, cache32 = be.conv2d_forward(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), 1, 1, relu=relu)
+    dx32, dw32, _ = be.conv2d_backward(dy.astype(np.float32), cache32, w.astype(np.float32))
+    for got, ref in zip((y32, dx32, dw32), refs):
+        assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_winograd_transforms_write_every_output():
+    """Each transform kernel, into outputs poisoned with NaN, leaves no NaN behind."""
+    from scratch_nn.backends import numba_winograd as wk
+
+    r = np.random.default_rng(3)
+    x, w = r.standard_normal((3, 5, 6, 8)), r.standard_normal((4, 5, 3, 3))
+    t = 3 * 3 * 4
+    u, v, m = np.full((16, 4, 5), np.nan), np.full((16, 5, t), np.nan), r.standard_normal((16, 4, t))
+    y, dm, dx, dw = np.full((3, 4, 6, 8), np.nan), np.full((16, 4, t), np.nan), np.full(x.shape, np.nan), \
+        np.full(w.shape, np.nan)
+    wk.weights(w, u)
+    wk.inputs(x, v)
+    wk.outputs(m, u[0, 0, :0], False, False, y)
+    wk.outputs_adjoint(y, y, False, dm)
+    wk.inputs_adjoint(v, dx)
+    wk.weights_adjoint(u, dw)
+    for a in (u, v, y, dm, dx, dw):
+        assert np.isfinite(a).all()
+
+
+def test_winograd_is_chosen_by_the_table_and_can_be_turned_off():
+    be = backends.get("numba")
+    w64 = np.zeros((64, 64, 3, 3))
+    assert be.winograd_applies(w64, (2, 64, 32, 32), 1, 1)
+    assert not be.winograd_applies(w64, (2, 64, 4, 4), 1, 1)            # 4x4: im2col (the table's tie)
+    assert not be.winograd_applies(np.zeros((64, 3, 3, 3)), (2, 3, 32, 32), 1, 1)     # the stem
+    assert not be.winograd_applies(np.zeros((32, 16, 3, 3)), (2, 16, 16, 16), 1, 1)   # the CNN's conv2
+    assert not be.winograd_applies(w64, (2, 64, 32, 32), 2, 1)          # stride 2
+    assert not be.winograd_applies(w64, (2, 64, 9, 9), 1, 1)            # odd size
+    assert "winograd" in be.describe()["convolution"]
+    off = backends.get("numba", winograd=False)
+    assert not off.winograd_applies(w64, (2, 64, 32, 32), 1, 1) and "winograd" not in off.describe()["convolution"]
