@@ -107,9 +107,11 @@ class Backend:
     # col2im, so col2im stays.
     COLS_BYTES = 256 * 2**20
 
-    def conv_slices(self, n, rows, positions, itemsize):
-        """[(lo, hi)] batch slices whose (rows, images * positions) columns fit COLS_BYTES."""
-        step = max(1, min(n, self.COLS_BYTES // max(1, rows * positions * itemsize)))
+    def conv_slices(self, n, rows, positions, itemsize, budget=None):
+        """[(lo, hi)] batch slices whose (rows, images * positions) columns fit `budget` bytes
+        (default COLS_BYTES)."""
+        budget = self.COLS_BYTES if budget is None else budget
+        step = max(1, min(n, budget // max(1, rows * positions * itemsize)))
         return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
     def describe_convolution(self):

@@ -111,7 +111,7 @@ def _ref_conv3x3(x, w, b, dy, relu):
 
 
 @pytest.mark.parametrize("n,c,f,h,relu", [(1, 64, 5, 8, False), (7, 67, 9, 10, True), (3, 128, 32, 16, False)])
-def test_winograd_convolution_matches_float64_in_one_slice_and_in_many(n, c, f, h, relu):
+def test_winograd_convolution_matches_float64_in_one_slice_and_in_many(n, c, f, h, relu, monkeypatch):
     """The Winograd F(2x2, 3x3) path (forward, data and weight gradient, bias, fused ReLU) against
     a float64 direct convolution to 1e-10, on odd batches and channel counts, in one batch
     slice and in slices of one image (transforms rebuilt in backward); float32 close to it."""
@@ -121,10 +121,14 @@ def test_winograd_convolution_matches_float64_in_one_slice_and_in_many(n, c, f, 
     refs = _ref_conv3x3(x, w, b, dy, relu)
     be = backends.get("numba")
     assert be.winograd_applies(w, x.shape, 1, 1)
-    for budget in (None, 16 * max(c, f) * h * h // 4 * 8):        # whole batch; one image a slice
+    from scratch_nn.backends import numba_backend as NB
+
+    one = 16 * max(c, f) * h * h // 4 * 8                      # one image's transformed tiles
+    for budget in (None, one):                                  # whole batch; one image a slice
         if budget is not None:
-            be.COLS_BYTES = budget
-            assert len(be.conv_slices(n, 16 * max(c, f), h * h // 4, 8)) == n
+            monkeypatch.setattr(NB, "WINOGRAD_KEEP_BYTES", one * n - 1)
+            monkeypatch.setattr(NB, "WINOGRAD_SLICE_BYTES", one)
+            assert len(be._winograd_slices(n, c, f, h, h, 8)) == (n if n > 1 else 1)
         y, cache = be.conv2d_forward(x, w, b, 1, 1, relu=relu)
         assert cache[0] == "winograd" and (cache[2] is None) == (budget is not None and n > 1)
         dx, dw, db = be.conv2d_backward(dy, cache, w)
