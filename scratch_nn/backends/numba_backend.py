@@ -110,6 +110,17 @@ class NumbaBackend(Backend):
         use_blas_threads(1)
         return self._pgemm(a, b, self.threads, out=out)
 
+    def gemm_batched(self, a, b, out):
+        """out[t] = a[t] @ b[t] for stacks of products (Winograd's 16), each product whole on
+        one thread: one parallel region for all of them, none split."""
+        if self._numba.get_num_threads() != self.threads:
+            self._numba.set_num_threads(self.threads)
+        if self._pgemm is None:
+            use_blas_threads(self.threads)
+            return np.matmul(a, b, out=out)
+        use_blas_threads(1)
+        return self._pgemm.batched(a, b, out)
+
     def to_host(self, a):
         return np.asarray(a)
 
@@ -160,9 +171,7 @@ class NumbaBackend(Backend):
             t = (hi - lo) * h * wd // 4
             v = np.empty((16, c, t), dtype=x.dtype)
             wk.inputs(x[lo:hi], v)
-            m = np.empty((16, f, t), dtype=x.dtype)
-            for xi in range(16):
-                self.gemm(u[xi], v[xi], out=m[xi])
+            m = self.gemm_batched(u, v, np.empty((16, f, t), dtype=x.dtype))
             wk.outputs(m, bias, b is not None, relu, out[lo:hi])
         kept = v if len(slices) == 1 else None
         return out, ("winograd", x, kept, u, out if relu else None)
@@ -189,16 +198,14 @@ class NumbaBackend(Backend):
             if v is None:
                 v = np.empty((16, c, t), dtype=x.dtype)
                 wk.inputs(x[lo:hi], v)
-            for xi in range(16):
-                if len(slices) == 1:
-                    self.gemm(dm[xi], v[xi].T, out=du[xi])
-                else:
-                    du[xi] += self.gemm(dm[xi], v[xi].T)
+            vt = v.transpose(0, 2, 1)
+            if len(slices) == 1:
+                self.gemm_batched(dm, vt, du)
+            else:
+                du += self.gemm_batched(dm, vt, np.empty_like(du))
             del v
             if need_dx:
-                dv = np.empty((16, c, t), dtype=dy.dtype)
-                for xi in range(16):
-                    self.gemm(u[xi].T, dm[xi], out=dv[xi])
+                dv = self.gemm_batched(u.transpose(0, 2, 1), dm, np.empty((16, c, t), dtype=dy.dtype))
                 wk.inputs_adjoint(dv, dx[lo:hi])
         dw = np.empty(w.shape, dtype=w.dtype)
         wk.weights_adjoint(du, dw)

@@ -100,7 +100,30 @@ def _make_kernels(fn):
                 s += parts[t, e]
             c[e] = s
 
-    return split_cols, split_rows, split_inner
+    @njit(parallel=True, nogil=True)
+    def batched(ta, tb, m, n, k, a, lda, sa, b, ldb, sb, c, count):
+        """C[t] (m, n) = op(A[t]) op(B[t]) for t < count, whole products spread over the
+        threads (A[t] at offset t * sa of a's storage, B[t] at t * sb, C[t] at t * m * n)."""
+        for t in prange(count):
+            fn(ROW_MAJOR, ta, tb, m, n, k, 1.0, a[t * sa:].ctypes, lda, b[t * sb:].ctypes, ldb, 0.0,
+               c[t * m * n:].ctypes, n)
+
+    return split_cols, split_rows, split_inner, batched
+
+
+def _batch_storage(x):
+    """(flat storage, trans flag, leading dimension, batch stride) of a stack (B, r, s) whose
+    items are C-contiguous or transposes of C-contiguous blocks, or None."""
+    if x.ndim != 3:
+        return None
+    bsz, r, s_ = x.shape
+    it = x.itemsize
+    if x.strides == (r * s_ * it, s_ * it, it):
+        return x.reshape(-1), NO_TRANS, s_, r * s_
+    if x.strides == (r * s_ * it, it, r * it):           # each item the transpose of an (s, r) block
+        base = np.lib.stride_tricks.as_strided(x, (bsz * r * s_,), (it,))
+        return base, TRANS, r, r * s_
+    return None
 
 
 def _storage(x):
@@ -114,7 +137,8 @@ def _storage(x):
 
 
 class PartitionedGemm:
-    """a @ b for 2-D float32/float64 arrays, split over `threads` numba threads."""
+    """a @ b for 2-D float32/float64 arrays, split over `threads` numba threads; `batched`
+    for stacks of products (Winograd's 16), whole products a thread."""
 
     def __init__(self, cblas):
         self.kernels = {np.dtype(np.float32): _make_kernels(cblas[0]), np.dtype(np.float64): _make_kernels(cblas[1])}
@@ -137,7 +161,7 @@ class PartitionedGemm:
             return c
         sa, ta, lda = _storage(a)
         sb, tb, ldb = _storage(b)
-        cols, rows, inner = self.kernels[a.dtype]
+        cols, rows, inner, _ = self.kernels[a.dtype]
         # Give each thread a slice that keeps BLAS efficient (>= 64 columns or rows, >= 256 of
         # the inner dimension), preferring a split that feeds every thread.
         by_cols, by_rows, by_inner = n // 64, m // 64, k // 256
@@ -150,3 +174,17 @@ class PartitionedGemm:
             parts = np.empty((chunks, m * n), dtype=a.dtype)
             inner(ta, tb, m, n, k, sa, lda, sb, ldb, parts, c.reshape(-1), chunks)
         return c
+
+    def batched(self, a, b, out):
+        """out[t] = a[t] @ b[t] for stacks a (B, m, k), b (B, k, n), out (B, m, n) C-contiguous;
+        items of a and b may be transposed blocks (a stack's .transpose(0, 2, 1))."""
+        sa, sb = _batch_storage(a), _batch_storage(b)
+        if (sa is None or sb is None or a.dtype != b.dtype or a.dtype not in self.kernels or out.dtype != a.dtype
+                or not out.flags.c_contiguous or out.shape != (a.shape[0], a.shape[1], b.shape[2])
+                or a.shape[2] != b.shape[1] or a.shape[0] != b.shape[0]):
+            raise ValueError(f"batched gemm: stacks {a.shape} @ {b.shape} -> {out.shape} do not fit")
+        bsz, m, k = a.shape
+        n = b.shape[2]
+        (fa, ta, lda, stra), (fb, tb, ldb, strb) = sa, sb
+        self.kernels[a.dtype][3](ta, tb, m, n, k, fa, lda, stra, fb, ldb, strb, out.reshape(-1), bsz)
+        return out

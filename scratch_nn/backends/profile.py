@@ -10,7 +10,7 @@ and the backend is synchronised around each call so device kernels are charged c
 """
 import time
 
-KERNELS = ("gemm", "im2col", "col2im", "conv2d_forward", "conv2d_backward", "conv2d_backward_into",
+KERNELS = ("gemm", "gemm_batched", "im2col", "col2im", "conv2d_forward", "conv2d_backward", "conv2d_backward_into",
            "linear_forward", "linear_backward", "linear_backward_into",
            "batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward", "batchnorm_backward_into",
            "relu_forward", "relu_backward", "maxpool2d_forward", "maxpool2d_backward",

@@ -34,6 +34,23 @@ def test_split_gemm_matches_float64_matmul_for_every_split_and_layout(dtype):
                 assert np.abs(c - ref).max() <= tol * max(1.0, np.abs(ref).max()), (m, k, n, threads)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batched_gemm_matches_float64_matmul_for_plain_and_transposed_stacks(dtype):
+    be = backends.get("numba")
+    r = np.random.default_rng(5)
+    a, b = r.standard_normal((16, 7, 11)).astype(dtype), r.standard_normal((16, 11, 13)).astype(dtype)
+    at = np.ascontiguousarray(a.transpose(0, 2, 1)).transpose(0, 2, 1)      # items: transposed blocks
+    bt = np.ascontiguousarray(b.transpose(0, 2, 1)).transpose(0, 2, 1)
+    ref = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for x, y in ((a, b), (at, b), (a, bt), (at, bt)):
+        out = np.full((16, 7, 13), np.nan, dtype=dtype)
+        assert be.gemm_batched(x, y, out) is out
+        np.testing.assert_allclose(out, ref, rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match="batched gemm"):
+        be.gemm_batched(a, b, np.empty((16, 7, 12), dtype=dtype))
+
+
 def test_thread_settings_survive_other_backends():
     import numba
     from threadpoolctl import threadpool_info
