@@ -99,26 +99,25 @@ class NumbaBackend(Backend):
         return dict(super().describe(), heap_kept=self.heap_kept, threading_layer=self.threading_layer,
                     gemm=self.gemm_mode, blas_spin_bounded=threads.blas_spin_bounded, convolution=conv)
 
-    def gemm(self, a, b, out=None):
-        # numba's count is per calling thread and BLAS's process-wide: re-assert both cheaply,
-        # since another backend in this process may have changed them.
+    def _threads_for_blas(self):
+        """Re-assert the thread counts (numba's is per calling thread and BLAS's process-wide;
+        another backend in this process may have changed them); True where GEMMs run split over
+        numba's threads, False where BLAS threads itself."""
         if self._numba.get_num_threads() != self.threads:
             self._numba.set_num_threads(self.threads)
-        if self._pgemm is None:
-            use_blas_threads(self.threads)
+        use_blas_threads(1 if self._pgemm is not None else self.threads)
+        return self._pgemm is not None
+
+    def gemm(self, a, b, out=None):
+        if not self._threads_for_blas():
             return np.matmul(a, b, out=out)
-        use_blas_threads(1)
         return self._pgemm(a, b, self.threads, out=out)
 
     def gemm_batched(self, a, b, out):
         """out[t] = a[t] @ b[t] for stacks of products (Winograd's 16), each product whole on
         one thread: one parallel region for all of them, none split."""
-        if self._numba.get_num_threads() != self.threads:
-            self._numba.set_num_threads(self.threads)
-        if self._pgemm is None:
-            use_blas_threads(self.threads)
+        if not self._threads_for_blas():
             return np.matmul(a, b, out=out)
-        use_blas_threads(1)
         return self._pgemm.batched(a, b, out)
 
     def to_host(self, a):
