@@ -33,7 +33,7 @@ HALF_PRECISIONS = ("fp16", "bf16")     # 16-bit activations, fp32 masters
 NULL = np.uint64(0)           # a null pointer argument
 BLOCK = 256
 COLS_BUDGET = 128 * 2**20     # bytes of im2col columns at a time when they are rebuilt in backward
-KEEP_COLS_BYTES = 256 * 2**20  # fp32/tf32: a convolution keeps its columns for backward up to this size
+KEEP_COLS_BYTES = 256 * 2**20  # recompute_cols="auto" (tf32): a convolution keeps its columns for backward up to this size
 SIDE_FMAS = 2**28             # weight gradients up to this many multiply-adds run on the side stream
 _KERNELS = {}
 _KERNELS_BY_DTYPE = {}
