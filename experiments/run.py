@@ -33,6 +33,9 @@ def build_parser():
                    "without, on an Ampere+ GPU)")
     g.add_argument("--cuda-graph", action="store_true",
                    help="GPU: capture the training step once as a CUDA graph and replay it")
+    g.add_argument("--compile", action="store_true",
+                   help="torch: torch.compile the model (TorchInductor: Triton kernels on a GPU, C++ on the CPU); "
+                        "its compile time falls in the warm-up steps, reported apart")
     g.add_argument("--memory-format", default=None,
                    help="torch: nchw | channels-last (default nchw; channels-last is what cuDNN runs fastest "
                         "in 16-bit); scratch chooses its own layout per backend and precision")

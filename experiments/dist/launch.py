@@ -14,12 +14,21 @@ Failure: when a rank exits with an error the launcher stops the others (SIGTERM,
 after a grace period) and exits with that rank's code, naming it; Ctrl-C is passed to every
 rank. A MASTER_PORT that is taken is refused before any rank starts. Ranks on other nodes are
 ended by the rendezvous link (experiments/dist/rendezvous.py) or torch.distributed's timeout.
+
+SIGINT: every rank starts with SIGINT at its default (Python's KeyboardInterrupt), whatever the
+launcher inherited: SIGINT is how a rank is asked to stop and save, and ranks run in sessions of
+their own that no terminal reaches. The launcher keeps the SIGINT it inherited, as Python does:
+a non-interactive shell ignores SIGINT in a job it starts with `&` (`nohup ... &` in a script,
+a CI wrapper) so that a Ctrl-C meant for the foreground leaves that job running, and `kill -INT`
+then does nothing to it either. `kill <launcher pid>` (SIGTERM) stops every rank as Ctrl-C
+does, wherever the job was started.
 """
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -138,14 +147,35 @@ def _stop(procs, sig, grace_s):
             p.wait()
 
 
+def default_sigint():
+    # Runs in a child between fork and exec (each rank here, each study row in
+    # experiments/matrix/proc.py). A SIG_IGN inherited from whoever started us survives the exec, and Python then installs no KeyboardInterrupt handler: the
+    # rank would train on through a SIGINT, and a stop would end in SIGKILL, unsaved.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _terminate_as_interrupt(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def launch(module, argv, nproc, env=None, grace_s=10.0, poll_s=0.1, log=None):
     """Run `python -m module argv` as this node's nproc ranks; return the job's exit code: 0
     when every rank succeeded, else the first failing rank's code (the others are stopped)."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     envs = rank_envs(nproc, env)
-    procs = [subprocess.Popen([sys.executable, "-m", module, *argv], env=e, start_new_session=True) for e in envs]
-    ranks = [int(e["RANK"]) for e in envs]
+    # SIGTERM (`kill`, `timeout`, a CI's cancel: no shell masks it) stops the job as Ctrl-C does;
+    # at its default it would end the launcher alone and leave the ranks, in sessions of their
+    # own, training on. Only Python's main thread can set a handler.
+    term = (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    if term:
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    procs = []
     try:
+        for e in envs:
+            procs.append(subprocess.Popen([sys.executable, "-m", module, *argv], env=e, start_new_session=True,
+                                          preexec_fn=default_sigint))
+        ranks = [int(e["RANK"]) for e in envs]
         while True:
             codes = [p.poll() for p in procs]
             failed = [(r, c) for r, c in zip(ranks, codes) if c not in (None, 0)]
@@ -160,7 +190,10 @@ def launch(module, argv, nproc, env=None, grace_s=10.0, poll_s=0.1, log=None):
             if all(c == 0 for c in codes):
                 return 0
             time.sleep(poll_s)
-    except KeyboardInterrupt:
-        log("interrupted: passing Ctrl-C to every rank")
+    except KeyboardInterrupt as e:
+        log(f"interrupted{' (SIGTERM)' if e.args else ''}: passing Ctrl-C to every rank")
         _stop(procs, signal.SIGINT, grace_s)
         return 130
+    finally:
+        if term:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)

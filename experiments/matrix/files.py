@@ -1,13 +1,14 @@
 """The study's own files: study.csv (one line per row and its outcome) and study.json's
-header (settings, machine, versions, commit, command)."""
+header (settings, machine, versions, commit, command; the probe adds torch_best)."""
 import csv
 import datetime
 import os
 
 from ..record import sysinfo
 
-STUDY_COLUMNS = ["row", "kind", "model", "execution", "impl", "backend_or_device", "threads", "status", "reason",
-                 "returncode", "wall_s", "run_dir", "log", "command"]
+# seed: the training row's seed (empty on sweeps; absent from studies made before seeds)
+STUDY_COLUMNS = ["row", "kind", "model", "execution", "impl", "seed", "backend_or_device", "threads", "status",
+                 "reason", "returncode", "wall_s", "run_dir", "log", "command"]
 
 
 def write_study_csv(path, lines):

@@ -1,32 +1,17 @@
 """Running the study's rows: each in a subprocess of its own (its memory figures its own),
 its output in a log, a timeout for hangs, Ctrl-C stopping the row in hand, and study.csv
-rewritten after every row so that --resume can continue."""
+rewritten after every row so that --resume can continue. Before the rows, the probe gives
+the torch-best rows their configuration (probe.py)."""
 import datetime
 import json
 import os
-import signal
-import subprocess
 import time
 
 from ..record.records import write_json
-from ..record.sysinfo import PROJECT_ROOT
+from . import probe
 from .files import STUDY_COLUMNS, read_study_csv, study_header, write_study_csv
 from .plan import row_command, row_slug
-
-def _reason_from_log(path, rc):
-    """The most telling line of a failed row's output: its `error:` line, else the last one."""
-    try:
-        with open(path, errors="replace") as f:
-            lines = [ln.strip() for ln in f if ln.strip()]
-    except OSError:
-        lines = []
-    for ln in reversed(lines):
-        if ln.startswith("error:") or ln.startswith(("diverged:", "interrupted:")):
-            return ln
-    for ln in reversed(lines):
-        if "Error" in ln or "error" in ln:
-            return ln[:300]
-    return (lines[-1][:300] if lines else f"exited with code {rc} and no output")
+from .proc import display_command, run_logged
 
 
 def _run_dir(out, row_id):
@@ -41,31 +26,16 @@ def _run_dir(out, row_id):
 def run_row(r, st, out, log=print):
     """Run one row's subprocess; returns the study.csv line."""
     cmd = row_command(r, st, out)
-    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     log_path = os.path.join(out, "logs", row_slug(r["row"]) + ".log")
     line = {k: r.get(k) for k in STUDY_COLUMNS}
-    line.update(log=os.path.relpath(log_path, out), command=" ".join(cmd[1:]).replace("-m ", "python -m ", 1))
+    line.update(log=os.path.relpath(log_path, out), command=display_command(cmd))
     t0 = time.perf_counter()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log_path, "w") as f:
-        f.write("$ " + line["command"] + "\n")
-        f.flush()
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                cwd=PROJECT_ROOT)
-        try:
-            rc = proc.wait(timeout=st["row_timeout_s"])
-            status = {0: "ok", 3: "diverged", 130: "interrupted"}.get(rc, "failed")
-            reason = "" if rc == 0 else _reason_from_log(log_path, rc)
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-            rc, status = None, "failed"
-            reason = f"timed out after {st['row_timeout_s']:g} s (--row-timeout)"
-        except KeyboardInterrupt:
-            _kill(proc)
-            line.update(status="interrupted", reason="interrupted by the user", returncode=None,
-                        wall_s=round(time.perf_counter() - t0, 1))
-            raise _Interrupted(line) from None
-    line.update(status=status, reason=reason, returncode=rc, wall_s=round(time.perf_counter() - t0, 1))
+    try:
+        line.update(run_logged(cmd, log_path, st["row_timeout_s"]))
+    except KeyboardInterrupt:
+        line.update(status="interrupted", reason="interrupted by the user", returncode=None,
+                    wall_s=round(time.perf_counter() - t0, 1))
+        raise _Interrupted(line) from None
     if r["kind"] == "train":
         d = _run_dir(out, r["row"])
         line["run_dir"] = os.path.relpath(d, out) if d else None
@@ -75,21 +45,6 @@ def run_row(r, st, out, log=print):
 class _Interrupted(Exception):
     def __init__(self, line):
         self.line = line
-
-
-def _kill(proc):
-    """End a row's whole process group: SIGINT first (experiments.run then keeps what it
-    measured), SIGKILL if it lingers."""
-    for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _row_note(line, out):
@@ -135,12 +90,23 @@ def run_study(rows, st, out, header, gpu, argv, log=print, warn=None):
     log(f"study {st['preset']}: {st['about']}")
     log(f"  {len(rows)} row(s) selected, {len(rows) - len(todo)} already ok; writing {out}"
         + ("" if gpu else "; no GPU here: GPU rows are skipped"))
+    try:
+        probe.choose(todo, st, out, header, gpu, log=log)
+    except KeyboardInterrupt:
+        write_json(header_path, header)
+        warn(f"the torch-best probe was interrupted; no row ran. Continue with: "
+             f"python -m experiments.study --out {out} --resume")
+        return 130
+    write_json(header_path, header)
     code = 0
     for i, r in enumerate(todo, 1):
         tag = f"[{i}/{len(todo)}] {r['row']}"
         if r["gpu"] and not gpu:
             line = {k: r.get(k) for k in STUDY_COLUMNS}
             line.update(status="skipped", reason="no GPU here (NVML finds none)")
+        elif r.get("best_error"):
+            line = {k: r.get(k) for k in STUDY_COLUMNS}
+            line.update(status="failed", reason=r["best_error"])
         else:
             log(f"{tag} ...")
             try:

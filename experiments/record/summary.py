@@ -13,6 +13,7 @@ def build_summary(a, cfg, ds, state, res, status, wall_s):
         "time_budget_s": getattr(a, "time_budget", None), "impl": a.impl, "backend_or_device": cfg["backend_or_device"],
         "model": a.model, "threads": a.threads, "batch_size": a.batch_size, "precision": a.precision,
         "memory_format": getattr(a, "memory_format", None), "cuda_graph": bool(getattr(a, "cuda_graph", False)),
+        "compile": bool(getattr(a, "compile", False)),
         "optimizer": a.optimizer, "lr": a.lr, "epochs": state.get("epochs_done", 0), "steps": state.get("step", 0),
         "dataset": ds.source, "n_train": ds.n_train, "n_test": ds.n_test, "seed": a.seed,
         "data_on_gpu": bool(getattr(a, "device_data", False)),

@@ -3,18 +3,22 @@
 Every chart function takes what it draws from and a path, and returns the path, or None when
 its data are absent (draw_all then prints a note): a study with failed, skipped or missing
 pieces still gets every chart it has data for. Implementations keep one colour everywhere
-(scratch blue, torch orange) and executions one line style and marker, so one legend per
-figure reads across its panels.
+(scratch blue, torch orange, torch-best purple) and executions one line style and marker, so
+one legend per figure reads across its panels. A row's seeds show as its spread: error bars of
+one standard deviation and a dot per seed on the throughput chart, one curve per seed on the
+curves.
 """
 import math
 import os
 import textwrap
 
 from ..cli import headless_pyplot
-from .study_tables import (PAR, cell, consistency_notes, fmt_ips, fmt_secs, fmt_x, machine_line, models_of,
+from .spread import judge, pm
+from .study_load import IMPL_ORDER
+from .study_tables import (cell, consistency_notes, fmt_ips, fmt_secs, fmt_x, impl_name, machine_line, models_of,
                            settings_line)
 
-COLOURS = {"scratch": "tab:blue", "torch": "tab:orange"}
+COLOURS = {"scratch": "tab:blue", "torch": "tab:orange", "torch-best": "tab:purple"}
 STYLES = {"1-core": dict(ls=":", marker="o"), "multi-core": dict(ls="--", marker="s"), "gpu": dict(ls="-", marker="^")}
 DPI = 110
 
@@ -28,7 +32,15 @@ def _style(execution):
 
 
 def _label(r):
-    return f"{r['execution']} {r['impl']} ({r['backend_or_device'] or '?'})"
+    """A row in a legend: 'gpu scratch (cupy)', 'gpu torch (cuda)', 'gpu torch-best (channels-last + CUDA graph)'."""
+    name = f"torch ({r['backend_or_device'] or '?'})" if r["impl"] == "torch" else impl_name(r)
+    return f"{r['execution']} {name}"
+
+
+def _seed_values(r, key):
+    """A row's per-seed figures (empty for a row of one seed: its bar is its one value)."""
+    vals = [sr[key] for sr in r.get("seed_records") or [] if sr["status"] == "ok" and sr[key] is not None]
+    return vals if len(vals) > 1 else []
 
 
 
@@ -99,30 +111,37 @@ def throughput(main, path, title_suffix=""):
         return None
     plt = headless_pyplot()
     models = models_of(main)
-    fig, axes = _panels(plt, len(models), width=5.6, height=1.2 + 0.9 * 3)
+    fig, axes = _panels(plt, len(models), width=5.8, height=1.4 + 1.1 * 3)
+    impls = [i for i in IMPL_ORDER if any(r["impl"] == i for r in main)]    # one bar slot each, every panel
+    impls += sorted({r["impl"] for r in main} - set(impls), key=str)
+    h = 0.84 / len(impls)
     for ax, model in zip(axes[0], models):
         rows = [r for r in main if r["model"] == model]
-        execs = []
+        execs = list(dict.fromkeys(r["execution"] for r in rows))
+        vals = [v for r in rows if r["images_per_s"] for v in [r["images_per_s"]] + _seed_values(r, "images_per_s")]
         for r in rows:
-            if r["execution"] not in execs:
-                execs.append(r["execution"])
-        vals = [r["images_per_s"] for r in rows if r["images_per_s"]]
-        for r in rows:
-            y = execs.index(r["execution"]) + (-0.2 if r["impl"] == "scratch" else 0.2)
-            v = r["images_per_s"]
-            if v:
-                ax.barh(y, v, height=0.38, color=_colour(r["impl"]), label=r["impl"])
-                ax.text(v * 1.08, y, f"{v:,.0f}" if v >= 100 else f"{v:.1f}", va="center", fontsize=8)
-            else:  # say why there is no bar, at the left edge of the panel
-                ax.text(0.01, y, f"{r['impl']}: {r['status']}", va="center", fontsize=8, color="gray",
+            y = execs.index(r["execution"]) + (impls.index(r["impl"]) - (len(impls) - 1) / 2) * h
+            v, sd = r["images_per_s"], r["images_per_s_std"]
+            if not v:   # say why there is no bar, at the left edge of the panel
+                ax.text(0.01, y, f"{r['impl']}: {r['status']}", va="center", fontsize=7, color="gray",
                         transform=ax.get_yaxis_transform())
+                continue
+            err = None if sd is None else [[min(sd, 0.9 * v)], [sd]]     # a log axis has no room below 0
+            ax.barh(y, v, height=0.92 * h, color=_colour(r["impl"]), label=r["impl"], xerr=err,
+                    error_kw=dict(capsize=2, lw=0.8))
+            points = _seed_values(r, "images_per_s")
+            if points:
+                ax.plot(points, [y] * len(points), ls="none", marker="o", ms=2.5, color="black", label="one seed")
+            right = max([v + (sd or 0)] + points)
+            ax.text(right * 1.08, y, pm(v, sd, fmt_ips), va="center", fontsize=7)
         ax.set_yticks(range(len(execs)))
-        ax.set_yticklabels([_exec_label(rows, e) for e in execs], fontsize=8)
-        ax.set_ylim(len(execs) - 0.45, -0.55)   # top to bottom, room for the status notes
+        ax.set_yticklabels([_exec_label(rows, e) for e in execs], fontsize=7)
+        ax.set_ylim(len(execs) - 0.5, -0.5)   # top to bottom, room for the status notes
         _log_axis(ax, "x")
         if vals:
-            ax.set_xlim(min(vals) / 4, max(vals) * 6)
-        ax.set_xlabel("training images/s (log scale)")
+            ax.set_xlim(min(vals) / 4, max(vals) * 8)
+        ax.set_xlabel("training images/s (log scale)" + ("; bars: mean ± std over seeds" if any(
+            r["images_per_s_std"] is not None for r in rows) else ""))
         ax.set_title(model)
         ax.grid(axis="x", alpha=0.3, which="both")
     rows = _shared_legend(fig, axes[0])
@@ -130,35 +149,39 @@ def throughput(main, path, title_suffix=""):
 
 
 def _exec_label(rows, execution):
-    backs = [f"{r['impl']}: {r['backend_or_device']}" for r in rows if r["execution"] == execution]
+    backs = [f"{r['impl']}: " + (r["variant"] if r["impl"] == "torch-best" and r.get("variant")
+                                 else str(r["backend_or_device"])) for r in rows if r["execution"] == execution]
     return execution + "\n" + "\n".join(backs)
 
 
 # ---------------------------------------------------------------------------- speed-up
 def speedup(main, path, title_suffix=""):
     sp = [r for r in main if r["speedup_vs_1core_scratch"]]
-    ratio = [r for r in main if r["impl"] == "scratch" and r["scratch_over_torch"]]
-    if not sp and not ratio:
+    by = {(r["model"], r["execution"], r["impl"]): r for r in main}
+    pairs = [(r, by[(r["model"], r["execution"], other)], r[col]) for r in main if r["impl"] == "scratch"
+             for other, col in (("torch", "scratch_over_torch"), ("torch-best", "scratch_over_torch_best")) if r[col]]
+    if not sp and not pairs:
         return None
     plt = headless_pyplot()
-    n = max(len(sp), len(ratio), 1)
+    n = max(len(sp), len(pairs), 1)
     fig, axes = plt.subplots(1, 2, figsize=(12, 1.6 + 0.42 * n), squeeze=False)
     a1, a2 = axes[0]
     _hbars(a1, [r["row"] for r in sp], [r["speedup_vs_1core_scratch"] for r in sp],
            [_colour(r["impl"]) for r in sp], "images/s over the same model's 1-core scratch row (log)")
     a1.set_title("speed-up against 1-core scratch", fontsize=10)
-    cols = ["tab:gray" if abs(r["scratch_over_torch"] - 1) < PAR else "tab:green" if r["scratch_over_torch"] > 1
-            else "tab:red" for r in ratio]
-    _hbars(a2, [f"{r['model']} {r['execution']}\n{r['backend_or_device']} vs torch" for r in ratio],
-           [r["scratch_over_torch"] for r in ratio], cols,
-           "scratch images/s / torch images/s (log; >1: scratch faster)", symmetric=True)
-    a2.set_title("scratch against torch on the same hardware", fontsize=10)
+    verdict = [judge(s, t, "images_per_s")[0] for s, t, _ in pairs]
+    cols = [{"higher": "tab:green", "lower": "tab:red"}.get(v, "tab:gray") for v in verdict]
+    _hbars(a2, [f"{s['model']} {s['execution']}\n{s['backend_or_device']} vs {t['impl']}"
+                + (f"\n({t['variant']})" if t.get("variant") else "") for s, t, _ in pairs],
+           [q for _, _, q in pairs], cols, "scratch images/s / torch images/s (log; >1: scratch faster)",
+           symmetric=True)
+    a2.set_title("scratch against torch and torch-best, same hardware", fontsize=10)
     from matplotlib.patches import Patch
 
-    handles = [Patch(color=COLOURS["scratch"], label="scratch row"), Patch(color=COLOURS["torch"], label="torch row"),
-               Patch(color="tab:green", label="scratch faster"), Patch(color="tab:red", label="torch faster"),
-               Patch(color="tab:gray", label=f"on par (within {PAR:.0%})")]
-    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    handles = [Patch(color=COLOURS[i], label=f"{i} row") for i in IMPL_ORDER if any(r["impl"] == i for r in sp)]
+    handles += [Patch(color="tab:green", label="scratch faster"), Patch(color="tab:red", label="torch faster"),
+                Patch(color="tab:gray", label="within run-to-run noise (or on par: one seed)")]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     return _finish(fig, path, "Speed-up factors" + title_suffix, legend_rows=1)
 
 
@@ -291,8 +314,9 @@ def memory_over_time(study, main, path, title_suffix=""):
 
 
 def _runs_by_row(study, main):
+    """(run, its row's main-table line) of every seed of every row."""
     by = {r["row"]: r for r in main}
-    return [(run, by[run.row]) for run in study.runs if run.row in by]
+    return [(run, by[run.key]) for run in study.runs if run.key in by]
 
 
 # ---------------------------------------------------------------------------- sweeps
@@ -374,18 +398,21 @@ def batch_scaling(batch, path, title_suffix=""):
 
 
 # ---------------------------------------------------------------------------- summary page
-# (header, main-table key, column width); a column empty in every row is left out
-_SUMMARY_COLS = [("row", "row", 0.2), ("status", "status", 0.08), ("img/s", "images_per_s", 0.09),
-                 ("vs 1-core\nscratch", "speedup_vs_1core_scratch", 0.09),
-                 ("scratch/\ntorch", "scratch_over_torch", 0.08), ("test acc", "final_test_acc", 0.08),
-                 ("epochs\ntrained", "epochs", 0.07), ("s to 50%\ntest acc", "tta_50_s", 0.08),
-                 ("peak RAM\nMB", "peak_rss_mb", 0.08), ("peak GPU\nMB", "peak_gpu_mem_mb", 0.08)]
+# (header, main-table key, relative column width); a column empty in every row is left out
+_SUMMARY_COLS = [("row", "row", 0.2), ("torch-best\nvariant", "variant", 0.2), ("status", "status", 0.06),
+                 ("n", "n", 0.03), ("img/s", "images_per_s", 0.11),
+                 ("vs 1-core\nscratch", "speedup_vs_1core_scratch", 0.07),
+                 ("scratch/\ntorch", "scratch_over_torch", 0.06),
+                 ("scratch/\ntorch-best", "scratch_over_torch_best", 0.07), ("test acc", "final_test_acc", 0.1),
+                 ("epochs\ntrained", "epochs", 0.06), ("s to 50%\ntest acc", "tta_50_s", 0.08),
+                 ("peak RAM\nMB", "peak_rss_mb", 0.07), ("peak GPU\nMB", "peak_gpu_mem_mb", 0.07)]
 
 
 def _summary_cell(r, key):
     fmt = {"images_per_s": fmt_ips, "speedup_vs_1core_scratch": fmt_x, "scratch_over_torch": fmt_x,
-           "final_test_acc": lambda v: f"{100 * v:.1f}%", "epochs": lambda v: f"{v:g}", "tta_50_s": fmt_secs,
-           "peak_rss_mb": lambda v: f"{v:,.0f}", "peak_gpu_mem_mb": lambda v: f"{v:,.0f}"}.get(key, str)
+           "scratch_over_torch_best": fmt_x, "final_test_acc": lambda v: f"{100 * v:.1f}%",
+           "epochs": lambda v: f"{v:g}", "tta_50_s": fmt_secs, "peak_rss_mb": lambda v: f"{v:,.0f}",
+           "peak_gpu_mem_mb": lambda v: f"{v:,.0f}"}.get(key, str)
     return cell(r, key, fmt)
 
 
@@ -395,7 +422,9 @@ def summary_page(study, main, concl, path):
     plt = headless_pyplot()
 
     hw, soft = machine_line(study)
-    wrap, line_h, row_h = 175, 0.22, 0.27
+    # 12 inches hold the table of a study without torch-best rows; more columns widen the page
+    width = 12 * max(1.0, sum(w for _, _, w in _summary_columns(main)))
+    wrap, line_h, row_h = int(175 * width / 12), 0.22, 0.27
     commit = f"; commit {study.header['git_commit']}" if study.header.get("git_commit") else ""
     head = [ln for h in ("Machine: " + hw, "Software: " + soft + commit, "Settings: " + settings_line(study, main))
             for ln in textwrap.wrap(h, wrap)]
@@ -408,7 +437,7 @@ def summary_page(study, main, concl, path):
     table_h = row_h * (len(main) + 2)
     text_lines = len(head) + len(notes) + sum(len(b) for b in bullets)
     fig_h = 1.6 + table_h + line_h * text_lines + (0.2 if notes else 0)
-    fig = plt.figure(figsize=(12, fig_h))
+    fig = plt.figure(figsize=(width, fig_h))
     inch = 1.0 / fig_h   # layout in inches from the top, converted to figure fractions
 
     y = 1 - 0.3 * inch
@@ -443,17 +472,24 @@ def _status_notes(main):
     for r in main:
         if r["status"] != "ok" or r["reason"]:
             groups.setdefault((r["status"], r["reason"]), []).append(r["row"])
-    return [f"{', '.join(rows)}: {status}" + (f": {reason}" if reason else "")
+    return [f"{', '.join(rows)}: " + (reason if reason.startswith("seed") else   # "seeds 0, 1: failed: ..."
+                                      f"{status}" + (f": {reason}" if reason else ""))
             for (status, reason), rows in groups.items()]
+
+
+def _summary_columns(main):
+    """_SUMMARY_COLS less those empty in every row."""
+    return [(h, k, w) for h, k, w in _SUMMARY_COLS if k in ("row", "status") or any(r[k] is not None for r in main)]
 
 
 def _summary_table(fig, main, rect):
     ax = fig.add_axes(rect)
     ax.set_axis_off()
-    cols = [(h, k, w) for h, k, w in _SUMMARY_COLS if k in ("row", "status") or any(r[k] is not None for r in main)]
+    cols = _summary_columns(main)
     cells = [[_summary_cell(r, k) for _, k, _ in cols] for r in main]
+    total = sum(w for _, _, w in cols)    # the columns kept share the page's width
     tab = ax.table(cellText=cells, colLabels=[h for h, _, _ in cols], loc="upper center", cellLoc="right",
-                   colLoc="center", colWidths=[w for _, _, w in cols])
+                   colLoc="center", colWidths=[w / total for _, _, w in cols])
     tab.auto_set_font_size(False)
     tab.set_fontsize(9)
     n = len(main) + 2   # the header takes two lines
@@ -462,7 +498,7 @@ def _summary_table(fig, main, rect):
         if i == 0:
             box.set_facecolor("#dde5f0")
             box.set_text_props(weight="bold")
-        elif j == 0:
+        elif cols[j][1] in ("row", "variant"):     # text reads from the left
             box.set_text_props(ha="left")
             box._loc = "left"
         if i and main[i - 1]["status"] != "ok":

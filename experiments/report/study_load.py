@@ -7,7 +7,7 @@ import json
 import math
 import os
 
-from ..matrix.plan import row_slug
+from ..matrix.plan import row_id, row_slug, split_row
 
 THREADS_COLUMNS = ["model", "impl", "threads", "images_per_s", "images_per_s_min", "images_per_s_max", "speedup",
                    "efficiency", "batch_size", "cpu", "cores", "date", "source"]
@@ -17,7 +17,7 @@ BATCH_COLUMNS = ["where", "model", "batch_size", "scratch_backend", "threads", "
 
 MODEL_ORDER = ("cnn", "resnet18")
 EXECUTION_ORDER = ("1-core", "multi-core", "gpu")
-IMPL_ORDER = ("scratch", "torch")
+IMPL_ORDER = ("scratch", "torch", "torch-best")
 TTA_KEYS = ("50", "80", "85", "90")
 EXECUTIONS = set(EXECUTION_ORDER)
 
@@ -74,11 +74,15 @@ def int_or_none(v):
 
 
 def _row_from_slug(slug):
-    """cnn_multi-core_torch -> (cnn, multi-core, torch); None when the folder name is not a row's."""
+    """cnn_multi-core_torch_s1 -> (cnn, multi-core, torch, 1); cnn_multi-core_torch (a study from
+    before seeds) -> (cnn, multi-core, torch, None); None when the folder name is not a row's."""
     parts = slug.split("_")
+    seed = None
+    if len(parts) == 4 and parts[3][:1] == "s" and parts[3][1:].isdigit():
+        seed, parts = int(parts[3][1:]), parts[:3]
     if len(parts) != 3 or parts[1] not in EXECUTIONS:
         return None
-    return tuple(parts)
+    return (*parts, seed)
 
 
 def _newest_run(root):
@@ -89,11 +93,14 @@ def _newest_run(root):
 
 
 class Run:
-    """One training row: its study.csv line and whatever its run folder holds."""
+    """One training row and seed: its study.csv line and whatever its run folder holds. row is
+    its id (cnn/gpu/torch/s1), key the row's id without the seed (cnn/gpu/torch), seed its seed:
+    from the id, else study.csv's seed column, else summary.json (a study from before seeds)."""
 
     def __init__(self, line, study_dir):
         self.line = line
         self.row = line["row"]
+        self.key, seed = split_row(self.row)
         rd = line.get("run_dir") or ""
         self.dir = os.path.join(study_dir, rd) if rd else _newest_run(os.path.join(study_dir, "runs",
                                                                                     row_slug(self.row)))
@@ -103,6 +110,11 @@ class Run:
         self.epochs = _read_csv(os.path.join(d, "epochs.csv")) if d else None
         self.steps = _read_csv(os.path.join(d, "steps.csv")) if d else None
         self.resources = _read_csv(os.path.join(d, "resources.csv")) if d else None
+        for v in (seed, line.get("seed"), (self.summary or {}).get("seed")):
+            if int_or_none(v) is not None:
+                seed = int_or_none(v)
+                break
+        self.seed = seed
 
     def get(self, key):
         """A figure from summary.json, else config.json, else the study.csv line."""
@@ -130,11 +142,15 @@ class Study:
         out = []
         for root in sorted(glob.glob(os.path.join(self.dir, "runs", "*"))):
             parsed = _row_from_slug(os.path.basename(root))
-            if not parsed or "/".join(parsed) in known:
+            if not parsed:
                 continue
-            model, execution, impl = parsed
+            model, execution, impl, seed = parsed
+            base = f"{model}/{execution}/{impl}"
+            row = base if seed is None else row_id(base, seed)
+            if row in known:
+                continue
             done = os.path.exists(os.path.join(_newest_run(root) or root, "summary.json"))
-            out.append(dict(row="/".join(parsed), kind="train", model=model, execution=execution, impl=impl,
+            out.append(dict(row=row, kind="train", model=model, execution=execution, impl=impl, seed=seed,
                             status="unrecorded",
                             reason="not in study.csv: " + ("the study stopped before recording it" if done
                                                            else "still running, or stopped before its summary")))
@@ -151,6 +167,11 @@ class Study:
     @property
     def versions(self):
         return self.header.get("versions") or {}
+
+    @property
+    def torch_best(self):
+        """The probe's record per "<model>/<execution>" (study.json's torch_best), or {}."""
+        return self.header.get("torch_best") or {}
 
 
 def load_study(path):

@@ -4,13 +4,16 @@ import os
 
 from . import study_charts
 from .study_load import BATCH_COLUMNS, THREADS_COLUMNS, load_study
-from .study_tables import MAIN_COLUMNS, conclusions, df_records, main_table, markdown, write_csv
+from .study_conclusions import conclusions
+from .study_tables import (MAIN_COLUMNS, SEED_COLUMNS, df_records, main_table, markdown, seed_table,
+                           write_csv)
 
 
 def write_all(study, out, charts=True, log=print):
     """Write the tables (and charts); returns the paths written."""
     os.makedirs(out, exist_ok=True)
-    main = main_table(study)
+    seeds = seed_table(study)
+    main = main_table(study, seeds)
     concl = conclusions(main, study.threads)
     written = []
 
@@ -19,6 +22,7 @@ def write_all(study, out, charts=True, log=print):
         return written[-1]
 
     write_csv(path("main.csv"), main, MAIN_COLUMNS)
+    write_csv(path("main_by_seed.csv"), seeds, SEED_COLUMNS)
     md = markdown(study, main, concl)
     with open(path("main.md"), "w") as f:
         f.write(md)

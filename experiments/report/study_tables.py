@@ -1,22 +1,40 @@
-"""The study's tables and their Markdown: the main table (one line per training row, with
-speed-ups and scratch/torch ratios), conclusions computed from it, and checks of the sweeps
-against the rows. The columns are documented in experiments/compare.py."""
+"""The study's tables and their Markdown: the main table (one line per training row, its
+seeds summarised as mean, standard deviation and n, with speed-ups and scratch/torch and
+scratch/torch-best ratios), the per-seed table under it, and checks of the sweeps against the
+rows. The columns are documented in experiments/compare.py; the conclusions drawn from the
+tables are in study_conclusions.py."""
 import csv
 import math
 import os
 
+from ..matrix.plan import split_row, variant_name
+from .spread import mean_std, pm
 from .study_load import EXECUTION_ORDER, IMPL_ORDER, MODEL_ORDER, TTA_KEYS, int_or_none, num
 
-MAIN_COLUMNS = ["row", "model", "execution", "impl", "backend_or_device", "threads", "precision", "batch_size",
-                "dataset", "status", "reason", "images_per_s", "speedup_vs_1core_scratch", "scratch_over_torch",
-                "epoch_time_s", "epoch_time_estimated", "peak_rss_mb", "mean_cpu_percent", "peak_gpu_mem_mb",
-                "mean_gpu_util_percent", "energy_per_image_j", "final_train_acc", "final_test_acc",
-                "tta_50_s", "tta_80_s", "tta_85_s", "tta_90_s", "epochs", "stopped_by", "train_time_s", "run_dir"]
+# figures given as mean and standard deviation over the seeds (a column <key>_std beside each)
+SPREAD_KEYS = ["images_per_s", "peak_rss_mb", "peak_gpu_mem_mb", "final_test_acc"] + [f"tta_{k}_s"
+                                                                                      for k in TTA_KEYS]
+# figures given as the mean over the seeds alone
+MEAN_KEYS = ["epoch_time_s", "warmup_time_s", "mean_cpu_percent", "mean_gpu_util_percent", "energy_per_image_j",
+             "final_train_acc", "epochs", "train_time_s"]
 
-PAR = 0.03   # scratch/torch throughput ratios within 3% of 1 are called "on par"
+MAIN_COLUMNS = ["row", "model", "execution", "impl", "variant", "backend_or_device", "threads", "precision",
+                "batch_size", "dataset", "status", "reason", "n", "seeds", "images_per_s", "images_per_s_std",
+                "speedup_vs_1core_scratch", "scratch_over_torch", "scratch_over_torch_best", "epoch_time_s",
+                "epoch_time_estimated", "warmup_time_s", "peak_rss_mb", "peak_rss_mb_std", "mean_cpu_percent",
+                "peak_gpu_mem_mb", "peak_gpu_mem_mb_std", "memory_scratch_over_torch",
+                "memory_scratch_over_torch_best", "mean_gpu_util_percent", "energy_per_image_j", "final_train_acc",
+                "final_test_acc", "final_test_acc_std", "tta_50_s", "tta_50_s_std", "tta_80_s", "tta_80_s_std",
+                "tta_85_s", "tta_85_s_std", "tta_90_s", "tta_90_s_std", "epochs", "stopped_by", "train_time_s",
+                "run_dir"]
+
+# main_by_seed.csv: each row's seeds before they are summarised
+SEED_COLUMNS = ["row", "seed", "model", "execution", "impl", "variant", "backend_or_device", "threads", "status",
+                "reason", "images_per_s", "warmup_time_s", "peak_rss_mb", "peak_gpu_mem_mb", "final_test_acc",
+                "tta_50_s", "tta_80_s", "tta_85_s", "tta_90_s", "epochs", "stopped_by", "run_dir"]
 
 
-# ---------------------------------------------------------------------------- main table
+# ---------------------------------------------------------------------------- one seed of a row
 def _full_epochs(epochs, n_train, batch_size, stopped_early):
     """(the epochs.csv rows of complete epochs, epochs trained as a fraction). A budget-stopped
     or interrupted epoch trained fewer than n_train images (a dropped last batch aside); where
@@ -43,20 +61,33 @@ def _tta(summary, key):
     return num(summary.get(f"tta_{key}_s"))
 
 
-def _record(run, study_dir):
+def _variant(run, impl, torch_best):
+    """A torch-best row's configuration in words: what its run recorded, else the probe's choice."""
+    if impl != "torch-best":
+        return None
+    if run.summary:
+        return variant_name(run.summary)
+    model, execution = run.key.split("/")[:2]
+    return (torch_best.get(f"{model}/{execution}") or {}).get("name")
+
+
+def _record(run, study_dir, torch_best=None):
+    """One seed of a row: the figures of its run folder (row = its id with the seed)."""
     s = run.summary or {}
     ln = run.line
     rec = dict.fromkeys(MAIN_COLUMNS)
-    rec.update(row=run.row, model=ln.get("model") or s.get("model"), execution=ln.get("execution"),
-               impl=ln.get("impl") or s.get("impl"), backend_or_device=run.get("backend_or_device"),
-               threads=int_or_none(run.get("threads")), precision=run.get("precision"),
-               batch_size=int_or_none(run.get("batch_size")), dataset=s.get("dataset") or run.get("dataset"),
+    impl = ln.get("impl") or s.get("impl")
+    rec.update(row=run.row, key=run.key, seed=run.seed, model=ln.get("model") or s.get("model"),
+               execution=ln.get("execution"), impl=impl, variant=_variant(run, impl, torch_best or {}),
+               backend_or_device=run.get("backend_or_device"), threads=int_or_none(run.get("threads")),
+               precision=run.get("precision"), batch_size=int_or_none(run.get("batch_size")),
+               dataset=s.get("dataset") or run.get("dataset"),
                status=ln.get("status") or ("ok" if s.get("status") == "completed" else s.get("status")),
                reason=ln.get("reason") or "")
     if run.dir and not run.summary and rec["status"] not in ("skipped",):
         rec["reason"] = "; ".join(x for x in (rec["reason"], "no summary.json in its run folder") if x)
-    for k in ("images_per_s", "peak_rss_mb", "mean_cpu_percent", "peak_gpu_mem_mb", "mean_gpu_util_percent",
-              "energy_per_image_j", "final_train_acc", "final_test_acc", "train_time_s"):
+    for k in ("images_per_s", "warmup_time_s", "peak_rss_mb", "mean_cpu_percent", "peak_gpu_mem_mb",
+              "mean_gpu_util_percent", "energy_per_image_j", "final_train_acc", "final_test_acc", "train_time_s"):
         rec[k] = num(s.get(k))
     for key in TTA_KEYS:
         rec[f"tta_{key}_s"] = _tta(s, key)
@@ -74,24 +105,90 @@ def _record(run, study_dir):
     return rec
 
 
+# ---------------------------------------------------------------------------- a row over its seeds
+def _first(recs, key):
+    return next((r[key] for r in recs if r[key] is not None), None)
+
+
+def _summarise(recs):
+    """One main-table line from the per-seed records of a row: means, and standard deviations
+    of SPREAD_KEYS, over the seeds that ran ok (over every seed where none did, so that a lone
+    interrupted run still shows what it measured); n: the seeds with images/s among them. A
+    time to accuracy is given only when every one of those seeds reached it (a mean over the
+    seeds that got there would flatter the row). seed_records keeps the seeds for the charts."""
+    recs = sorted(recs, key=lambda r: (r["seed"] is None, r["seed"] or 0))
+    use = [r for r in recs if r["status"] == "ok"] or recs
+    out = dict.fromkeys(MAIN_COLUMNS)
+    for k in ("model", "execution", "impl", "variant", "backend_or_device", "threads", "precision", "batch_size",
+              "dataset"):
+        out[k] = _first(recs, k)
+    statuses = {r["status"] for r in recs}
+    out.update(row=recs[0]["key"], status=statuses.pop() if len(statuses) == 1 else
+               "ok" if any(r["status"] == "ok" for r in recs) else "failed", seed_records=recs)
+    if len(recs) == 1:
+        out["reason"] = recs[0]["reason"]
+    else:   # which seeds are not ok, and why: the seeds sharing a status and reason in one clause
+        why = {}
+        for r in recs:
+            if r["status"] != "ok" or r["reason"]:
+                why.setdefault((r["status"], r["reason"]), []).append(str(r["seed"]))
+        out["reason"] = "; ".join(f"seed{'s' * (len(seeds) > 1)} {', '.join(seeds)}: {status}"
+                                  + (f": {reason}" if reason else "") for (status, reason), seeds in why.items())
+    measured = [r for r in use if r["images_per_s"] is not None]
+    out["n"] = len(measured)
+    out["seeds"] = ",".join(str(r["seed"]) for r in measured if r["seed"] is not None) or None
+    for k in SPREAD_KEYS:
+        vals = [r[k] for r in use]
+        if k.startswith("tta_") and any(v is None for v in vals):
+            continue
+        out[k], out[f"{k}_std"], _ = mean_std(vals)
+    for k in MEAN_KEYS:
+        out[k] = mean_std([r[k] for r in use])[0]
+    if out["epoch_time_s"] is not None:
+        out["epoch_time_estimated"] = any(r["epoch_time_estimated"] for r in use if r["epoch_time_s"] is not None)
+    stops = list(dict.fromkeys(r["stopped_by"] for r in use if r["stopped_by"]))
+    out["stopped_by"] = "/".join(stops) or None
+    out["run_dir"] = ";".join(r["run_dir"] for r in recs if r["run_dir"]) or None
+    return out
+
+
 def _order(values, preferred):
     return {v: i for i, v in enumerate(list(preferred) + sorted(set(values) - set(preferred), key=str))}
 
 
+def _ratio(a, b):
+    return a / b if a and b else None
+
+
 def _add_ratios(recs):
-    ips = {(r["model"], r["execution"], r["impl"]): r["images_per_s"] for r in recs}
+    """Speed-ups against the model's 1-core scratch row, and scratch against torch and against
+    torch-best of the same model and execution (images/s and peak memory: the GPU's on GPU rows,
+    RSS on CPU rows), each ratio written on both rows of its pair. Ratios of the means."""
+    by = {(r["model"], r["execution"], r["impl"]): r for r in recs}
     for r in recs:
-        base = ips.get((r["model"], "1-core", "scratch"))
-        if base and r["images_per_s"]:
-            r["speedup_vs_1core_scratch"] = r["images_per_s"] / base
-        s, t = ips.get((r["model"], r["execution"], "scratch")), ips.get((r["model"], r["execution"], "torch"))
-        if s and t and r["impl"] in IMPL_ORDER:
-            r["scratch_over_torch"] = s / t
+        base = by.get((r["model"], "1-core", "scratch"))
+        r["speedup_vs_1core_scratch"] = _ratio(r["images_per_s"], base and base["images_per_s"])
+        s = by.get((r["model"], r["execution"], "scratch"))
+        mem = "peak_gpu_mem_mb" if r["execution"] == "gpu" else "peak_rss_mb"
+        for other, col in (("torch", "scratch_over_torch"), ("torch-best", "scratch_over_torch_best")):
+            t = by.get((r["model"], r["execution"], other))
+            if s and t and r["impl"] in ("scratch", other):
+                r[col] = _ratio(s["images_per_s"], t["images_per_s"])
+                r[f"memory_{col}"] = _ratio(s[mem], t[mem])
 
 
-def main_table(study):
-    """The main table as a list of dicts with MAIN_COLUMNS keys, in the documented order."""
-    recs = [_record(run, study.dir) for run in study.runs]
+def seed_table(study):
+    """Every training row's seeds, one record each (SEED_COLUMNS and the rest), in study order."""
+    return [_record(run, study.dir, study.torch_best) for run in study.runs]
+
+
+def main_table(study, seeds=None):
+    """The main table as a list of dicts with MAIN_COLUMNS keys (and seed_records), one per row
+    summarised over its seeds, in the documented order. seeds: seed_table(study), if at hand."""
+    groups = {}
+    for rec in seeds if seeds is not None else seed_table(study):
+        groups.setdefault(rec["key"], []).append(rec)
+    recs = [_summarise(g) for g in groups.values()]
     _add_ratios(recs)
     om = _order([r["model"] for r in recs], MODEL_ORDER)
     oe = _order([r["execution"] for r in recs], EXECUTION_ORDER)
@@ -99,7 +196,7 @@ def main_table(study):
     return sorted(recs, key=lambda r: (om[r["model"]], oe[r["execution"]], oi[r["impl"]]))
 
 
-# ---------------------------------------------------------------------------- conclusions
+# ---------------------------------------------------------------------------- formatting helpers
 def fmt_x(v):
     return f"{v:,.0f}x" if v >= 100 else f"{v:.1f}x" if v >= 10 else f"{v:.2f}x"
 
@@ -108,116 +205,13 @@ def fmt_ips(v):
     return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
 
 
-def _c_scratch_speedup(main):
-    """How far the hand-written layers go from one core: each scratch row against its model's
-    1-core scratch row."""
-    parts = []
-    for model in models_of(main):
-        rows = [r for r in main if r["model"] == model and r["impl"] == "scratch" and r["execution"] != "1-core"
-                and r["speedup_vs_1core_scratch"]]
-        if rows:
-            parts.append(f"{model} " + ", ".join(f"{r['execution']} ({r['backend_or_device']}) "
-                                                 f"{fmt_x(r['speedup_vs_1core_scratch'])} at {fmt_ips(r['images_per_s'])} "
-                                                 f"images/s" for r in rows))
-    return [f"Scratch against its own 1-core row: {'; '.join(parts)}."] if parts else []
-
-
-def _c_scratch_vs_torch(main):
-    """Per model: which implementation is faster on each execution, and by how much."""
-    out = []
-    for model in models_of(main):
-        pairs = [r for r in main if r["model"] == model and r["impl"] == "scratch" and r["scratch_over_torch"]]
-        if not pairs:
-            continue
-        parts = []
-        for r in pairs:
-            q = r["scratch_over_torch"]
-            if abs(q - 1) < PAR:   # inside the run-to-run noise of a shared machine
-                who = f"scratch ({r['backend_or_device']}) and torch on par ({fmt_x(q)})"
-            elif q > 1:
-                who = f"scratch ({r['backend_or_device']}) is {fmt_x(q)} as fast as torch"
-            else:
-                who = f"torch is {fmt_x(1 / q)} as fast as scratch ({r['backend_or_device']})"
-            parts.append(f"{r['execution']}: {who}")
-        q = [r["scratch_over_torch"] for r in pairs]
-        wins, losses = sum(v >= 1 + PAR for v in q), sum(v <= 1 - PAR for v in q)
-        lead = ("scratch is faster than torch on every execution measured" if wins == len(q) else
-                "torch is faster than scratch on every execution measured" if losses == len(q) else
-                f"of {len(q)} executions, " + ", ".join(
-                    f"{who} on {n}" for who, n in (("scratch is faster", wins), ("torch is faster", losses),
-                                                   ("they are on par", len(q) - wins - losses)) if n))
-        out.append(f"{model}: {lead} ({'; '.join(parts)}).")
-    return out
-
-
-def _c_accuracy_gap(main):
-    """Test-accuracy gap over scratch/torch pairs that trained the same number of epochs."""
-    gaps, unequal = [], 0
-    by = {(r["model"], r["execution"], r["impl"]): r for r in main}
-    for (model, execution, impl), s in by.items():
-        t = by.get((model, execution, "torch"))
-        if impl != "scratch" or not t or s["final_test_acc"] is None or t["final_test_acc"] is None:
-            continue
-        if s["epochs"] is None or t["epochs"] is None or abs(s["epochs"] - t["epochs"]) > 1e-6:
-            unequal += 1
-            continue
-        gaps.append((100 * (s["final_test_acc"] - t["final_test_acc"]), f"{model} {execution}", s, t))
-    if not gaps:
-        return []
-    worst = max(gaps, key=lambda g: abs(g[0]))
-    n = len(gaps)
-    text = (f"Test accuracy, scratch minus torch after the same training ({n} pair{'s' * (n > 1)}): "
-            f"largest gap {worst[0]:+.1f} points ({worst[1]}: {100 * worst[2]['final_test_acc']:.1f}% vs "
-            f"{100 * worst[3]['final_test_acc']:.1f}%)")
-    if n > 1:
-        text += f", mean {sum(g[0] for g in gaps) / n:+.1f} points"
-    if unequal:
-        text += f"; {unequal} pair(s) left out: a time budget stopped them at different points"
-    return [text + "."]
-
-
-def _c_time_to_accuracy(main):
-    """The fastest row to the highest threshold any row reached, or the best accuracy if none."""
-    for key in reversed(TTA_KEYS):
-        hits = [r for r in main if r[f"tta_{key}_s"] is not None]
-        if hits:
-            best = min(hits, key=lambda r: r[f"tta_{key}_s"])
-            others = sorted(hits, key=lambda r: r[f"tta_{key}_s"])[1:3]
-            more = "; then " + ", ".join(f"{o['row']} {fmt_secs(o[f'tta_{key}_s'])} s" for o in others) if others else ""
-            return [f"Fastest to {key}% test accuracy: {best['row']} in {fmt_secs(best[f'tta_{key}_s'])} s of training "
-                    f"({len(hits)} row(s) got there{more})."]
-    accs = [r for r in main if r["final_test_acc"] is not None]
-    if not accs:
-        return []
-    best = max(accs, key=lambda r: r["final_test_acc"])
-    return [f"No row reached {TTA_KEYS[0]}% test accuracy; the best is {best['row']} at "
-            f"{100 * best['final_test_acc']:.1f}% after {best['epochs']:g} epoch(s)."]
-
-
-def _c_memory(main):
-    out = []
-    for col, what in (("peak_rss_mb", "Peak RAM (RSS)"), ("peak_gpu_mem_mb", "Peak GPU memory")):
-        rows = [r for r in main if r[col] is not None]
-        if len(rows) < 2:
-            continue
-        lo, hi = min(rows, key=lambda r: r[col]), max(rows, key=lambda r: r[col])
-        out.append(f"{what} ranges from {lo[col]:,.0f} MB ({lo['row']}) to {hi[col]:,.0f} MB ({hi['row']}).")
-    return out
-
-
-def _c_threads(threads):
-    if threads is None or not len(threads):
-        return []
-    parts = []
-    for (model, impl), g in threads.groupby(["model", "impl"], sort=True):
-        g = g.sort_values("threads")
-        if len(g) < 2:
-            continue
-        top = g.iloc[-1]
-        speed = top["images_per_s"] / g.iloc[0]["images_per_s"]
-        parts.append(f"{model} {impl} {speed:.2f}x on {int(top['threads'])} threads vs {int(g.iloc[0]['threads'])} "
-                     f"({speed / (top['threads'] / g.iloc[0]['threads']):.0%} efficiency)")
-    return ["Thread scaling: " + "; ".join(parts) + "."] if parts else []
+def impl_name(r):
+    """'scratch (cupy)', 'torch', 'torch-best (channels-last + CUDA graph)'."""
+    if r["impl"] == "scratch":
+        return f"scratch ({r['backend_or_device']})"
+    if r["impl"] == "torch-best" and r.get("variant"):
+        return f"torch-best ({r['variant']})"
+    return r["impl"]
 
 
 def models_of(main):
@@ -226,13 +220,6 @@ def models_of(main):
         if r["model"] not in seen:
             seen.append(r["model"])
     return seen
-
-
-def conclusions(main, threads=None, limit=6):
-    """Sentences computed from the tables; one whose inputs are missing is left out."""
-    out = (_c_scratch_speedup(main) + _c_scratch_vs_torch(main) + _c_accuracy_gap(main) + _c_time_to_accuracy(main)
-           + _c_threads(threads) + _c_memory(main))
-    return out[:limit]
 
 
 # ---------------------------------------------------------------------------- consistency
@@ -300,19 +287,26 @@ def fmt_secs(v):
     return f"{v:,.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
 
 
-# Markdown columns: (header, key, formatter, optional: dropped when empty in every row)
+# Markdown columns: (header, key, formatter, optional: dropped when empty in every row); a
+# figure of SPREAD_KEYS shows as mean ± standard deviation where its row measured a spread
 _MD = [
     ("row", "row", str, False),
+    ("variant", "variant", str, True),
     ("status", "status", str, False),
     ("backend", "backend_or_device", str, False),
     ("threads", "threads", lambda v: f"{v:d}", False),
+    ("n", "n", lambda v: f"{v:d}", False),
     ("img/s", "images_per_s", fmt_ips, False),
     ("vs 1-core scratch", "speedup_vs_1core_scratch", fmt_x, False),
     ("scratch/torch", "scratch_over_torch", fmt_x, False),
+    ("scratch/torch-best", "scratch_over_torch_best", fmt_x, True),
     ("s/epoch", "epoch_time_s", fmt_secs, False),
+    ("warm-up s", "warmup_time_s", fmt_secs, True),
     ("peak RAM MB", "peak_rss_mb", lambda v: f"{v:,.0f}", False),
     ("CPU %", "mean_cpu_percent", lambda v: f"{v:.0f}", False),
     ("peak GPU MB", "peak_gpu_mem_mb", lambda v: f"{v:,.0f}", True),
+    ("memory scratch/torch", "memory_scratch_over_torch", fmt_x, True),
+    ("memory scratch/torch-best", "memory_scratch_over_torch_best", fmt_x, True),
     ("GPU util %", "mean_gpu_util_percent", lambda v: f"{v:.0f}", True),
     ("J/image", "energy_per_image_j", lambda v: f"{v:.3g}", True),
     ("train acc", "final_train_acc", lambda v: f"{100 * v:.1f}%", False),
@@ -330,13 +324,14 @@ def cell(r, key, fmt):
     v = r.get(key)
     if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
         return "-"
-    s = fmt(v)
+    s = pm(v, r.get(f"{key}_std"), fmt) if key in SPREAD_KEYS else fmt(v)
     if key == "epoch_time_s" and r.get("epoch_time_estimated"):
         s += "*"
     return s.replace("|", "\\|")
 
 
-_TEXT_KEYS = {"row", "status", "backend_or_device", "stopped_by", "model", "impl", "where", "scratch_backend"}
+_TEXT_KEYS = {"row", "variant", "status", "backend_or_device", "stopped_by", "model", "impl", "where",
+              "scratch_backend"}
 
 
 def md_table(recs, spec):
@@ -366,6 +361,9 @@ def settings_line(study, main):
     n_train = next((run.summary.get("n_train") for run in study.runs if run.summary), None)
     n_test = next((run.summary.get("n_test") for run in study.runs if run.summary), None)
     bits = []
+    seeds = st.get("seeds") or ([st["seed"]] if st.get("seed") is not None else None)
+    if seeds:
+        bits.append(f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))} (each training row once per seed)")
     if st.get("recipe"):
         bits.append(f"recipe {st['recipe']}" + (f", {st['epochs']} epoch(s)" if st.get("epochs") else ""))
     if st.get("dataset"):
@@ -392,22 +390,26 @@ def markdown(study, main, concl):
                                                   else " (not finished: a study still running or stopped)"))
     out += ["", "## Training rows", ""]
     out.append(md_table(main, _MD) if main else "No training row in this study.")
-    notes = []
+    notes = [spread_note(main)] if main else []
     if any(r["epoch_time_estimated"] for r in main):
         notes.append("\\* s/epoch estimated as training images / images/s: no full epoch ran before the time "
                      "budget stopped the row.")
-    budget = [r["row"] for r in main if r["stopped_by"] == "time_budget"]
+    if any(r["impl"] == "torch-best" for r in main):
+        notes.append("torch-best: torch in the configuration the probe at the study's start measured fastest "
+                     "(below); same recipe, data and precision as the other rows. warm-up s: the warm-up steps' "
+                     "time (torch.compile's compilation, the CUDA graph's capture), excluded from img/s.")
+    budget = [r["row"] for r in main if "time_budget" in (r["stopped_by"] or "")]
     if budget:
         notes.append(f"Stopped by the time budget (throughput is steady state; accuracy is at the budget): "
                      f"{', '.join(budget)}.")
     if notes:
         out += [""] + notes
-    bad = [ln for ln in study.lines if ln.get("status") not in ("ok", None, "")]
-    bad += [{"row": r["row"], "status": r["status"], "reason": r["reason"]} for r in main
-            if r["status"] == "unrecorded" or (r["status"] == "ok" and r["reason"])]
+    bad = not_ok_lines(study, main)
     if bad:
-        out += ["", "### Rows not ok", ""]
-        out += [f"- `{ln['row']}`: {ln['status']}" + (f": {ln['reason']}" if ln.get("reason") else "") for ln in bad]
+        out += ["", "### Rows not ok", ""] + [f"- {b}" for b in bad]
+    probe = probe_lines(study.torch_best)
+    if probe:
+        out += ["", "### torch-best: the probe (study.json's torch_best)", ""] + [f"- {p}" for p in probe]
     if concl:
         out += ["", "## Conclusions (computed from the tables)", ""] + [f"- {c}" for c in concl]
     checks = consistency_notes(main, study.threads, study.batch)
@@ -421,6 +423,50 @@ def markdown(study, main, concl):
     if study.batch is not None:
         out += ["", "## Batch-size scaling (sweeps_batch.csv)", "", _batch_md(study.batch)]
     return "\n".join(out) + "\n"
+
+
+def not_ok_lines(study, main):
+    """The rows (and seeds) not ok, and the ok ones with something missing, with their reasons;
+    the seeds of a row that share a status and reason take one line."""
+    bad = [ln for ln in study.lines if ln.get("status") not in ("ok", None, "")]
+    bad += [{"row": sr["row"], "status": sr["status"], "reason": sr["reason"]} for r in main
+            for sr in r["seed_records"] if sr["status"] == "unrecorded" or (sr["status"] == "ok" and sr["reason"])]
+    groups = {}
+    for ln in bad:
+        key, seed = split_row(ln["row"])
+        groups.setdefault((key, ln["status"], ln.get("reason") or ""), []).append(seed)
+    out = []
+    for (key, status, reason), seeds in groups.items():
+        seeds = [s for s in seeds if s is not None]
+        which = f" (seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})" if seeds else ""
+        out.append(f"`{key}`{which}: {status}" + (f": {reason}" if reason else ""))
+    return out
+
+
+def spread_note(main):
+    """What the n column and the ± mean, and how many seeds the rows have."""
+    ns = sorted({r["n"] for r in main if r["n"]})
+    if not ns or ns == [1]:
+        return "n: seeds measured (one seed: no spread measured; a study with --seeds 0,1,2 gives mean ± std)."
+    return ("n: seeds measured; img/s, memory, test accuracy and times to accuracy are mean ± sample standard "
+            "deviation over them (the mean alone where n = 1); a time to accuracy only where every seed reached it; "
+            "ratios are ratios of the means.")
+
+
+def probe_lines(torch_best):
+    """One line per probed model and execution: its candidates' images/s (or why they failed)
+    and the choice."""
+    out = []
+    for key, rec in torch_best.items():
+        cands = "; ".join(f"{c['name']} " + (f"{fmt_ips(c['images_per_s'])} img/s" if c.get("status") == "ok"
+                                             else f"failed: {c.get('reason') or '?'}")
+                          for c in rec.get("candidates") or [])
+        p = rec.get("probe") or {}
+        how = (f" ({p['warmup_steps']} warm-up steps, then {p['time_budget_s']:g} s of steady state, synthetic data)"
+               if p.get("time_budget_s") else "")
+        chosen = f"{rec['name']}, the fastest of" if rec.get("name") else "no candidate ran of"
+        out.append(f"{key}: {chosen}: {cands}{how}")
+    return out
 
 
 def df_records(df):

@@ -48,6 +48,8 @@ def validate(a):
         a.memory_format = choice(a.memory_format or "nchw", MEMORY_FORMATS, "--memory-format")
     elif a.memory_format is not None:
         raise UsageError("--memory-format is for --impl torch: scratch picks its layout per backend and precision")
+    if a.compile:
+        _validate_compile(a)
     if a.checkpoint_every < 0:
         raise UsageError("--checkpoint-every must be >= 0")
     for name in ("epochs", "batch_size", "eval_every", "log_every", "max_steps", "train_subset", "test_subset",
@@ -85,6 +87,19 @@ def validate(a):
         share = a.dist.local_world_size if a.dist is not None else 1
         a.threads = 1 if a.impl == "scratch" and a.backend == "numpy" else max(1, (os.cpu_count() or 1) // share)
     return a
+
+
+def _validate_compile(a):
+    if a.impl != "torch":
+        raise UsageError("--compile is torch.compile, for --impl torch: scratch's kernels are its own")
+    if a.cuda_graph:
+        raise UsageError("--compile with --cuda-graph: choose one (torch.compile's mode='reduce-overhead' "
+                         "captures graphs itself)")
+    from .torch_adapter import compile_unavailable
+
+    reason = compile_unavailable(a.device)
+    if reason:
+        raise UsageError(f"--compile: {reason}")
 
 
 def _validate_parallel(a, on_gpu):
@@ -135,7 +150,7 @@ def make_adapter(a):
             raise UsageError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu")
         try:
             return build("torch", device=a.device, dist=a.dist, sync_bn=a.sync_bn, memory_format=a.memory_format,
-                         **common)
+                         compile=a.compile, **common)
         except ValueError as e:     # a precision this GPU lacks (tf32 / bf16 below compute capability 8.0)
             raise UsageError(str(e)) from None
     from scratch_nn.backends.nccl import NcclUnavailable
@@ -167,9 +182,10 @@ def load_data(a):
         raise UsageError(str(e)) from None
     mean, std = (D.CIFAR10_MEAN, D.CIFAR10_STD) if a.norm == "cifar" else ((0.5,) * 3, (0.5,) * 3)
     dtype = "float64" if a.precision == "fp64" else "float32"
-    # a captured CUDA graph replays one batch shape: drop the short last batch
+    # a captured CUDA graph replays one batch shape, and torch.compile would recompile for the
+    # short last batch in the middle of the steady state: both drop it
     train = D.BatchLoader(ds.x_train, ds.y_train, a.batch_size, shuffle=True, seed=a.seed, augment=a.augment,
-                          mean=mean, std=std, dtype=dtype, drop_last=a.cuda_graph,
+                          mean=mean, std=std, dtype=dtype, drop_last=a.cuda_graph or a.compile,
                           shard=(a.dist.rank, a.dist.world_size) if a.dist else (0, 1))
     test = D.BatchLoader(ds.x_test, ds.y_test, max(a.batch_size, 256), shuffle=False, seed=a.seed, augment=False,
                          mean=mean, std=std, dtype=dtype)

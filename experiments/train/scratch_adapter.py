@@ -164,6 +164,11 @@ class ScratchAdapter:
         v = self.be.xp.asarray([int(bool(flag))], dtype=np.int32)
         return bool(int(self.be.to_host(self.comm.allreduce_(v)).item()))
 
+    def step_clock(self):
+        from .step_clock import HostClock, cupy_clock
+
+        return HostClock() if self.be.xp is np else cupy_clock(self.be.xp)
+
     def synchronize(self):
         self.be.synchronize()
 

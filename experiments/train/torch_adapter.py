@@ -26,7 +26,8 @@ class TorchAdapter:
 
     def __init__(self, model, device="cpu", optimizer=None, seed=0, num_classes=10, dtype=None,
                  label_smoothing=0.0, threads=None, initial_state=None, precision="fp32", cuda_graph=False,
-                 dist=None, sync_bn=False, dist_timeout_s=300, memory_format="nchw"):
+                 dist=None, sync_bn=False, dist_timeout_s=300, memory_format="nchw",
+                 compile=False):
         import torch
 
         import torch_impl
@@ -89,6 +90,16 @@ class TorchAdapter:
                 self.model = torch.nn.parallel.DistributedDataParallel(
                     self.net, device_ids=[self.dist.local_rank] if device == "cuda" else None,
                     broadcast_buffers=False, gradient_as_bucket_view=True)
+        if compile:
+            if cuda_graph:
+                raise ValueError("torch.compile and a captured step are two ways to cut launches: choose one")
+            reason = compile_unavailable(device)
+            if reason:
+                raise ValueError(reason)
+            # the training step calls the compiled module; evaluation (predict) and the state
+            # dict use self.net itself, so eval mode never recompiles and checkpoints keep their keys
+            self.model = torch.compile(self.model)
+        self.compiled = bool(compile)
         # autocast: fp16 with GradScaler's loss scaling, bf16 without (its range is fp32's)
         self.amp = precision in ("fp16", "bf16")
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
@@ -97,6 +108,9 @@ class TorchAdapter:
         # a captured fp16 step takes the fused optimizer: GradScaler hands it found_inf on the
         # GPU, where the other optimizers make GradScaler read it on the host (a capture error)
         fused = {"fused": True} if cuda_graph and precision == "fp16" else {}
+        if cuda_graph and spec.name in ("adam", "adamw") and not fused:
+            # Adam keeps its step count on the host unless capturable: a capture refuses that
+            fused = {"capturable": True}
         self.opt = cls(param_groups(list(self.net.named_parameters()), spec), **optimizer_kwargs(spec), **fused)
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.device_name = device
@@ -244,6 +258,11 @@ class TorchAdapter:
                                                        enabled=self.amp):
             return self.net(x).float().cpu().numpy()
 
+    def step_clock(self):
+        from .step_clock import HostClock, torch_clock
+
+        return torch_clock(self.torch) if self.device.type == "cuda" else HostClock()
+
     def synchronize(self):
         if self.device.type == "cuda":
             self.torch.cuda.synchronize()
@@ -270,6 +289,38 @@ class TorchAdapter:
         np.random.set_state(obj["rng"]["numpy"])
         if obj["rng"]["cuda"] is not None and self.device.type == "cuda":
             t.cuda.set_rng_state_all(obj["rng"]["cuda"])
+
+
+def compile_unavailable(device):
+    """Why torch.compile cannot run on `device` here (a sentence), or None. TorchInductor
+    writes Triton kernels for CUDA and C++ for the CPU, so it needs Triton or a C++ compiler;
+    without them torch.compile would fail only at the first step, deep in a traceback."""
+    import shutil
+
+    import torch
+
+    try:
+        import torch._dynamo
+
+        if not torch._dynamo.is_dynamo_supported():
+            return "torch.compile does not support this Python version"
+    except Exception as e:     # a torch build without dynamo
+        return f"torch.compile is not available in this torch build ({type(e).__name__}: {e})"
+    if device == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "torch.compile on CUDA needs Triton (pip install triton), which this torch cannot import"
+        return None
+    try:
+        from torch._inductor import cpp_builder
+
+        cxx = cpp_builder.get_cpp_compiler()
+    except Exception as e:
+        return f"torch.compile on the CPU needs a C++ compiler, and none was found ({e})"
+    if not shutil.which(cxx):
+        return f"torch.compile on the CPU needs a C++ compiler: {cxx!r} is not on PATH (install g++)"
+    return None
 
 
 def set_torch_cuda_precision(precision):

@@ -1,8 +1,10 @@
 """The one training loop both implementations run (through experiments/train/adapters.py), so the
 same code measures both and writes the same files.
 
-Timing: a step's time is measured from the end of the previous one after the adapter has
-synchronised the device, so asynchronous GPU launches are never mistaken for finished work.
+Timing: a step's time runs from the end of the previous one to its own end, on the host clock
+on a CPU and between CUDA events on a GPU (experiments/train/step_clock.py), read at the
+logging points only, so the host queues the next GPU step while the device runs this one and
+asynchronous launches are never mistaken for finished work.
 The first `warmup_steps` steps (JIT compilation, allocator growth, autotuning) are reported
 apart and excluded from the steady-state images/s. Evaluation runs outside the training
 clock and is reported as eval_time_s.
@@ -61,7 +63,8 @@ def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmu
     is written (checkpoints). `time_budget_s` ends training, mid-epoch if need be, once the
     steady-state training time reaches it (warm-up steps always run and one steady step at
     least, so a slow run still measures its throughput); the test set is then evaluated and
-    state["stopped_by"] is "time_budget" (else "epochs" or "max_steps").
+    state["stopped_by"] is "time_budget" (else "epochs" or "max_steps"). On a GPU the budget
+    and a non-finite loss are checked at the logging points (every `log_every` steps).
 
     Data parallel (`world` processes, each training its share of a global batch): images
     are counted for the whole global batch (a rank's batch times `world`; losses and correct
@@ -77,15 +80,47 @@ def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmu
         state.setdefault(k, v)
     session_steps = 0
     out_of_time = False
+    clock = adapter.step_clock()
+
+    def is_logged(step):
+        return step % log_every == 0 or step == total_steps - 1
+
     for epoch in range(state["epochs_done"], epochs):
         if state["step"] >= total_steps or out_of_time:
             break
         bar = progress(epoch, min(steps_per_epoch, total_steps - state["step"])) if progress else None
-        ep_loss, ep_correct, ep_n, ep_images, ep_time = 0.0, 0, 0, 0, 0.0
+        ep = dict(loss=0.0, correct=0, n=0, images=0, time=0.0)
+        pending = []    # steps queued since the clock was last read: (step, images, lr, warm, logged, loss, correct)
+
+        def account():
+            """Charge the pending steps their times (a GPU clock waits for them here). A span of
+            several steps is all warm-up or all steady state; a logged step is timed alone."""
+            i = 0
+            for n, seconds in clock.flush():
+                span, i = pending[i:i + n], i + n
+                images = sum(p[1] for p in span)
+                if span[0][3]:
+                    state["warmup_time_s"] += seconds
+                else:
+                    state["steady_time_s"] += seconds
+                    state["steady_images"] += images
+                state["train_time_s"] += seconds
+                ep["time"] += seconds
+                ep["images"] += images
+                step, _, lr, _, logged, loss_v, correct = span[-1]
+                if logged and n == 1:
+                    folder.steps.write(dict(step=step, epoch=epoch, loss=loss_v, batch_acc=correct / images,
+                                            step_time_s=seconds, lr=lr))
+                if bar is not None:
+                    bar.update(n, loss=loss_v, acc=None if correct is None else correct / images,
+                               ips=images / seconds if seconds > 0 else None)
+            pending.clear()
+
         lr = schedule(state["step"])
         adapter.synchronize()
-        t_prev = time.perf_counter()
+        clock.start()
         batches = train_loader.epoch(epoch)
+        accounted = False
         try:
             for x, y in batches:
                 if state["step"] >= total_steps:
@@ -95,50 +130,48 @@ def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmu
                 xb, yb = adapter.to_device(x, y)
                 loss = adapter.train_step(xb, yb)
                 step = state["step"]
-                logged = step % log_every == 0 or step == total_steps - 1
-                # Reading the loss is a device sync: every step on CPU, only when logged or at
-                # epoch end on a GPU (the epoch loss then averages the logged steps).
+                images = len(y) * world
+                logged = is_logged(step)
+                # a time is needed after a logged step, before one (its own time) and where warm-up ends
+                clock.mark(logged or is_logged(step + 1) or session_steps + 1 == warmup_steps)
+                # Reading the loss is a device sync: every step on CPU, only when logged on a GPU
+                # (the epoch loss then averages the logged steps), where the host otherwise runs ahead.
                 loss_v = float(loss) if (logged or adapter.reads_are_free) else None
                 correct = adapter.last_batch_correct(yb) if loss_v is not None else None
-                adapter.synchronize()
-                t_now = time.perf_counter()
-                dt = t_now - t_prev
-                t_prev = t_now
                 if loss_v is not None:
                     if not math.isfinite(loss_v):
                         raise Diverged(f"loss became {loss_v} at step {step} (epoch {epoch}); "
                                        f"lower --lr or check the data")
-                    ep_loss += loss_v * len(y) * world
-                    ep_correct += correct
-                    ep_n += len(y) * world
-                if session_steps < warmup_steps:
-                    state["warmup_time_s"] += dt
-                else:
-                    state["steady_time_s"] += dt
-                    state["steady_images"] += len(y) * world
-                ep_time += dt
-                ep_images += len(y) * world
-                state["train_time_s"] += dt
+                    ep["loss"] += loss_v * images
+                    ep["correct"] += correct
+                    ep["n"] += images
+                pending.append((step, images, lr, session_steps < warmup_steps, logged, loss_v, correct))
                 state["step"] += 1
                 session_steps += 1
-                if logged:
-                    folder.steps.write(dict(step=step, epoch=epoch, loss=loss_v, batch_acc=correct / (len(y) * world),
-                                            step_time_s=dt, lr=lr))
-                if bar is not None:
-                    bar.update(1, loss=loss_v, acc=None if correct is None else correct / (len(y) * world),
-                               ips=len(y) * world / dt if dt > 0 else None)
-                if time_budget_s is not None:
-                    spent = session_steps > warmup_steps and state["steady_time_s"] >= time_budget_s
-                    # ranks of a data-parallel job stop at the same step, or one would wait for ever
-                    if (adapter.any_rank(spent) if world > 1 else spent):
-                        out_of_time = True
-                        break
+                if logged or not clock.waits:
+                    account()
+                    if time_budget_s is not None:
+                        spent = session_steps > warmup_steps and state["steady_time_s"] >= time_budget_s
+                        # ranks of a data-parallel job stop at the same step, or one would wait for ever
+                        if (adapter.any_rank(spent) if world > 1 else spent):
+                            out_of_time = True
+                            break
+            account()
+            accounted = True
         finally:
+            if not accounted and pending:
+                # an interrupted epoch keeps the time of the steps it ran; the exception that
+                # ended it is what the caller must see, not a second one from the device
+                try:
+                    account()
+                except Exception:
+                    pass
             if bar is not None:
                 bar.close()
         state["data_time_s"] += train_loader.data_time_s
-        row = dict(epoch=epoch, train_loss=ep_loss / ep_n if ep_n else None, train_acc=ep_correct / ep_n if ep_n else None,
-                   epoch_time_s=ep_time, train_images_per_s=ep_images / ep_time if ep_time > 0 else None,
+        row = dict(epoch=epoch, train_loss=ep["loss"] / ep["n"] if ep["n"] else None,
+                   train_acc=ep["correct"] / ep["n"] if ep["n"] else None, epoch_time_s=ep["time"],
+                   train_images_per_s=ep["images"] / ep["time"] if ep["time"] > 0 else None,
                    data_time_s=train_loader.data_time_s, lr=lr)
         last = epoch == epochs - 1 or state["step"] >= total_steps or out_of_time
         if evaluates and ((eval_every and (epoch + 1) % eval_every == 0) or last):

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from experiments import compare
-from experiments.report import study_charts, study_load, study_tables
+from experiments.report import study_charts, study_conclusions, study_load, study_tables
 
 N_TRAIN, BATCH = 1000, 100
 
@@ -44,9 +44,9 @@ def _write_csv(path, columns, rows):
             w.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
 
 
-def _run_folder(d, row, spec):
-    model, execution, impl = row.split("/")
-    run_dir = os.path.join(d, "runs", row.replace("/", "_"), f"20260101-000000-{impl}-{model}")
+def _run_folder(d, row, spec, seed=0):
+    model, execution, impl = row.split("/")[:3]
+    run_dir = os.path.join(d, "runs", row.replace("/", "_"), f"20260101-000000-{impl}-{model}-s{seed}")
     os.makedirs(run_dir)
     gpu = spec.get("gpu")
     eps = spec["epochs"]
@@ -60,7 +60,9 @@ def _run_folder(d, row, spec):
                    energy_per_image_j=gpu and gpu["energy"], final_train_acc=last_acc + 0.05,
                    final_test_acc=last_acc,
                    time_to_accuracy={k: dict(train_time_s=v, epoch=2) for k, v in spec.get("tta", {}).items()},
-                   gpu=MACHINE["gpu_name"] if gpu else None)
+                   gpu=MACHINE["gpu_name"] if gpu else None, seed=seed, warmup_time_s=spec.get("warmup", 0.5),
+                   memory_format="nchw", cuda_graph=False)
+    summary.update(spec.get("summary", {}))     # what a torch-best run records of its configuration
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f)
     _write_csv(os.path.join(run_dir, "epochs.csv"), ["epoch", "train_acc", "test_acc", "epoch_time_s",
@@ -77,15 +79,21 @@ def _run_folder(d, row, spec):
     return os.path.relpath(run_dir, d)
 
 
-def make_study(d, rows=None, sweeps=True, finished=True):
-    """A study folder as experiments.study writes it, from ROWS (or `rows`)."""
+def make_study(d, rows=None, sweeps=True, finished=True, seeds=None, header_extra=None):
+    """A study folder as experiments.study writes it, from ROWS (or `rows`). Without `seeds`, as
+    a study from before seeds wrote it (ids cnn/1-core/scratch, no seeds in study.json); with
+    seeds, each row once per seed (ids cnn/1-core/scratch/s0), a spec's by_seed list giving each
+    seed's own figures."""
     d = str(d)
     os.makedirs(d, exist_ok=True)
     rows = ROWS if rows is None else rows
-    header = dict(settings=dict(preset="fixture", recipe="seed", epochs=2, dataset="synthetic", cpu_budget_s=20,
-                                gpu_budget_s=None, threads=2, precision="fp32"),
-                  machine=MACHINE, versions=dict(python="3.11", numpy="2.0", torch="2.5", cupy="13.0"),
-                  git_commit="abc123", started="2026-01-01T00:00:00")
+    settings = dict(preset="fixture", recipe="seed", epochs=2, dataset="synthetic", cpu_budget_s=20,
+                    gpu_budget_s=None, threads=2, precision="fp32")
+    if seeds is not None:
+        settings.update(seeds=list(seeds), seed=seeds[0], torch_best=True)
+    header = dict(settings=settings, machine=MACHINE, versions=dict(python="3.11", numpy="2.0", torch="2.5",
+                                                                    cupy="13.0"),
+                  git_commit="abc123", started="2026-01-01T00:00:00", **(header_extra or {}))
     if finished:
         header["finished"] = "2026-01-01T01:00:00"
     with open(os.path.join(d, "study.json"), "w") as f:
@@ -93,17 +101,22 @@ def make_study(d, rows=None, sweeps=True, finished=True):
     lines = []
     for row, spec in rows.items():
         model, execution, impl = row.split("/")
-        run_dir = _run_folder(d, row, spec) if "ips" in spec else ""
-        lines.append(dict(row=row, kind="train", model=model, execution=execution, impl=impl,
-                          backend_or_device=spec["backend"], threads=spec.get("threads"),
-                          status=spec.get("status", "ok"), reason=spec.get("reason", ""), run_dir=run_dir))
+        for i, seed in enumerate([None] if seeds is None else seeds):
+            one = dict(spec, **(spec.get("by_seed") or [{}] * (i + 1))[i])
+            rid = row if seed is None else f"{row}/s{seed}"
+            run_dir = _run_folder(d, rid, one, seed or 0) if one.get("ips") else ""
+            lines.append(dict(row=rid, kind="train", model=model, execution=execution, impl=impl, seed=seed,
+                              backend_or_device=one["backend"], threads=one.get("threads"),
+                              status=one.get("status", "ok"), reason=one.get("reason", ""), run_dir=run_dir))
     if sweeps:
         lines.append(dict(row="sweep/batch-gpu/cnn/64", kind="sweep-batch-gpu", model="cnn", status="failed",
                           reason="error: fixture GPU sweep failed"))
         _write_sweeps(d)
-    _write_csv(os.path.join(d, "study.csv"), ["row", "kind", "model", "execution", "impl", "backend_or_device",
-                                              "threads", "status", "reason", "returncode", "wall_s", "run_dir",
-                                              "log", "command"], lines)
+    columns = ["row", "kind", "model", "execution", "impl", "backend_or_device", "threads", "status", "reason",
+               "returncode", "wall_s", "run_dir", "log", "command"]    # study.csv before seeds
+    if seeds is not None:
+        from experiments.matrix.files import STUDY_COLUMNS as columns
+    _write_csv(os.path.join(d, "study.csv"), columns, [{k: ln.get(k) for k in columns} for ln in lines])
     return d
 
 
@@ -170,9 +183,10 @@ def test_files_columns_and_markdown(tmp_path, capsys):
         header = next(csv.reader(f))
     assert header == study_tables.MAIN_COLUMNS
     # the documented columns, spelled out: renaming one breaks readers of main.csv
-    assert header[:14] == ["row", "model", "execution", "impl", "backend_or_device", "threads", "precision",
-                           "batch_size", "dataset", "status", "reason", "images_per_s", "speedup_vs_1core_scratch",
-                           "scratch_over_torch"]
+    assert header[:19] == ["row", "model", "execution", "impl", "variant", "backend_or_device", "threads",
+                           "precision", "batch_size", "dataset", "status", "reason", "n", "seeds", "images_per_s",
+                           "images_per_s_std", "speedup_vs_1core_scratch", "scratch_over_torch",
+                           "scratch_over_torch_best"]
     for col in header:
         assert col in compare.__doc__, f"{col} is not documented in the module docstring"
     import pandas as pd
@@ -200,7 +214,7 @@ def test_cpu_only_markdown_drops_empty_gpu_columns(tmp_path):
     rows = {k: v for k, v in ROWS.items() if "gpu" not in k}
     study = study_load.load_study(make_study(tmp_path, rows, sweeps=False))
     main = study_tables.main_table(study)
-    md = study_tables.markdown(study, main, study_tables.conclusions(main))
+    md = study_tables.markdown(study, main, study_conclusions.conclusions(main))
     assert "peak GPU MB" not in md and "J/image" not in md and "Thread scaling" not in md
 
 
@@ -224,7 +238,7 @@ def test_charts_without_data_are_skipped(tmp_path, capsys):
     assert compare.main([d]) == 0
     out = capsys.readouterr().out
     written = set(os.listdir(os.path.join(d, "compare")))
-    assert written == {"main.csv", "main.md", "summary.png"}
+    assert written == {"main.csv", "main_by_seed.csv", "main.md", "summary.png"}
     for name in set(CHARTS) - {"summary.png"}:
         assert f"note: {name} skipped" in out
     assert "not finished" in out
@@ -233,7 +247,7 @@ def test_charts_without_data_are_skipped(tmp_path, capsys):
 # ---------------------------------------------------------------------------- conclusions
 def _conclusions(d, rows):
     study = study_load.load_study(make_study(d, rows, sweeps=False))
-    return study_tables.conclusions(study_tables.main_table(study), study.threads)
+    return study_conclusions.conclusions(study_tables.main_table(study), study.threads)
 
 
 def test_conclusions_follow_the_data(tmp_path):
@@ -258,7 +272,7 @@ def test_conclusions_skip_what_is_missing(tmp_path):
     text = " ".join(_conclusions(tmp_path, rows))
     assert "No row reached 50% test accuracy" in text and "Fastest to" not in text
     assert "Thread scaling" not in text and "GPU memory" not in text
-    assert study_tables.conclusions([]) == []
+    assert study_conclusions.conclusions([]) == []
 
 
 # ---------------------------------------------------------------------------- partial folders and CLI
@@ -345,3 +359,141 @@ def test_close_throughputs_read_as_on_par(tmp_path):
     text = " ".join(_conclusions(tmp_path, rows))
     assert "gpu: scratch (cupy) and torch on par (1.01x)" in text
     assert "of 2 executions, torch is faster on 1, they are on par on 1" in text
+
+
+# ---------------------------------------------------------------------------- seeds and torch-best
+def _gpu_row(backend, ips, acc=(0.6, 0.6, 0.6), tta=None, mem=3000.0, **extra):
+    """A GPU row of three seeds: images/s and final test accuracy per seed; tta per seed (None: not reached)."""
+    return dict(backend=backend, ips=ips[0], rss=2000, gpu=dict(mem=mem, util=80.0, energy=0.02), **extra,
+                by_seed=[dict(ips=v, epochs=[(0.05, 1000, 0.3), (0.05, 1000, a)],
+                              tta={} if tta is None or tta[i] is None else {"50": tta[i]})
+                         for i, (v, a) in enumerate(zip(ips, acc))])
+
+
+BEST = dict(summary=dict(memory_format="channels-last", cuda_graph=True), warmup=4.0)
+PROBE_RECORD = {"cnn/gpu": dict(name="channels-last + CUDA graph", flags=["--memory-format", "channels-last",
+                                                                           "--cuda-graph"],
+                                choice=dict(memory_format="channels-last", cuda_graph=True),
+                                probe=dict(warmup_steps=10, time_budget_s=3, max_steps=5000),
+                                candidates=[dict(name="channels-last + CUDA graph", status="ok", images_per_s=250.0),
+                                            dict(name="channels-last + compile", status="failed",
+                                                 reason="error: no C++ compiler")])}
+
+
+def _seeded(d, rows):
+    return study_load.load_study(make_study(d, rows, sweeps=False, seeds=(0, 1, 2),
+                                            header_extra=dict(torch_best=PROBE_RECORD)))
+
+
+def test_seeds_give_mean_std_and_n(tmp_path):
+    rows = {"cnn/gpu/scratch": _gpu_row("cupy", (100.0, 110.0, 120.0), acc=(0.50, 0.52, 0.54), tta=(1.0, 2.0, 3.0)),
+            "cnn/gpu/torch": _gpu_row("cuda", (190.0, 200.0, 210.0), tta=(1.0, None, 1.0), mem=1500.0),
+            "cnn/gpu/torch-best": _gpu_row("cuda", (240.0, 250.0, 260.0), mem=1000.0, **BEST)}
+    study = _seeded(tmp_path / "s", rows)
+    main = _by_row(study_tables.main_table(study))
+    assert list(main) == ["cnn/gpu/scratch", "cnn/gpu/torch", "cnn/gpu/torch-best"]
+    s, t, b = main["cnn/gpu/scratch"], main["cnn/gpu/torch"], main["cnn/gpu/torch-best"]
+    assert (s["n"], s["seeds"]) == (3, "0,1,2")
+    assert s["images_per_s"] == pytest.approx(110.0) and s["images_per_s_std"] == pytest.approx(10.0)
+    assert s["final_test_acc"] == pytest.approx(0.52) and s["final_test_acc_std"] == pytest.approx(0.02)
+    assert s["tta_50_s"] == pytest.approx(2.0) and s["tta_50_s_std"] == pytest.approx(1.0)
+    assert t["tta_50_s"] is None           # one seed never got there: no mean over the two that did
+    assert s["peak_gpu_mem_mb"] == pytest.approx(3000.0) and s["peak_gpu_mem_mb_std"] == pytest.approx(0.0)
+    # scratch/torch and scratch/torch-best side by side, images/s and memory, on both rows of each pair
+    assert s["scratch_over_torch"] == t["scratch_over_torch"] == pytest.approx(110 / 200)
+    assert s["scratch_over_torch_best"] == b["scratch_over_torch_best"] == pytest.approx(110 / 250)
+    assert t["scratch_over_torch_best"] is None and b["scratch_over_torch"] is None
+    assert s["memory_scratch_over_torch"] == pytest.approx(2.0) and s["memory_scratch_over_torch_best"] == 3.0
+    assert b["variant"] == "channels-last + CUDA graph" and b["warmup_time_s"] == pytest.approx(4.0)
+    d = study.dir
+    assert compare.main([d, "--no-charts"]) == 0
+    import pandas as pd
+
+    df = pd.read_csv(os.path.join(d, "compare", "main.csv")).set_index("row")
+    assert df.loc["cnn/gpu/scratch", "images_per_s_std"] == pytest.approx(10.0)
+    assert df.loc["cnn/gpu/scratch", "n"] == 3
+    seeds = pd.read_csv(os.path.join(d, "compare", "main_by_seed.csv"))
+    assert list(seeds.columns) == study_tables.SEED_COLUMNS and len(seeds) == 9
+    assert seeds.loc[seeds.row == "cnn/gpu/scratch/s2", "images_per_s"].item() == 120.0
+    md = open(os.path.join(d, "compare", "main.md")).read()
+    for text in ("110 ± 10", "52.0% ± 2.0%", "scratch/torch-best", "0.44x", "channels-last + CUDA graph",
+                 "cnn/gpu: channels-last + CUDA graph, the fastest of: channels-last + CUDA graph 250 img/s; "
+                 "channels-last + compile failed: error: no C++ compiler (10 warm-up steps, then 3 s of steady state",
+                 "mean ± sample standard deviation"):
+        assert text in md, text
+
+
+def test_a_failed_seed_leaves_the_others(tmp_path):
+    row = _gpu_row("cupy", (100.0, 110.0, 120.0))
+    row["by_seed"][2] = dict(status="failed", reason="error: out of memory", ips=None)    # no run folder
+    main = _by_row(study_tables.main_table(_seeded(tmp_path, {"cnn/gpu/scratch": row})))
+    r = main["cnn/gpu/scratch"]
+    assert (r["status"], r["n"], r["seeds"]) == ("ok", 2, "0,1")
+    assert r["images_per_s"] == pytest.approx(105.0) and r["reason"] == "seed 2: failed: error: out of memory"
+
+
+def test_conclusions_call_a_difference_only_beyond_the_spread(tmp_path):
+    rows = {"cnn/gpu/scratch": _gpu_row("cupy", (100.0, 104.0, 96.0)),
+            "cnn/gpu/torch": _gpu_row("cuda", (101.0, 97.0, 105.0)),
+            "cnn/gpu/torch-best": _gpu_row("cuda", (120.0, 121.0, 119.0), **BEST)}
+    text = " ".join(study_conclusions.conclusions(study_tables.main_table(_seeded(tmp_path / "a", rows))))
+    assert "scratch and torch are within run-to-run noise on every execution measured" in text
+    assert "gpu: scratch (cupy) and torch within run-to-run noise (0.99x)" in text
+    # torch-best's spread (1) and scratch's (4) are far apart: called, with its configuration named
+    assert ("torch-best is faster than scratch on every execution measured (gpu: torch-best (channels-last + CUDA "
+            "graph) is 1.20x as fast as scratch (cupy); n = 3 seeds a row, a difference called only beyond mean "
+            "± std)") in text
+    assert "torch-best against plain torch, images/s: cnn gpu (channels-last + CUDA graph) 1.19x" in text
+    assert "one seed" not in text
+    # the same means with spreads that overlap no more: 100 ± 1 against 103 ± 1 is a difference
+    rows["cnn/gpu/scratch"] = _gpu_row("cupy", (100.0, 101.0, 99.0))
+    rows["cnn/gpu/torch"] = _gpu_row("cuda", (103.0, 104.0, 102.0))
+    concl = study_conclusions.conclusions(study_tables.main_table(_seeded(tmp_path / "b", rows)))
+    assert concl[0] == ("cnn: torch is faster than scratch on every execution measured (gpu: torch is 1.03x as fast "
+                        "as scratch (cupy); n = 3 seeds a row, a difference called only beyond mean ± std).")
+
+
+def test_one_seed_studies_never_call_a_difference_beyond_noise(tmp_path):
+    # a study from before seeds: n = 1, std empty, every comparison says it measured no spread
+    d = make_study(tmp_path / "s", sweeps=False)
+    study = study_load.load_study(d)
+    main = study_tables.main_table(study)
+    assert {r["n"] for r in main if r["images_per_s"]} == {1}
+    assert all(r["images_per_s_std"] is None and r["final_test_acc_std"] is None for r in main)
+    assert _by_row(main)["cnn/1-core/scratch"]["seeds"] == "0"
+    concl = study_conclusions.conclusions(main)
+    text = " ".join(concl)
+    assert "within run-to-run noise" not in text and "beyond" not in text
+    compared = [c for c in concl if "as fast as" in c or "Test accuracy" in c]
+    assert compared and all("one seed: no spread measured" in c for c in compared)
+    assert compare.main([d]) == 0
+    import pandas as pd
+
+    df = pd.read_csv(os.path.join(d, "compare", "main.csv"))
+    assert df.images_per_s_std.isna().all() and set(df.n) == {0, 1}
+
+
+def test_seeded_study_charts_are_drawn(tmp_path):
+    rows = {"cnn/gpu/scratch": _gpu_row("cupy", (100.0, 110.0, 120.0)),
+            "cnn/gpu/torch": _gpu_row("cuda", (190.0, 200.0, 210.0)),
+            "cnn/gpu/torch-best": _gpu_row("cuda", (240.0, 250.0, 260.0), **BEST)}
+    study = _seeded(tmp_path / "s", rows)
+    main = study_tables.main_table(study)
+    notes = []
+    os.makedirs(tmp_path / "out")
+    written = study_charts.draw_all(study, main, study_conclusions.conclusions(main), str(tmp_path / "out"),
+                                    log=notes.append)
+    assert {os.path.basename(p) for p in written} >= {"throughput.png", "speedup.png", "accuracy_vs_time.png",
+                                                      "loss_curves.png", "memory_over_time.png", "summary.png"}
+    assert not [n for n in notes if "not drawn" in n]
+    assert study_charts._label(_by_row(main)["cnn/gpu/torch-best"]) == "gpu torch-best (channels-last + CUDA graph)"
+
+
+def test_an_unrecorded_seed_joins_its_row(tmp_path):
+    d = make_study(tmp_path / "s", {"cnn/gpu/scratch": _gpu_row("cupy", (100.0, 110.0, 120.0))}, sweeps=False,
+                   seeds=(0, 1, 2))
+    os.makedirs(os.path.join(d, "runs", "cnn_gpu_scratch_s3", "20260101-000009-scratch-cupy-cnn-s3"))  # running
+    study = study_load.load_study(d)
+    assert (study.runs[-1].row, study.runs[-1].key, study.runs[-1].seed) == ("cnn/gpu/scratch/s3", "cnn/gpu/scratch", 3)
+    (r,) = study_tables.main_table(study)
+    assert r["n"] == 3 and r["status"] == "ok" and r["reason"].startswith("seed 3: unrecorded: not in study.csv")

@@ -24,12 +24,21 @@ def _busy(seconds):
     return x
 
 
+def _until(cond, timeout_s=30):
+    """Wait for the sampler thread to have done something, however loaded the machine."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "the sampler thread took no sample"
+        time.sleep(0.01)
+
+
 def test_writes_header_and_rows_as_it_goes(tmp_path):
     path = tmp_path / "run" / "resources.csv"
     with ResourceSampler(path, hz=20) as sampler:
         _busy(0.3)
-        rows = _rows(path)  # already on disk while running: a crash keeps them
-        assert rows[0] == RESOURCE_COLUMNS and len(rows) >= 2
+        _until(lambda: len(_rows(path)) >= 2)  # already on disk while running: a crash keeps them
+        rows = _rows(path)
+        assert rows[0] == RESOURCE_COLUMNS
         _busy(0.2)
     rows = _rows(path)
     assert rows[0] == RESOURCE_COLUMNS and len(rows) >= 3
@@ -82,7 +91,7 @@ def test_stop_is_idempotent_and_summary_fields(tmp_path):
     sampler.start()
     with pytest.raises(RuntimeError):
         sampler.start()
-    time.sleep(0.25)
+    _until(lambda: len(sampler.samples) >= 1)   # one from the thread; stop() takes another
     sampler.stop()
     n = len(_rows(tmp_path / "r.csv"))
     sampler.stop()

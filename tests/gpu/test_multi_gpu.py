@@ -120,7 +120,16 @@ def test_a_dead_node_ends_the_other_within_a_bounded_time(tmp_path):
         time.sleep(0.5)
     else:
         pytest.fail("the job did not start within 180 s")
-    time.sleep(20)                               # well into training (the cnn compiles in seconds)
+    # into training: rank 0 has logged step 10, so every rank is past its kernel compiles and in
+    # NCCL's collectives (waited for, not a fixed sleep that assumes how fast compiles are here)
+    while time.monotonic() - t0 < 300:
+        steps = list(tmp_path.glob("*/steps.csv"))
+        if steps and len(steps[0].read_text().splitlines()) >= 3:
+            break
+        assert nodes[0].poll() is None and nodes[1].poll() is None, (tmp_path / "err0.txt").read_text()
+        time.sleep(0.5)
+    else:
+        pytest.fail("the job took no 11 steps within 300 s")
     assert nodes[0].poll() is None and nodes[1].poll() is None
     # node 1 goes down: its rank (a session of its own, as the launcher starts ranks) and launcher
     for pid in subprocess.run(["pgrep", "-P", str(nodes[1].pid)], capture_output=True, text=True).stdout.split():
