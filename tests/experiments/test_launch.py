@@ -150,20 +150,45 @@ DP = ["--impl", "torch", "--device", "cpu", "--threads", "1", "--model", "cnn", 
       "--warmup-steps", "1", "--quiet", "--sample-hz", "20"]
 
 
-def test_two_ranks_with_global_batch_b_follow_one_process_with_batch_b(tmp_path):
-    """torch DistributedDataParallel (gloo on the CPU), started with torchrun's variables: two
-    ranks of batch 16 train as one process of batch 32 (the cnn has no BatchNorm, so only the
-    order of float sums differs), and rank 0 alone writes the run folder."""
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.mark.parametrize("nodes, per_node", [(1, 2), (1, 4), (2, 2)], ids=["2-ranks", "4-ranks", "2-nodes-x-2"])
+def test_ranks_with_global_batch_b_follow_one_process_with_batch_b(tmp_path, nodes, per_node):
+    """torch DistributedDataParallel (gloo on the CPU), started with torchrun's variables: N
+    ranks of batch 32/N train as one process of batch 32 (the cnn has no BatchNorm, so only the
+    order of float sums differs), and rank 0 alone writes the run folder. Two 'nodes' are two
+    launchers on this machine, NNODES=2, each starting its two ranks, as on two machines."""
     pytest.importorskip("torch")
     from experiments import run
 
+    world = nodes * per_node
     one = tmp_path / "one"
     assert run.main([*DP, "--batch-size", "32", "--out", str(one / "runs")]) == 0
-    two = tmp_path / "two"
-    code = launch("experiments.run", [*DP, "--batch-size", "16", "--out", str(two / "runs")], 2, env=_env())
-    assert code == 0
+    many = tmp_path / "many"
+    argv = [*DP, "--batch-size", str(32 // world), "--out", str(many / "runs")]
+    if nodes == 1:
+        codes = {0: launch("experiments.run", argv, per_node, env=_env())}
+    else:
+        port, codes = _free_port(), {}
+
+        def node(r):
+            codes[r] = launch("experiments.run", argv, per_node,
+                              env=_env(NNODES=nodes, NODE_RANK=r, MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+
+        threads = [threading.Thread(target=node, args=(r,)) for r in range(nodes)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+    assert codes == {r: 0 for r in range(nodes)}
     (d1,) = (one / "runs").iterdir()
-    (d2,) = (two / "runs").iterdir()       # one folder: rank 1 wrote nothing
+    (d2,) = (many / "runs").iterdir()       # one folder: the other ranks wrote nothing
     import pandas as pd
 
     s1, s2 = pd.read_csv(d1 / "steps.csv"), pd.read_csv(d2 / "steps.csv")
@@ -175,8 +200,8 @@ def test_two_ranks_with_global_batch_b_follow_one_process_with_batch_b(tmp_path)
     import json
 
     summary = json.loads((d2 / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["steps"] == 16
-    assert summary["images_per_s_per_process"] == pytest.approx(summary["images_per_s"] / 2)
+    assert summary["world_size"] == world and summary["steps"] == 16
+    assert summary["images_per_s_per_process"] == pytest.approx(summary["images_per_s"] / world)
 
 
 def test_parallel_runs_refuse_what_they_cannot_do(tmp_path, capsys):
