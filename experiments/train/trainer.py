@@ -107,12 +107,12 @@ def train(adapter, train_loader, test_loader, *, epochs, schedule, folder, warmu
                 state["train_time_s"] += seconds
                 ep["time"] += seconds
                 ep["images"] += images
-                step, _, lr, _, logged, loss_v, correct = span[-1]
+                step, last_images, lr, _, logged, loss_v, correct = span[-1]
                 if logged and n == 1:
-                    folder.steps.write(dict(step=step, epoch=epoch, loss=loss_v, batch_acc=correct / images,
+                    folder.steps.write(dict(step=step, epoch=epoch, loss=loss_v, batch_acc=correct / last_images,
                                             step_time_s=seconds, lr=lr))
                 if bar is not None:
-                    bar.update(n, loss=loss_v, acc=None if correct is None else correct / images,
+                    bar.update(n, loss=loss_v, acc=None if correct is None else correct / last_images,
                                ips=images / seconds if seconds > 0 else None)
             pending.clear()
 
