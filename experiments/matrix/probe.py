@@ -6,8 +6,8 @@ plan.TORCH_BEST_CANDIDATES trains briefly: experiments.run in a subprocess of it
 synthetic data (the timing does not depend on the pixels) with the study's recipe, batch size,
 precision and threads. The fastest steady-state images/s wins: the winner can differ between
 models and GPUs, so each model is probed on its own. A candidate that fails (torch.compile with
-no C++ compiler, a CUDA graph under a learning rate that changes every step) is recorded with
-its reason and the others compete; a subprocess is bounded by the row timeout.
+no C++ compiler, say) is recorded with its reason and the others compete; a subprocess is
+bounded by the row timeout.
 
 study.json keeps it all under torch_best["<model>/<execution>"]: the candidates with their
 figures, the choice and its flags. --resume reuses a recorded choice; a key whose candidates

@@ -130,10 +130,11 @@ def _c_time_to_accuracy(main):
         best, others = hits[0], hits[1:3]
         more = "; then " + ", ".join(f"{o['row']} {fmt_secs(o[col])} s" for o in others) if others else ""
         note = ""
-        if others:
-            verdict, spread = judge(best, others[0], col)
-            note = (f"; {others[0]['row']} is within run-to-run noise of it" if verdict == "noise" else
-                    "" if spread else f"; {NO_SPREAD}")
+        if others:      # every runner-up named that the spreads cannot tell from the fastest
+            verdicts = [(o, *judge(best, o, col)) for o in others]
+            ties = [o["row"] for o, verdict, _ in verdicts if verdict == "noise"]
+            note = (f"; {' and '.join(ties)} {'is' if len(ties) == 1 else 'are'} within run-to-run noise of it"
+                    if ties else "" if all(spread for *_, spread in verdicts) else f"; {NO_SPREAD}")
         return [f"Fastest to {key}% test accuracy: {best['row']} in {fmt_secs(best[col])} s of training "
                 f"({len(hits)} row(s) got there{more}{note})."]
     accs = [r for r in main if r["final_test_acc"] is not None]

@@ -105,13 +105,18 @@ class TorchAdapter:
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         spec = optimizer or OptimSpec()
         cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[spec.name]
-        # a captured fp16 step takes the fused optimizer: GradScaler hands it found_inf on the
-        # GPU, where the other optimizers make GradScaler read it on the host (a capture error)
-        fused = {"fused": True} if cuda_graph and precision == "fp16" else {}
-        if cuda_graph and spec.name in ("adam", "adamw") and not fused:
-            # Adam keeps its step count on the host unless capturable: a capture refuses that
-            fused = {"capturable": True}
+        # A captured step reads its learning rate from device memory, so that a schedule can
+        # change it between replays (a float lr is baked into the graph), and it must never read
+        # a device value on the host. SGD takes a tensor lr only fused; Adam keeps its step count
+        # on the host unless capturable (or fused); a captured fp16 step is fused, as GradScaler
+        # then hands found_inf to the optimizer on the GPU instead of reading it.
+        fused = {}
+        if cuda_graph:
+            fused = {"fused": True} if precision == "fp16" or spec.name == "sgd" else {"capturable": True}
         self.opt = cls(param_groups(list(self.net.named_parameters()), spec), **optimizer_kwargs(spec), **fused)
+        self._lr_on_device = cuda_graph
+        if cuda_graph:
+            self._put_lr_on_device()
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.device_name = device
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
@@ -143,7 +148,17 @@ class TorchAdapter:
 
     def set_lr(self, lr):
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            if self._lr_on_device:      # an asynchronous fill, ordered before the next replay
+                g["lr"].fill_(lr)
+            else:
+                g["lr"] = lr
+
+    def _put_lr_on_device(self):
+        """Each parameter group's lr as a one-element float32 tensor on the device (what a
+        captured step reads); also after a checkpoint load, which brings host values."""
+        t = self.torch
+        for g in self.opt.param_groups:
+            g["lr"] = t.tensor(float(g["lr"]), dtype=t.float32, device=self.device)
 
     def _eager_step(self, x, y):
         t = self.torch
@@ -185,9 +200,6 @@ class TorchAdapter:
         then copy inputs in and replay."""
         t = self.torch
         if self.graph is not None:
-            if [g["lr"] for g in self.opt.param_groups] != self._graph_lr:
-                raise ValueError("torch with --cuda-graph replays the learning rate it captured; use a "
-                                 "constant schedule (the scratch side follows any schedule)")
             self.static_x.copy_(x)
             self.static_y.copy_(y)
             self.graph.replay()
@@ -207,7 +219,6 @@ class TorchAdapter:
                 with t.cuda.graph(graph, stream=s):
                     self.static_loss, self._last_logits = self._eager_step(self.static_x, self.static_y)
                 self.graph = graph
-                self._graph_lr = [g["lr"] for g in self.opt.param_groups]
         t.cuda.current_stream().wait_stream(s)
         if self.graph is None:
             return loss
@@ -283,6 +294,8 @@ class TorchAdapter:
         obj = t.load(path, map_location="cpu", weights_only=False)
         self.net.load_state_dict(obj["model"])
         self.opt.load_state_dict(obj["optimizer"])
+        if self._lr_on_device:
+            self._put_lr_on_device()
         if self.scaler is not None and obj["scaler"] is not None:
             self.scaler.load_state_dict(obj["scaler"])
         t.set_rng_state(obj["rng"]["torch"])

@@ -497,3 +497,19 @@ def test_an_unrecorded_seed_joins_its_row(tmp_path):
     assert (study.runs[-1].row, study.runs[-1].key, study.runs[-1].seed) == ("cnn/gpu/scratch/s3", "cnn/gpu/scratch", 3)
     (r,) = study_tables.main_table(study)
     assert r["n"] == 3 and r["status"] == "ok" and r["reason"].startswith("seed 3: unrecorded: not in study.csv")
+
+
+def test_fastest_to_accuracy_names_every_runner_up_within_the_noise():
+    def row(name, secs, std):
+        r = {"row": name, "final_test_acc": 0.9}
+        for key in study_conclusions.TTA_KEYS:
+            r[f"tta_{key}_s"], r[f"tta_{key}_s_std"] = (secs, std) if key == "50" else (None, None)
+        return r
+
+    # 82 ± 4 first; 88 ± 8 and 89 ± 5 both lie within the spreads' sum of it, 120 ± 1 beyond
+    main = [row("a", 82.0, 4.0), row("b", 88.0, 8.0), row("c", 89.0, 5.0)]
+    (text,) = study_conclusions._c_time_to_accuracy(main)
+    assert text.startswith("Fastest to 50% test accuracy: a in 82") and "b and c are within run-to-run noise" in text
+    main[2] = row("c", 120.0, 1.0)
+    (text,) = study_conclusions._c_time_to_accuracy(main)
+    assert "; b is within run-to-run noise of it" in text and "c is" not in text

@@ -438,6 +438,32 @@ def test_torch_adam_cuda_graph_replays_the_eager_step():
             assert rel_err(graphed[k], eager[k]) < 1e-3, k
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_torch_cuda_graph_follows_a_changing_learning_rate(precision):
+    """The fast recipe's optimizer (SGD, nesterov, weight decay) under a learning rate that
+    changes every step, captured: the graph reads lr from device memory, so its replays follow
+    the schedule as the eager steps do (a float lr would replay the captured value)."""
+    spec = OptimSpec("sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    lrs = [0.01 * (s + 1) for s in range(8)]
+    runs = []
+    for graph in (False, True):
+        ad = make_adapter("torch", model="cnn", device="cuda", optimizer=spec, seed=0, precision=precision,
+                          cuda_graph=graph)
+        seen = []
+        for s, lr in enumerate(lrs):
+            ad.set_lr(lr)
+            seen.append(float(ad.train_step(*ad.to_device(*data("cnn", seed=40 + s)))))
+        runs.append((ad.state_dict(), seen, ad.graph))
+    (eager, l_e, _), (graphed, l_g, g) = runs
+    assert g is not None
+    tol = 1e-4 if precision == "fp32" else 2e-2
+    np.testing.assert_allclose(l_g, l_e, rtol=tol)
+    for k in eager:
+        if eager[k].dtype.kind == "f":
+            assert rel_err(graphed[k], eager[k]) < tol, k
+    set_torch_cuda_precision("fp32")
+
+
 def test_fp16_channel_major_layout_still_matches_torch_autocast():
     """layout="cnhw" keeps the im2col fp16 path (for measuring against the tensor-core one)."""
     be = backends.get("cupy", precision="fp16", layout="cnhw")
