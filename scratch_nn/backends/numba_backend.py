@@ -21,27 +21,58 @@ def _flat(a):
     return a.reshape(-1)
 
 
-# Winograd F(2x2, 3x3) (numba_winograd.py) for the 3x3 stride-1 convolutions of at least
-# WINOGRAD_MIN_CHANNELS input channels and WINOGRAD_MIN_SIZE rows, unless the backend is made
-# with winograd=False; im2col + GEMM for the rest. The table, from ResNet-18's layers at batch
-# 64 on 2 threads of the 2-core Xeon (ms, forward / backward, best of 5, 2026-12-01):
-#   32x32,  64 ch: im2col 54.0 / 93.7   Winograd 38.6 / 67.5
-#   16x16, 128 ch: im2col 41.7 / 57.7   Winograd 29.8 / 55.8
-#    8x8,  256 ch: im2col 29.6 / 61.9   Winograd 25.4 / 34.1
-#    4x4,  512 ch: im2col 32.8 / 70.4   Winograd 44.5 / 59.0   (a tie: im2col kept)
+# Winograd for the 3x3 stride-1 convolutions of at least WINOGRAD_MIN_CHANNELS input channels,
+# by the backend's winograd mode (its argument, else $SCRATCH_NN_WINOGRAD, else WINOGRAD):
+#   "2x2": F(2x2, 3x3) (numba_winograd.py) over even sizes of at least WINOGRAD_MIN_SIZE rows;
+#   "4x4": F(4x4, 3x3) (numba_winograd4.py) over sizes that are multiples of 4, F(2x2) over
+#          other even sizes: faster, but less exact in float32, so it is not the default;
+#   "off": im2col + GEMM everywhere (winograd=False).
+# im2col + GEMM for the rest. The table, from ResNet-18's layers at batch 64 on 2 threads of
+# the 2-core Xeon (ms, forward / backward, best of 7, 2026-12-01; this VM's timings wander by up
+# to a third between runs):
+#   32x32,  64 ch: im2col 41.3 / 67.0   F(2x2) 29.2 / 50.4   F(4x4) 21.7-30.1 / 32.3-43.8
+#   16x16, 128 ch: im2col 39.3 / 53.4   F(2x2) 22.0 / 32.1   F(4x4) 14.8-19.0 / 23.8-24.6
+#    8x8,  256 ch: im2col 29.4 / 46.4   F(2x2) 22.1 / 31.4   F(4x4) 12.9-14.1 / 19.6-22.0
+#    4x4,  512 ch: im2col 26.1 / 41.5   F(2x2) not faster    F(4x4) 16.2-18.1 / 27.3-31.9
 # and the CNN's 16 -> 32 channel layer at 16x16 (batch 64, whole step): 15 ms im2col, 17 ms
-# Winograd, whose transforms cost more than its few GEMM FLOPs save; the stems likewise.
-WINOGRAD = True
+# F(2x2), whose transforms cost more than its few GEMM FLOPs save; the stems likewise.
+# F(4x4)'s float32 results lie up to 1e-5 of the output's scale from exact against F(2x2)'s and
+# im2col's few 1e-7 (its transforms' coefficients amplify rounding; float64 stays near 1e-14).
+# That is enough to move ResNet-18's float32 loss after one SGD step (batch 4) by 2.3e-4 from
+# NumPy's, where the suite holds every float32 path to 1e-5, and to flip a ReLU mask on the
+# torch-parity batch, so F(4x4) is opt-in. ResNet-18 at batch 64 on 2 threads
+# (experiments.bench): 48.2 img/s with "4x4", 38.8 with "2x2" (torch 51.4 and 64.0 in those
+# two runs: the VM's speed wandered).
+WINOGRAD = "2x2"
+WINOGRAD_MODES = ("off", "2x2", "4x4")
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_SIZE = 8
-# The transformed input V (16 x C x tiles, 4x the input) is kept for the weight gradient when
-# the whole batch's fits WINOGRAD_KEEP_BYTES (every layer at batch 64); otherwise the batch goes
-# in slices whose V, M, dM and dV fit WINOGRAD_SLICE_BYTES each, V rebuilt in backward (with
-# 256 MB slices and V kept up to 256 MB, ResNet-18 at batch 512 peaked at 4.8 GB of RSS).
+# The transformed input V (36 or 16 x C x tiles, 2.25x or 4x the input) is kept for the weight
+# gradient when the whole batch's fits WINOGRAD_KEEP_BYTES (every layer at batch 64); otherwise
+# the batch goes in slices whose V, M, dM and dV fit WINOGRAD_SLICE_BYTES each, V rebuilt in
+# backward (with 256 MB slices and V kept up to 256 MB, ResNet-18 at batch 512 peaked at 4.8 GB
+# of RSS).
 WINOGRAD_KEEP_BYTES = 96 * 2**20
 WINOGRAD_SLICE_BYTES = 64 * 2**20
 
 _PGEMM = []
+
+
+def _winograd_mode(winograd):
+    """The backend's Winograd mode from its argument (None: $SCRATCH_NN_WINOGRAD or WINOGRAD;
+    True: the default table; False: off)."""
+    import os
+
+    if winograd is None:
+        winograd = os.environ.get("SCRATCH_NN_WINOGRAD", WINOGRAD)
+    elif winograd is True:
+        winograd = WINOGRAD
+    elif winograd is False:
+        winograd = "off"
+    if winograd not in WINOGRAD_MODES:
+        raise ValueError(f"winograd mode {winograd!r} (argument or SCRATCH_NN_WINOGRAD) is not one of: "
+                         f"{', '.join(WINOGRAD_MODES)}")
+    return winograd
 
 
 def _partitioned_gemm():
@@ -82,20 +113,23 @@ class NumbaBackend(Backend):
         self.threading_layer = numba_threads(threads, passive=self._pgemm is None)
         use_blas_threads(1 if self._pgemm else threads)
         self.heap_kept = keep_freed_memory()
-        from . import numba_kernels, numba_winograd
+        from . import numba_kernels, numba_winograd, numba_winograd4
 
         self.k = numba_kernels
-        self.wk = numba_winograd
-        self.winograd = WINOGRAD if winograd is None else bool(winograd)
+        self._winograd_kernels = {2: numba_winograd, 4: numba_winograd4}
+        self.winograd_mode = _winograd_mode(winograd)
+        self.winograd = self.winograd_mode != "off"
 
     def describe(self):
         from . import threads
 
         conv = self.describe_convolution()
         if self.winograd:
-            conv["winograd"] = (f"Winograd F(2x2, 3x3) for 3x3 stride-1 padding-1 convolutions of >= "
-                                f"{WINOGRAD_MIN_CHANNELS} channels over even sizes >= {WINOGRAD_MIN_SIZE}: "
-                                "16 GEMMs per pass, transforms in numba_winograd.py")
+            f4 = ("F(4x4, 3x3) over sizes that are multiples of 4 (36 GEMMs per pass, numba_winograd4.py), "
+                  "F(2x2, 3x3) over other even sizes" if self.winograd_mode == "4x4" else "F(2x2, 3x3) over even sizes")
+            conv["winograd"] = (f"mode {self.winograd_mode}: Winograd for 3x3 stride-1 padding-1 convolutions of "
+                                f">= {WINOGRAD_MIN_CHANNELS} channels, {f4} (F(2x2): >= {WINOGRAD_MIN_SIZE} rows, "
+                                "16 GEMMs per pass, numba_winograd.py)")
         return dict(super().describe(), heap_kept=self.heap_kept, threading_layer=self.threading_layer,
                     gemm=self.gemm_mode, blas_spin_bounded=threads.blas_spin_bounded, convolution=conv)
 
@@ -137,65 +171,74 @@ class NumbaBackend(Backend):
         self.k.col2im(np.ascontiguousarray(cols), kh, kw, stride, pad, oh, ow, dx)
         return dx
 
-    # ------------------------------------------------------------------ Winograd F(2x2, 3x3)
-    def winograd_applies(self, w, x_shape, stride, pad):
-        """3x3, stride 1, padding 1 over even sizes (numba_winograd.py), where WINOGRAD says so."""
+    # ------------------------------------------------------------------ Winograd
+    def winograd_tile(self, w, x_shape, stride, pad):
+        """The Winograd tile (4: F(4x4, 3x3), 2: F(2x2, 3x3)) the table picks for this
+        convolution, or None for im2col (3x3, stride 1, padding 1, WINOGRAD's channels and sizes)."""
         f, c, kh, kw = w.shape
         h, wd = x_shape[2], x_shape[3]
-        return (self.winograd and kh == kw == 3 and stride == 1 and pad == 1 and h % 2 == 0 and wd % 2 == 0
-                and c >= WINOGRAD_MIN_CHANNELS and min(h, wd) >= WINOGRAD_MIN_SIZE)
+        if not (self.winograd and kh == kw == 3 and stride == 1 and pad == 1 and c >= WINOGRAD_MIN_CHANNELS):
+            return None
+        if self.winograd_mode == "4x4" and h % 4 == 0 and wd % 4 == 0:
+            return 4
+        if h % 2 == 0 and wd % 2 == 0 and min(h, wd) >= WINOGRAD_MIN_SIZE:
+            return 2
+        return None
+
+    def winograd_applies(self, w, x_shape, stride, pad):
+        return self.winograd_tile(w, x_shape, stride, pad) is not None
 
     @staticmethod
-    def _winograd_slices(n, c, f, h, w, itemsize):
-        per_image = 16 * max(c, f) * (h * w // 4) * itemsize
+    def _winograd_slices(wk, n, c, f, h, w, itemsize):
+        per_image = wk.POSITIONS * max(c, f) * (h * w // wk.TILE ** 2) * itemsize
         if n * per_image <= WINOGRAD_KEEP_BYTES:
             return [(0, n)]
         step = max(1, WINOGRAD_SLICE_BYTES // per_image)
         return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
     def conv2d_forward(self, x, w, b, stride, pad, relu=False):
-        if not self.winograd_applies(w, x.shape, stride, pad):
+        tile = self.winograd_tile(w, x.shape, stride, pad)
+        if tile is None:
             return super().conv2d_forward(x, w, b, stride, pad, relu)
-        wk = self.wk
+        wk = self._winograd_kernels[tile]
         f, c = w.shape[:2]
         n, _, h, wd = x.shape
         x = np.ascontiguousarray(x)
-        u = np.empty((16, f, c), dtype=w.dtype)
+        u = np.empty((wk.POSITIONS, f, c), dtype=w.dtype)
         wk.weights(np.ascontiguousarray(w), u)
         out = np.empty((n, f, h, wd), dtype=x.dtype)
         bias = b if b is not None else u[0, 0, :0]
-        slices = self._winograd_slices(n, c, f, h, wd, x.dtype.itemsize)
+        slices = self._winograd_slices(wk, n, c, f, h, wd, x.dtype.itemsize)
         v = None
         for lo, hi in slices:
-            t = (hi - lo) * h * wd // 4
-            v = np.empty((16, c, t), dtype=x.dtype)
+            t = (hi - lo) * h * wd // tile ** 2
+            v = np.empty((wk.POSITIONS, c, t), dtype=x.dtype)
             wk.inputs(x[lo:hi], v)
-            m = self.gemm_batched(u, v, np.empty((16, f, t), dtype=x.dtype))
+            m = self.gemm_batched(u, v, np.empty((wk.POSITIONS, f, t), dtype=x.dtype))
             wk.outputs(m, bias, b is not None, relu, out[lo:hi])
         kept = v if len(slices) == 1 else None
-        return out, ("winograd", x, kept, u, out if relu else None)
+        return out, ("winograd", x, kept, u, out if relu else None, wk)
 
     def conv2d_backward(self, dy, cache, w, need_dx=True):
         if not (isinstance(cache[0], str) and cache[0] == "winograd"):
             return super().conv2d_backward(dy, cache, w, need_dx)
-        wk = self.wk
-        _, x, kept, u, relu_out = cache
+        _, x, kept, u, relu_out, wk = cache
         f, c = w.shape[:2]
         n, _, h, wd = x.shape
         dy = np.ascontiguousarray(dy)
         dx = np.empty(x.shape, dtype=dy.dtype) if need_dx else None
-        slices = [(0, n)] if kept is not None else self._winograd_slices(n, c, f, h, wd, x.dtype.itemsize)
+        slices = [(0, n)] if kept is not None else self._winograd_slices(wk, n, c, f, h, wd, x.dtype.itemsize)
         yv = relu_out if relu_out is not None else dy
-        du = (np.empty if len(slices) == 1 else np.zeros)((16, f, c), dtype=w.dtype)
+        du = (np.empty if len(slices) == 1 else np.zeros)((wk.POSITIONS, f, c), dtype=w.dtype)
         db = np.zeros(f, dtype=w.dtype)
         for lo, hi in slices:
-            t = (hi - lo) * h * wd // 4
-            dm = np.empty((16, f, t), dtype=dy.dtype)
+            t = (hi - lo) * h * wd // wk.TILE ** 2
+            dm = np.empty((wk.POSITIONS, f, t), dtype=dy.dtype)
             wk.outputs_adjoint(dy[lo:hi], yv[lo:hi], relu_out is not None, dm)
-            db += dm[5].sum(axis=1)          # position (1, 1) of A dy A^T is the sum of the tile's dy
+            db += dm[wk.SUM_POSITION].sum(axis=1)
             v = kept
             if v is None:
-                v = np.empty((16, c, t), dtype=x.dtype)
+                v = np.empty((wk.POSITIONS, c, t), dtype=x.dtype)
                 wk.inputs(x[lo:hi], v)
             vt = v.transpose(0, 2, 1)
             if len(slices) == 1:
@@ -204,7 +247,7 @@ class NumbaBackend(Backend):
                 du += self.gemm_batched(dm, vt, np.empty_like(du))
             del v
             if need_dx:
-                dv = self.gemm_batched(u.transpose(0, 2, 1), dm, np.empty((16, c, t), dtype=dy.dtype))
+                dv = self.gemm_batched(u.transpose(0, 2, 1), dm, np.empty((wk.POSITIONS, c, t), dtype=dy.dtype))
                 wk.inputs_adjoint(dv, dx[lo:hi])
         dw = np.empty(w.shape, dtype=w.dtype)
         wk.weights_adjoint(du, dw)

@@ -21,6 +21,9 @@ from numba import njit, prange
 
 par = njit(parallel=True, cache=True, fastmath=False, nogil=True)
 PLANES = 16     # (image, channel) planes per parallel task: its scratch rows are allocated once
+TILE = 2        # output rows and columns per tile
+POSITIONS = 16  # transformed positions: GEMMs per pass
+SUM_POSITION = 5    # (a, b) = (1, 1): A^T's column 1 is all ones, so dM there is the tile's sum of dy
 
 
 @par

@@ -127,45 +127,59 @@ def _ref_conv3x3(x, w, b, dy, relu):
     return y, dxp[:, :, 1:h + 1, 1:wd + 1], dw, g.sum(axis=(0, 2, 3))
 
 
-@pytest.mark.parametrize("n,c,f,h,relu", [(1, 64, 5, 8, False), (7, 67, 9, 10, True), (3, 128, 32, 16, False)])
-def test_winograd_convolution_matches_float64_in_one_slice_and_in_many(n, c, f, h, relu, monkeypatch):
-    """The Winograd F(2x2, 3x3) path (forward, data and weight gradient, bias, fused ReLU) against
-    a float64 direct convolution to 1e-10, on odd batches and channel counts, in one batch
-    slice and in slices of one image (transforms rebuilt in backward); float32 close to it."""
+# (tile the table picks, shape): F(4x4) on multiples of 4 (4x4 maps: one tile an image), F(2x2)
+# on other even sizes; odd batches and channel counts
+WINOGRAD_CASES = [(4, (1, 64, 5, 8, False)), (4, (2, 65, 7, 4, True)), (4, (3, 128, 32, 12, False)),
+                  (2, (7, 67, 9, 10, True)), (2, (2, 64, 3, 14, False))]
+# float32 against the float64 direct convolution, relative to the largest entry: F(4x4)'s
+# transform coefficients (up to 8, and 1/24) amplify rounding: up to 1e-5 measured (512 channels
+# at 4x4), 20x im2col's and F(2x2)'s
+F32_BOUND = {2: 1e-5, 4: 3e-5}
+
+
+@pytest.mark.parametrize("tile,shape", WINOGRAD_CASES)
+def test_winograd_convolution_matches_float64_in_one_slice_and_in_many(tile, shape, monkeypatch):
+    """The Winograd paths (forward, data and weight gradient, bias, fused ReLU) against a
+    float64 direct convolution to 1e-10, in one batch slice and in slices of one image
+    (transforms rebuilt in backward); float32 within F32_BOUND of it."""
+    n, c, f, h, relu = shape
     r = np.random.default_rng(n * 100 + c)
     x, w, b = r.standard_normal((n, c, h, h)), r.standard_normal((f, c, 3, 3)), r.standard_normal(f)
     dy = r.standard_normal((n, f, h, h))
     refs = _ref_conv3x3(x, w, b, dy, relu)
-    be = backends.get("numba")
-    assert be.winograd_applies(w, x.shape, 1, 1)
+    be = backends.get("numba", winograd={4: "4x4", 2: "2x2"}[tile])
+    assert be.winograd_tile(w, x.shape, 1, 1) == tile
+    wk = be._winograd_kernels[tile]
     from scratch_nn.backends import numba_backend as NB
 
-    one = 16 * max(c, f) * h * h // 4 * 8                      # one image's transformed tiles
+    one = wk.POSITIONS * max(c, f) * h * h // tile ** 2 * 8      # one image's transformed tiles
     for budget in (None, one):                                  # whole batch; one image a slice
         if budget is not None:
             monkeypatch.setattr(NB, "WINOGRAD_KEEP_BYTES", one * n - 1)
             monkeypatch.setattr(NB, "WINOGRAD_SLICE_BYTES", one)
-            assert len(be._winograd_slices(n, c, f, h, h, 8)) == (n if n > 1 else 1)
+            assert len(be._winograd_slices(wk, n, c, f, h, h, 8)) == (n if n > 1 else 1)
         y, cache = be.conv2d_forward(x, w, b, 1, 1, relu=relu)
-        assert cache[0] == "winograd" and (cache[2] is None) == (budget is not None and n > 1)
+        assert cache[0] == "winograd" and cache[-1] is wk and (cache[2] is None) == (budget is not None and n > 1)
         dx, dw, db = be.conv2d_backward(dy, cache, w)
         for got, ref in zip((y, dx, dw, db), refs):
             np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
     y32, cache32 = be.conv2d_forward(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), 1, 1, relu=relu)
-    dx32, dw32, _ = be.conv2d_backward(dy.astype(np.float32), cache32, w.astype(np.float32))
-    for got, ref in zip((y32, dx32, dw32), refs):
-        assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+    dx32, dw32, db32 = be.conv2d_backward(dy.astype(np.float32), cache32, w.astype(np.float32))
+    for got, ref in zip((y32, dx32, dw32, db32), refs):
+        assert got.dtype == np.float32 and np.abs(got - ref).max() <= F32_BOUND[tile] * np.abs(ref).max()
 
 
-def test_winograd_transforms_write_every_output():
+@pytest.mark.parametrize("tile", [2, 4])
+def test_winograd_transforms_write_every_output(tile):
     """Each transform kernel, into outputs poisoned with NaN, leaves no NaN behind."""
-    from scratch_nn.backends import numba_winograd as wk
+    from scratch_nn.backends import numba_winograd, numba_winograd4
 
+    wk = {2: numba_winograd, 4: numba_winograd4}[tile]
     r = np.random.default_rng(3)
-    x, w = r.standard_normal((3, 5, 6, 8)), r.standard_normal((4, 5, 3, 3))
-    t = 3 * 3 * 4
-    u, v, m = np.full((16, 4, 5), np.nan), np.full((16, 5, t), np.nan), r.standard_normal((16, 4, t))
-    y, dm, dx, dw = np.full((3, 4, 6, 8), np.nan), np.full((16, 4, t), np.nan), np.full(x.shape, np.nan), \
+    x, w = r.standard_normal((3, 5, 8, 12)), r.standard_normal((4, 5, 3, 3))
+    p, t = wk.POSITIONS, 3 * (8 // tile) * (12 // tile)
+    u, v, m = np.full((p, 4, 5), np.nan), np.full((p, 5, t), np.nan), r.standard_normal((p, 4, t))
+    y, dm, dx, dw = np.full((3, 4, 8, 12), np.nan), np.full((p, 4, t), np.nan), np.full(x.shape, np.nan), \
         np.full(w.shape, np.nan)
     wk.weights(w, u)
     wk.inputs(x, v)
@@ -177,11 +191,17 @@ def test_winograd_transforms_write_every_output():
         assert np.isfinite(a).all()
 
 
-def test_winograd_is_chosen_by_the_table_and_can_be_turned_off():
+def test_winograd_is_chosen_by_the_table_and_can_be_turned_off(monkeypatch):
     be = backends.get("numba")
     w64 = np.zeros((64, 64, 3, 3))
-    assert be.winograd_applies(w64, (2, 64, 32, 32), 1, 1)
+    assert be.winograd_mode == "2x2" and be.winograd_tile(w64, (2, 64, 32, 32), 1, 1) == 2
     assert not be.winograd_applies(w64, (2, 64, 4, 4), 1, 1)            # 4x4: im2col (the table's tie)
+    f4 = backends.get("numba", winograd="4x4")      # opt-in: less exact in float32 (numba_backend.py)
+    assert f4.winograd_tile(w64, (2, 64, 32, 32), 1, 1) == 4
+    assert f4.winograd_tile(w64, (2, 64, 4, 4), 1, 1) == 4              # one F(4x4) tile an image
+    assert f4.winograd_tile(w64, (2, 64, 10, 10), 1, 1) == 2            # even, not a multiple of 4
+    assert not f4.winograd_applies(w64, (2, 64, 6, 6), 1, 1)            # F(2x2) below 8 rows: im2col
+    assert "mode 4x4" in f4.describe()["convolution"]["winograd"]
     assert not be.winograd_applies(np.zeros((64, 3, 3, 3)), (2, 3, 32, 32), 1, 1)     # the stem
     assert not be.winograd_applies(np.zeros((32, 16, 3, 3)), (2, 16, 16, 16), 1, 1)   # the CNN's conv2
     assert not be.winograd_applies(w64, (2, 64, 32, 32), 2, 1)          # stride 2
@@ -189,3 +209,8 @@ def test_winograd_is_chosen_by_the_table_and_can_be_turned_off():
     assert "winograd" in be.describe()["convolution"]
     off = backends.get("numba", winograd=False)
     assert not off.winograd_applies(w64, (2, 64, 32, 32), 1, 1) and "winograd" not in off.describe()["convolution"]
+    monkeypatch.setenv("SCRATCH_NN_WINOGRAD", "4x4")
+    assert backends.get("numba").winograd_mode == "4x4"
+    monkeypatch.setenv("SCRATCH_NN_WINOGRAD", "6x6")
+    with pytest.raises(ValueError, match="'6x6'.*not one of: off, 2x2, 4x4"):
+        backends.get("numba")

@@ -1,0 +1,281 @@
+"""Winograd F(4x4, 3x3) convolutions for the numba backend: 3x3, stride 1, padding 1, H and W
+multiples of 4. The same scheme as numba_winograd.py's F(2x2, 3x3) with 6x6 input patches
+(interpolation points 0, 1, -1, 2, -2 and infinity, Lavin and Gray's matrices): a 4x4 output
+tile costs 36 multiplies per (input, output) channel pair against 144 directly (4x fewer, where
+F(2x2) saves 2.25x), and the transformed tiles hold 36 / 16 = 2.25x the input where F(2x2)'s
+hold 4x, so the transforms also move fewer bytes. The price is rounding: float32 results lie
+about 1e-5 of the output's scale from exact (F(2x2): a few 1e-7), the transforms' coefficients
+(up to 8, and 1/24) amplifying each rounding; float64 stays near 1e-14.
+
+    forward          M[xi] = U[xi] (F, C) @ V[xi] (C, T)          T = N * H/4 * W/4 tiles
+    data gradient   dV[xi] = U[xi]^T (C, F) @ dM[xi] (F, T)
+    weight gradient dU[xi] = dM[xi] (F, T) @ V[xi]^T (T, C)
+
+for the 36 positions xi = 6a + b; U = G g G^T, V = B^T d B, y = A^T M A, and for the backward
+their adjoints (dM = A dy A^T, dd = B dV B^T onto the overlapping patches, dg = G^T dU G).
+
+The one-dimensional transforms are small inlined functions of six (or four, or three) values,
+applied first along rows, then along columns. The data's transforms take their integer
+coefficients from a small array in the data's dtype, so float32 stays float32 (a float literal
+would make numba compute in float64, at half the vector width); the weights' (with 1/6 and 1/24) compute
+in float64 and round once. Every parallel loop writes its own (image,
+channel) plane or its own weight, so results do not depend on the thread count.
+"""
+import numpy as np
+from numba import njit, prange
+
+par = njit(parallel=True, cache=True, fastmath=False, nogil=True)
+inline = njit(inline="always", cache=True)
+PLANES = 16     # (image, channel) planes per parallel task: its scratch rows are allocated once
+TILE = 4        # output rows and columns per tile
+ALPHA = 6       # input rows and columns per patch
+POSITIONS = 36  # transformed positions: GEMMs per pass
+SUM_POSITION = 7    # (a, b) = (1, 1): A^T's column 1 is all ones, so dM there is the tile's sum of dy
+
+
+@njit(cache=True)
+def _coefficients(a):
+    """The data transforms' integer coefficients (2, 4, 5, 8) in a's dtype."""
+    k = np.empty(4, dtype=a.dtype)
+    k[0], k[1], k[2], k[3] = 2, 4, 5, 8
+    return k
+
+
+@inline
+def _bt(d0, d1, d2, d3, d4, d5, k):
+    """B^T d along one axis; k = (2, 4, 5, 8) in the data's dtype."""
+    two, four, five = k[0], k[1], k[2]
+    return (four * d0 - five * d2 + d4,
+            d3 + d4 - four * (d1 + d2),
+            four * (d1 - d2) - d3 + d4,
+            two * (d3 - d1) - d2 + d4,
+            two * (d1 - d3) - d2 + d4,
+            four * d1 - five * d3 + d5)
+
+
+@inline
+def _b(v0, v1, v2, v3, v4, v5, k):
+    """B v along one axis (the adjoint of _bt)."""
+    two, four, five = k[0], k[1], k[2]
+    return (four * v0,
+            four * (v2 - v1 + v5) + two * (v4 - v3),
+            -five * v0 - four * (v1 + v2) - v3 - v4,
+            v1 - v2 + two * (v3 - v4) - five * v5,
+            v0 + v1 + v2 + v3 + v4,
+            v5)
+
+
+@inline
+def _at(e0, e1, e2, e3, e4, e5, k):
+    """A^T e along one axis: six transformed values to four outputs."""
+    two, four, eight = k[0], k[1], k[3]
+    return (e0 + e1 + e2 + e3 + e4,
+            e1 - e2 + two * (e3 - e4),
+            e1 + e2 + four * (e3 + e4),
+            e1 - e2 + eight * (e3 - e4) + e5)
+
+
+@inline
+def _a(g0, g1, g2, g3, k):
+    """A g along one axis (the adjoint of _at): four output gradients to six."""
+    two, four, eight = k[0], k[1], k[3]
+    return (g0,
+            g0 + g1 + g2 + g3,
+            g0 - g1 + g2 - g3,
+            g0 + two * g1 + four * g2 + eight * g3,
+            g0 - two * g1 + four * g2 - eight * g3,
+            g3)
+
+
+@inline
+def _g(g0, g1, g2):
+    """G g along one axis: three kernel taps to six."""
+    return (0.25 * g0,
+            -(g0 + g1 + g2) / 6.0,
+            -(g0 - g1 + g2) / 6.0,
+            g0 / 24.0 + g1 / 12.0 + g2 / 6.0,
+            g0 / 24.0 - g1 / 12.0 + g2 / 6.0,
+            1.0 * g2)
+
+
+@inline
+def _gt(u0, u1, u2, u3, u4, u5):
+    """G^T u along one axis (the adjoint of _g)."""
+    return (0.25 * u0 - (u1 + u2) / 6.0 + (u3 + u4) / 24.0,
+            (u2 - u1) / 6.0 + (u3 - u4) / 12.0,
+            (u3 + u4 - u1 - u2) / 6.0 + u5)
+
+
+@par
+def weights(w, u):
+    """w (F, C, 3, 3) -> u (36, F, C): u[6a + b, f, c] = (G w[f, c] G^T)[a, b]."""
+    f_, c_ = w.shape[0], w.shape[1]
+    for t in prange(f_ * c_):
+        f = t // c_
+        c = t - f * c_
+        g = w[f, c]
+        tmp = np.empty((6, 3))
+        for j in range(3):
+            col = _g(g[0, j], g[1, j], g[2, j])
+            for a in range(6):
+                tmp[a, j] = col[a]
+        for a in range(6):
+            row = _g(tmp[a, 0], tmp[a, 1], tmp[a, 2])
+            for b in range(6):
+                u[6 * a + b, f, c] = row[b]
+
+
+@par
+def weights_adjoint(du, dw):
+    """du (36, F, C) -> dw (F, C, 3, 3) = G^T du G (the adjoint of `weights`)."""
+    f_, c_ = dw.shape[0], dw.shape[1]
+    for t in prange(f_ * c_):
+        f = t // c_
+        c = t - f * c_
+        tmp = np.empty((3, 6))
+        for b in range(6):
+            col = _gt(du[b, f, c], du[6 + b, f, c], du[12 + b, f, c], du[18 + b, f, c], du[24 + b, f, c],
+                      du[30 + b, f, c])
+            for i in range(3):
+                tmp[i, b] = col[i]
+        for i in range(3):
+            row = _gt(tmp[i, 0], tmp[i, 1], tmp[i, 2], tmp[i, 3], tmp[i, 4], tmp[i, 5])
+            for j in range(3):
+                dw[f, c, i, j] = row[j]
+
+
+@par
+def inputs(x, v):
+    """x (N, C, H, W) -> v (36, C, T): the 6x6 patch of tile (ty, tx) starts at row 4ty - 1,
+    column 4tx - 1 (padding 1: outside reads zero); t = (n * H/4 + ty) * W/4 + tx. Per tile
+    row: B^T's six row combinations as whole padded rows, then the column combinations per
+    tile, so the inner loops run along memory without bounds tests."""
+    n_, c_, h, w = x.shape
+    th, tw = h // 4, w // 4
+    k = _coefficients(x)
+    for task in prange((n_ * c_ + PLANES - 1) // PLANES):
+        p = np.zeros((h + 2, w + 2), dtype=x.dtype)          # a plane, zero-padded by 1
+        rr = np.empty((6, w + 2), dtype=x.dtype)
+        for q in range(task * PLANES, min(n_ * c_, (task + 1) * PLANES)):
+            n = q // c_
+            c = q - n * c_
+            p[1:h + 1, 1:w + 1] = x[n, c]
+            for ty in range(th):
+                r0, r1, r2, r3, r4, r5 = p[4 * ty], p[4 * ty + 1], p[4 * ty + 2], p[4 * ty + 3], p[4 * ty + 4], \
+                    p[4 * ty + 5]
+                for j in range(w + 2):
+                    e = _bt(r0[j], r1[j], r2[j], r3[j], r4[j], r5[j], k)
+                    for a in range(6):
+                        rr[a, j] = e[a]
+                t0 = (n * th + ty) * tw
+                for a in range(6):
+                    row = rr[a]
+                    for tx in range(tw):
+                        j = 4 * tx
+                        e = _bt(row[j], row[j + 1], row[j + 2], row[j + 3], row[j + 4], row[j + 5], k)
+                        for b in range(6):
+                            v[6 * a + b, c, t0 + tx] = e[b]
+
+
+@par
+def inputs_adjoint(dv, dx):
+    """dv (36, C, T) -> dx (N, C, H, W) = each tile's B dv B^T added onto its 6x6 patch (the
+    adjoint of `inputs`; neighbouring patches overlap by two rows or columns); one (image,
+    channel) plane per task, tile rows in order."""
+    n_, c_, h, w = dx.shape
+    th, tw = h // 4, w // 4
+    k = _coefficients(dv)
+    for task in prange((n_ * c_ + PLANES - 1) // PLANES):
+        p = np.empty((h + 2, w + 2), dtype=dv.dtype)
+        rr = np.empty((6, w + 2), dtype=dv.dtype)
+        for q in range(task * PLANES, min(n_ * c_, (task + 1) * PLANES)):
+            n = q // c_
+            c = q - n * c_
+            p[:, :] = 0
+            for ty in range(th):
+                t0 = (n * th + ty) * tw
+                rr[:, :] = 0
+                for a in range(6):          # the columns' adjoint into row a of the patch row band
+                    row = rr[a]
+                    o = 6 * a
+                    for tx in range(tw):
+                        t = t0 + tx
+                        e = _b(dv[o, c, t], dv[o + 1, c, t], dv[o + 2, c, t], dv[o + 3, c, t], dv[o + 4, c, t],
+                               dv[o + 5, c, t], k)
+                        j = 4 * tx
+                        for b in range(6):
+                            row[j + b] += e[b]
+                for j in range(w + 2):      # then the rows' adjoint
+                    e = _b(rr[0, j], rr[1, j], rr[2, j], rr[3, j], rr[4, j], rr[5, j], k)
+                    for i in range(6):
+                        p[4 * ty + i, j] += e[i]
+            for i in range(h):
+                for j in range(w):
+                    dx[n, c, i, j] = p[i + 1, j + 1]
+
+
+@par
+def outputs(m, bias, has_bias, relu, y):
+    """m (36, F, T) -> y (N, F, H, W): each tile A^T m A (+ bias[f], ReLU if relu)."""
+    n_, f_, h, w = y.shape
+    th, tw = h // 4, w // 4
+    k = _coefficients(m)
+    for task in prange((n_ * f_ + PLANES - 1) // PLANES):
+        cc = np.empty((6, w), dtype=m.dtype)       # the column combinations, row a of each tile
+        for q in range(task * PLANES, min(n_ * f_, (task + 1) * PLANES)):
+            n = q // f_
+            f = q - n * f_
+            zero = k[0] * 0
+            bb = bias[f] if has_bias else zero
+            for ty in range(th):
+                t0 = (n * th + ty) * tw
+                for a in range(6):
+                    o = 6 * a
+                    row = cc[a]
+                    for tx in range(tw):
+                        t = t0 + tx
+                        e = _at(m[o, f, t], m[o + 1, f, t], m[o + 2, f, t], m[o + 3, f, t], m[o + 4, f, t],
+                                m[o + 5, f, t], k)
+                        for q2 in range(4):
+                            row[4 * tx + q2] = e[q2]
+                for j in range(w):
+                    z = _at(cc[0, j], cc[1, j], cc[2, j], cc[3, j], cc[4, j], cc[5, j], k)
+                    for i in range(4):
+                        val = z[i] + bb
+                        if relu:
+                            val = zero if val < 0 else val      # a NaN passes, as in torch
+                        y[n, f, 4 * ty + i, j] = val
+
+
+@par
+def outputs_adjoint(dy, yv, relu, dm):
+    """dy (N, F, H, W), masked by yv > 0 where relu -> dm (36, F, T): each tile A dy A^T."""
+    n_, f_, h, w = dy.shape
+    th, tw = h // 4, w // 4
+    k = _coefficients(dy)
+    for task in prange((n_ * f_ + PLANES - 1) // PLANES):
+        rr = np.empty((6, w), dtype=dy.dtype)
+        g = np.empty((4, w), dtype=dy.dtype)
+        for q in range(task * PLANES, min(n_ * f_, (task + 1) * PLANES)):
+            n = q // f_
+            f = q - n * f_
+            for ty in range(th):
+                for i in range(4):
+                    for j in range(w):
+                        val = dy[n, f, 4 * ty + i, j]
+                        if relu and not yv[n, f, 4 * ty + i, j] > 0:
+                            val = k[0] * 0
+                        g[i, j] = val
+                for j in range(w):
+                    e = _a(g[0, j], g[1, j], g[2, j], g[3, j], k)
+                    for a in range(6):
+                        rr[a, j] = e[a]
+                t0 = (n * th + ty) * tw
+                for a in range(6):
+                    row = rr[a]
+                    o = 6 * a
+                    for tx in range(tw):
+                        j = 4 * tx
+                        e = _a(row[j], row[j + 1], row[j + 2], row[j + 3], k)
+                        for b in range(6):
+                            dm[o + b, f, t0 + tx] = e[b]
