@@ -354,6 +354,9 @@ def execute(a, ds, adapter, train_loader, test_loader, resume=None):
     tiles = getattr(getattr(adapter, "be", None), "conv_choices", None)
     if tiles is not None:       # chosen by measurement during the run, so known only now
         summary["conv_tiles"] = tiles()
+    algorithms = getattr(getattr(adapter, "be", None), "conv_algorithms", None)
+    if algorithms is not None and algorithms():     # the CPU backends' per-shape choice, as the layers ran
+        summary["conv_algorithms"] = algorithms()
     runs_csv = a.runs_csv or os.path.join(os.path.dirname(os.path.abspath(a.out)), "runs.csv")
     S.add_scaling(summary, records.read_runs(runs_csv))
     records.write_json(folder.path("summary.json"), summary)

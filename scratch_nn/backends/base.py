@@ -114,6 +114,18 @@ class Backend:
         step = max(1, min(n, budget // max(1, rows * positions * itemsize)))
         return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
+    def record_conv_algorithm(self, w, x_shape, stride, pad, algorithm):
+        """Note which algorithm ran this convolution shape (conv_algorithms)."""
+        f, c, kh, kw = w.shape
+        if not hasattr(self, "_conv_algorithms"):
+            self._conv_algorithms = {}
+        self._conv_algorithms[f"{c}->{f} {kh}x{kw} stride {stride} pad {pad} on {x_shape[2]}x{x_shape[3]}"] = algorithm
+
+    def conv_algorithms(self):
+        """The algorithm each convolution shape ran with so far, shape -> algorithm (a run's
+        summary.json keeps it: the choice is made per shape as the layers first run)."""
+        return dict(getattr(self, "_conv_algorithms", {}))
+
     def describe_convolution(self):
         return {"algorithm": "im2col GEMM; columns kept for the weight gradient when a batch's fit in "
                              f"{self.COLS_BYTES >> 20} MB, else batch slices that fit, rebuilt in backward",
@@ -152,6 +164,7 @@ class Backend:
             cols, _, _ = self.im2col(x[lo:hi], kh, kw, stride, pad)
             self._conv_out(self.gemm(wm, cols), b, relu, out[lo:hi])
         kept = cols if len(slices) == 1 else None
+        self.record_conv_algorithm(w, x.shape, stride, pad, "im2col GEMM")
         return out, (x, kept, stride, pad, oh, ow, out if relu else None)
 
     def conv2d_backward(self, dy, cache, w, need_dx=True):

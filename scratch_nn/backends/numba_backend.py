@@ -217,6 +217,7 @@ class NumbaBackend(Backend):
             m = self.gemm_batched(u, v, np.empty((wk.POSITIONS, f, t), dtype=x.dtype))
             wk.outputs(m, bias, b is not None, relu, out[lo:hi])
         kept = v if len(slices) == 1 else None
+        self.record_conv_algorithm(w, x.shape, stride, pad, f"Winograd F({tile}x{tile}, 3x3)")
         return out, ("winograd", x, kept, u, out if relu else None, wk)
 
     def conv2d_backward(self, dy, cache, w, need_dx=True):

@@ -211,6 +211,11 @@ def test_winograd_is_chosen_by_the_table_and_can_be_turned_off(monkeypatch):
     assert not off.winograd_applies(w64, (2, 64, 32, 32), 1, 1) and "winograd" not in off.describe()["convolution"]
     monkeypatch.setenv("SCRATCH_NN_WINOGRAD", "4x4")
     assert backends.get("numba").winograd_mode == "4x4"
+    # what ran is recorded per shape (a run's summary.json: conv_algorithms)
+    x = np.random.default_rng(0).standard_normal((1, 64, 8, 8))
+    for b, algo in ((be, "Winograd F(2x2, 3x3)"), (f4, "Winograd F(4x4, 3x3)"), (off, "im2col GEMM")):
+        b.conv2d_forward(x, np.ones((64, 64, 3, 3)), None, 1, 1)
+        assert b.conv_algorithms() == {"64->64 3x3 stride 1 pad 1 on 8x8": algo}
     monkeypatch.setenv("SCRATCH_NN_WINOGRAD", "6x6")
     with pytest.raises(ValueError, match="'6x6'.*not one of: off, 2x2, 4x4"):
         backends.get("numba")
