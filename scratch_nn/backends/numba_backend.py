@@ -118,7 +118,10 @@ class NumbaBackend(Backend):
         self.k = numba_kernels
         self._winograd_kernels = {2: numba_winograd, 4: numba_winograd4}
         self.winograd_mode = _winograd_mode(winograd)
-        self.winograd = self.winograd_mode != "off"
+
+    @property
+    def winograd(self):
+        return self.winograd_mode != "off"
 
     def describe(self):
         from . import threads

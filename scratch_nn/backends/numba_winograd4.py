@@ -220,12 +220,12 @@ def outputs(m, bias, has_bias, relu, y):
     n_, f_, h, w = y.shape
     th, tw = h // 4, w // 4
     k = _coefficients(m)
+    zero = k[0] * 0
     for task in prange((n_ * f_ + PLANES - 1) // PLANES):
         cc = np.empty((6, w), dtype=m.dtype)       # the column combinations, row a of each tile
         for q in range(task * PLANES, min(n_ * f_, (task + 1) * PLANES)):
             n = q // f_
             f = q - n * f_
-            zero = k[0] * 0
             bb = bias[f] if has_bias else zero
             for ty in range(th):
                 t0 = (n * th + ty) * tw
@@ -253,6 +253,7 @@ def outputs_adjoint(dy, yv, relu, dm):
     n_, f_, h, w = dy.shape
     th, tw = h // 4, w // 4
     k = _coefficients(dy)
+    zero = k[0] * 0
     for task in prange((n_ * f_ + PLANES - 1) // PLANES):
         rr = np.empty((6, w), dtype=dy.dtype)
         g = np.empty((4, w), dtype=dy.dtype)
@@ -264,7 +265,7 @@ def outputs_adjoint(dy, yv, relu, dm):
                     for j in range(w):
                         val = dy[n, f, 4 * ty + i, j]
                         if relu and not yv[n, f, 4 * ty + i, j] > 0:
-                            val = k[0] * 0
+                            val = zero
                         g[i, j] = val
                 for j in range(w):
                     e = _a(g[0, j], g[1, j], g[2, j], g[3, j], k)
