@@ -24,29 +24,32 @@ def _flat(a):
 # Winograd for the 3x3 stride-1 convolutions of at least WINOGRAD_MIN_CHANNELS input channels,
 # by the backend's winograd mode (its argument, else $SCRATCH_NN_WINOGRAD, else WINOGRAD):
 #   "2x2": F(2x2, 3x3) (numba_winograd.py) over even sizes of at least WINOGRAD_MIN_SIZE rows;
-#   "4x4": F(4x4, 3x3) (numba_winograd4.py) over sizes that are multiples of 4, F(2x2) over
-#          other even sizes: faster, but less exact in float32, so it is not the default;
+#   "4x4": F(4x4, 3x3) (numba_winograd4.py) over multiples of 4 of at least WINOGRAD4_MIN_SIZE
+#          rows, F(2x2) over other even sizes: faster, but less exact in float32, so it is not
+#          the default;
 #   "off": im2col + GEMM everywhere (winograd=False).
 # im2col + GEMM for the rest. The table, from ResNet-18's layers at batch 64 on 2 threads of
-# the 2-core Xeon (ms, forward / backward, best of 7, 2026-12-01; this VM's timings wander by up
-# to a third between runs):
-#   32x32,  64 ch: im2col 41.3 / 67.0   F(2x2) 29.2 / 50.4   F(4x4) 21.7-30.1 / 32.3-43.8
-#   16x16, 128 ch: im2col 39.3 / 53.4   F(2x2) 22.0 / 32.1   F(4x4) 14.8-19.0 / 23.8-24.6
-#    8x8,  256 ch: im2col 29.4 / 46.4   F(2x2) 22.1 / 31.4   F(4x4) 12.9-14.1 / 19.6-22.0
-#    4x4,  512 ch: im2col 26.1 / 41.5   F(2x2) not faster    F(4x4) 16.2-18.1 / 27.3-31.9
-# and the CNN's 16 -> 32 channel layer at 16x16 (batch 64, whole step): 15 ms im2col, 17 ms
-# F(2x2), whose transforms cost more than its few GEMM FLOPs save; the stems likewise.
+# the 2-core Xeon (ms, forward / backward, best of 7 interleaved, 2026-12-01, session 12, after
+# the transforms took one channel of several images a task and staged the weights' rows; this
+# VM's timings wander by up to a third between runs):
+#   32x32,  64 ch: im2col 41.9 / 75.1   F(2x2) 25.7 / 45.7   F(4x4) 22.6 / 34.0
+#   16x16, 128 ch: im2col 34.2 / 59.2   F(2x2) 20.5 / 33.5   F(4x4) 20.2 / 32.0
+#    8x8,  256 ch: im2col 28.1 / 50.3   F(2x2) 15.0 / 25.0   F(4x4) 16.4 / 22.4
+#    4x4,  512 ch: im2col 35.2 / 57.1   F(2x2) 18.3 / 29.2   F(4x4) 29.9 / 37.3
+# (before those changes, 4x4 maps ran F(2x2) no faster than im2col: per-task overhead on
+# 16-element planes and a 512-channel weight transform that took 14 ms), and the CNN's 16 -> 32
+# channel layer at 16x16 (batch 64, whole step): 15 ms im2col, 17 ms F(2x2), whose transforms
+# cost more than its few GEMM FLOPs save; the stems likewise.
 # F(4x4)'s float32 results lie up to 1e-5 of the output's scale from exact against F(2x2)'s and
 # im2col's few 1e-7 (its transforms' coefficients amplify rounding; float64 stays near 1e-14).
 # That is enough to move ResNet-18's float32 loss after one SGD step (batch 4) by 2.3e-4 from
 # NumPy's, where the suite holds every float32 path to 1e-5, and to flip a ReLU mask on the
-# torch-parity batch, so F(4x4) is opt-in. ResNet-18 at batch 64 on 2 threads
-# (experiments.bench): 48.2 img/s with "4x4", 38.8 with "2x2" (torch 51.4 and 64.0 in those
-# two runs: the VM's speed wandered).
+# torch-parity batch, so F(4x4) is opt-in.
 WINOGRAD = "2x2"
 WINOGRAD_MODES = ("off", "2x2", "4x4")
 WINOGRAD_MIN_CHANNELS = 64
-WINOGRAD_MIN_SIZE = 8
+WINOGRAD_MIN_SIZE = 4
+WINOGRAD4_MIN_SIZE = 8
 # The transformed input V (36 or 16 x C x tiles, 2.25x or 4x the input) is kept for the weight
 # gradient when the whole batch's fits WINOGRAD_KEEP_BYTES (every layer at batch 64); otherwise
 # the batch goes in slices whose V, M, dM and dV fit WINOGRAD_SLICE_BYTES each, V rebuilt in
@@ -128,8 +131,9 @@ class NumbaBackend(Backend):
 
         conv = self.describe_convolution()
         if self.winograd:
-            f4 = ("F(4x4, 3x3) over sizes that are multiples of 4 (36 GEMMs per pass, numba_winograd4.py), "
-                  "F(2x2, 3x3) over other even sizes" if self.winograd_mode == "4x4" else "F(2x2, 3x3) over even sizes")
+            f4 = (f"F(4x4, 3x3) over multiples of 4 of >= {WINOGRAD4_MIN_SIZE} rows (36 GEMMs per pass, "
+                  "numba_winograd4.py), F(2x2, 3x3) over other even sizes" if self.winograd_mode == "4x4"
+                  else "F(2x2, 3x3) over even sizes")
             conv["winograd"] = (f"mode {self.winograd_mode}: Winograd for 3x3 stride-1 padding-1 convolutions of "
                                 f">= {WINOGRAD_MIN_CHANNELS} channels, {f4} (F(2x2): >= {WINOGRAD_MIN_SIZE} rows, "
                                 "16 GEMMs per pass, numba_winograd.py)")
@@ -182,7 +186,7 @@ class NumbaBackend(Backend):
         h, wd = x_shape[2], x_shape[3]
         if not (self.winograd and kh == kw == 3 and stride == 1 and pad == 1 and c >= WINOGRAD_MIN_CHANNELS):
             return None
-        if self.winograd_mode == "4x4" and h % 4 == 0 and wd % 4 == 0:
+        if self.winograd_mode == "4x4" and h % 4 == 0 and wd % 4 == 0 and min(h, wd) >= WINOGRAD4_MIN_SIZE:
             return 4
         if h % 2 == 0 and wd % 2 == 0 and min(h, wd) >= WINOGRAD_MIN_SIZE:
             return 2

@@ -13,172 +13,213 @@ overlapping patches, dg = G^T dU G). In exact arithmetic this is the convolution
 it agrees to about 1e-15, in float32 to a few ulps more than a direct sum.
 
 Kernels here only transform; numba_backend.py allocates, slices the batch and runs the GEMMs.
-Every parallel loop writes its own (image, channel) plane or its own row, so results do not
+Every parallel loop writes its own (channel, images) block or its own row, so results do not
 depend on the thread count.
 """
 import numpy as np
 from numba import njit, prange
 
 par = njit(parallel=True, cache=True, fastmath=False, nogil=True)
-PLANES = 16     # (image, channel) planes per parallel task: its scratch rows are allocated once
+ser = njit(cache=True, fastmath=False, nogil=True)
+PLANE_ELEMENTS = 1024   # elements of one channel a parallel task transforms, at least a plane
 TILE = 2        # output rows and columns per tile
 POSITIONS = 16  # transformed positions: GEMMs per pass
 SUM_POSITION = 5    # (a, b) = (1, 1): A^T's column 1 is all ones, so dM there is the tile's sum of dy
+# the weight transforms' scratch rows are padded so that they are not a power of two apart
+# (512 channels: 2 KB, every row in the same cache set; 13x slower than at 256 channels)
+_SKEW = 16
+
+
+@ser
+def _g_column(g0, g1, g2):
+    """G (g0, g1, g2)^T: one column of G g (or, applied twice, a row of G g G^T)."""
+    return g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2
+
+
+@ser
+def _gt_column(d0, d1, d2, d3):
+    """G^T (d0, d1, d2, d3)^T, the adjoint of _g_column."""
+    return d0 + 0.5 * d1 + 0.5 * d2, 0.5 * d1 - 0.5 * d2, 0.5 * d1 + 0.5 * d2 + d3
 
 
 @par
 def weights(w, u):
-    """w (F, C, 3, 3) -> u (16, F, C): u[4a + b, f, c] = (G w[f, c] G^T)[a, b]."""
+    """w (F, C, 3, 3) -> u (16, F, C): u[4a + b, f, c] = (G w[f, c] G^T)[a, b]. A task per
+    filter, staged in a (16, C) scratch and written out a whole row at a time: stored element
+    by element, the 16 rows (1 MB apart at 512 channels, the same cache sets) ran 3.7x slower."""
     f_, c_ = w.shape[0], w.shape[1]
-    for t in prange(f_ * c_):
-        f = t // c_
-        c = t - f * c_
-        g = w[f, c]
-        tmp = np.empty((4, 3), dtype=w.dtype)
-        for j in range(3):
-            tmp[0, j] = g[0, j]
-            tmp[1, j] = 0.5 * (g[0, j] + g[1, j] + g[2, j])
-            tmp[2, j] = 0.5 * (g[0, j] - g[1, j] + g[2, j])
-            tmp[3, j] = g[2, j]
-        for a in range(4):
-            u[4 * a, f, c] = tmp[a, 0]
-            u[4 * a + 1, f, c] = 0.5 * (tmp[a, 0] + tmp[a, 1] + tmp[a, 2])
-            u[4 * a + 2, f, c] = 0.5 * (tmp[a, 0] - tmp[a, 1] + tmp[a, 2])
-            u[4 * a + 3, f, c] = tmp[a, 2]
+    for f in prange(f_):
+        st = np.empty((16, c_ + _SKEW), dtype=u.dtype)
+        for c in range(c_):
+            # columns j of G g: rows a = 0..3
+            t00, t10, t20, t30 = _g_column(w[f, c, 0, 0], w[f, c, 1, 0], w[f, c, 2, 0])
+            t01, t11, t21, t31 = _g_column(w[f, c, 0, 1], w[f, c, 1, 1], w[f, c, 2, 1])
+            t02, t12, t22, t32 = _g_column(w[f, c, 0, 2], w[f, c, 1, 2], w[f, c, 2, 2])
+            st[0, c], st[1, c], st[2, c], st[3, c] = _g_column(t00, t01, t02)
+            st[4, c], st[5, c], st[6, c], st[7, c] = _g_column(t10, t11, t12)
+            st[8, c], st[9, c], st[10, c], st[11, c] = _g_column(t20, t21, t22)
+            st[12, c], st[13, c], st[14, c], st[15, c] = _g_column(t30, t31, t32)
+        for xi in range(16):
+            for c in range(c_):
+                u[xi, f, c] = st[xi, c]
 
 
 @par
 def weights_adjoint(du, dw):
-    """du (16, F, C) -> dw (F, C, 3, 3) = G^T du G (the adjoint of `weights`)."""
+    """du (16, F, C) -> dw (F, C, 3, 3) = G^T du G (the adjoint of `weights`); a task per
+    filter, its 16 rows of du read whole into a scratch first (as `weights` writes them)."""
     f_, c_ = dw.shape[0], dw.shape[1]
-    for t in prange(f_ * c_):
-        f = t // c_
-        c = t - f * c_
-        tmp = np.empty((3, 4), dtype=du.dtype)
-        for b in range(4):
-            d0, d1, d2, d3 = du[b, f, c], du[4 + b, f, c], du[8 + b, f, c], du[12 + b, f, c]
-            tmp[0, b] = d0 + 0.5 * d1 + 0.5 * d2
-            tmp[1, b] = 0.5 * d1 - 0.5 * d2
-            tmp[2, b] = 0.5 * d1 + 0.5 * d2 + d3
-        for i in range(3):
-            dw[f, c, i, 0] = tmp[i, 0] + 0.5 * tmp[i, 1] + 0.5 * tmp[i, 2]
-            dw[f, c, i, 1] = 0.5 * tmp[i, 1] - 0.5 * tmp[i, 2]
-            dw[f, c, i, 2] = 0.5 * tmp[i, 1] + 0.5 * tmp[i, 2] + tmp[i, 3]
+    for f in prange(f_):
+        st = np.empty((16, c_ + _SKEW), dtype=du.dtype)
+        for xi in range(16):
+            for c in range(c_):
+                st[xi, c] = du[xi, f, c]
+        for c in range(c_):
+            # G^T along a for each column b: s[i][b], i = 0..2
+            s00, s10, s20 = _gt_column(st[0, c], st[4, c], st[8, c], st[12, c])
+            s01, s11, s21 = _gt_column(st[1, c], st[5, c], st[9, c], st[13, c])
+            s02, s12, s22 = _gt_column(st[2, c], st[6, c], st[10, c], st[14, c])
+            s03, s13, s23 = _gt_column(st[3, c], st[7, c], st[11, c], st[15, c])
+            dw[f, c, 0, 0], dw[f, c, 0, 1], dw[f, c, 0, 2] = _gt_column(s00, s01, s02, s03)
+            dw[f, c, 1, 0], dw[f, c, 1, 1], dw[f, c, 1, 2] = _gt_column(s10, s11, s12, s13)
+            dw[f, c, 2, 0], dw[f, c, 2, 1], dw[f, c, 2, 2] = _gt_column(s20, s21, s22, s23)
+
+
+@ser
+def _images_per_task(h, w):
+    """Images of one channel a parallel task transforms: enough that a task moves about
+    PLANE_ELEMENTS elements (one at 32x32, 64 at 4x4), so small maps do not drown in per-task
+    overhead."""
+    return max(1, PLANE_ELEMENTS // (h * w))
 
 
 @par
 def inputs(x, v):
     """x (N, C, H, W) -> v (16, C, T): the 4x4 patch of tile (ty, tx) starts at row 2ty - 1,
-    column 2tx - 1 (padding 1: outside reads zero); t = (n * H/2 + ty) * W/2 + tx. Per tile
+    column 2tx - 1 (padding 1: outside reads zero); t = (n * H/2 + ty) * W/2 + tx. A task
+    takes one channel of consecutive images, so its tiles are one run of each v[xi, c]
+    (staging them in a scratch to store whole runs measured no faster). Per tile
     row: the four row combinations of B^T as whole padded rows, then the column combinations
-    per tile, so the inner loops run along memory without bounds tests."""
+    per tile."""
     n_, c_, h, w = x.shape
     th, tw = h // 2, w // 2
-    for task in prange((n_ * c_ + PLANES - 1) // PLANES):
-        p = np.zeros((h + 2, w + 2), dtype=x.dtype)          # a plane, zero-padded by 1
-        rr = np.empty((4, w + 2), dtype=x.dtype)
-        for q in range(task * PLANES, min(n_ * c_, (task + 1) * PLANES)):
-            n = q // c_
-            c = q - n * c_
-            p[1:h + 1, 1:w + 1] = x[n, c]
+    ib = _images_per_task(h, w)
+    blocks = (n_ + ib - 1) // ib
+    for task in prange(c_ * blocks):
+        c = task // blocks
+        b = task - c * blocks
+        rr = np.zeros((4, w + 2), dtype=x.dtype)         # columns 0 and w + 1 stay zero (padding)
+        n0, n1 = b * ib, min(n_, (b + 1) * ib)
+        for n in range(n0, n1):
             for ty in range(th):
-                r0, r1, r2, r3 = p[2 * ty], p[2 * ty + 1], p[2 * ty + 2], p[2 * ty + 3]
-                for j in range(w + 2):
-                    rr[0, j] = r0[j] - r2[j]
-                    rr[1, j] = r1[j] + r2[j]
-                    rr[2, j] = r2[j] - r1[j]
-                    rr[3, j] = r1[j] - r3[j]
+                y0 = 2 * ty - 1
+                for j in range(w):
+                    a0 = x[n, c, y0, j] if y0 >= 0 else 0.0
+                    a1 = x[n, c, y0 + 1, j]
+                    a2 = x[n, c, y0 + 2, j]
+                    a3 = x[n, c, y0 + 3, j] if y0 + 3 < h else 0.0
+                    rr[0, j + 1] = a0 - a2
+                    rr[1, j + 1] = a1 + a2
+                    rr[2, j + 1] = a2 - a1
+                    rr[3, j + 1] = a1 - a3
                 t0 = (n * th + ty) * tw
                 for i in range(4):
-                    row = rr[i]
-                    o0, o1, o2, o3 = v[4 * i, c], v[4 * i + 1, c], v[4 * i + 2, c], v[4 * i + 3, c]
                     for tx in range(tw):
-                        a0, a1, a2, a3 = row[2 * tx], row[2 * tx + 1], row[2 * tx + 2], row[2 * tx + 3]
-                        o0[t0 + tx] = a0 - a2
-                        o1[t0 + tx] = a1 + a2
-                        o2[t0 + tx] = a2 - a1
-                        o3[t0 + tx] = a1 - a3
+                        a0, a1, a2, a3 = rr[i, 2 * tx], rr[i, 2 * tx + 1], rr[i, 2 * tx + 2], rr[i, 2 * tx + 3]
+                        v[4 * i, c, t0 + tx] = a0 - a2
+                        v[4 * i + 1, c, t0 + tx] = a1 + a2
+                        v[4 * i + 2, c, t0 + tx] = a2 - a1
+                        v[4 * i + 3, c, t0 + tx] = a1 - a3
 
 
 @par
 def inputs_adjoint(dv, dx):
     """dv (16, C, T) -> dx (N, C, H, W) = each tile's B dv B^T added onto its 4x4 patch (the
-    adjoint of `inputs`); one (image, channel) plane per task, tile rows in order."""
+    adjoint of `inputs`, the padding ring dropped); tasks as in `inputs`, tile rows in order."""
     n_, c_, h, w = dx.shape
     th, tw = h // 2, w // 2
-    for task in prange((n_ * c_ + PLANES - 1) // PLANES):
-        p = np.empty((h + 2, w + 2), dtype=dv.dtype)
+    ib = _images_per_task(h, w)
+    blocks = (n_ + ib - 1) // ib
+    for task in prange(c_ * blocks):
+        c = task // blocks
+        b = task - c * blocks
         rr = np.empty((4, w + 2), dtype=dv.dtype)
-        for q in range(task * PLANES, min(n_ * c_, (task + 1) * PLANES)):
-            n = q // c_
-            c = q - n * c_
-            p[:, :] = 0
+        n0, n1 = b * ib, min(n_, (b + 1) * ib)
+        for n in range(n0, n1):
+            for iy in range(h):
+                for j in range(w):
+                    dx[n, c, iy, j] = 0
             for ty in range(th):
                 t0 = (n * th + ty) * tw
                 rr[:, :] = 0
                 for i in range(4):          # the columns' adjoint into row i of the patch row band
-                    row = rr[i]
-                    d0, d1, d2, d3 = dv[4 * i, c], dv[4 * i + 1, c], dv[4 * i + 2, c], dv[4 * i + 3, c]
                     for tx in range(tw):
-                        e0, e1, e2, e3 = d0[t0 + tx], d1[t0 + tx], d2[t0 + tx], d3[t0 + tx]
-                        row[2 * tx] += e0
-                        row[2 * tx + 1] += e1 - e2 + e3
-                        row[2 * tx + 2] += e2 + e1 - e0
-                        row[2 * tx + 3] -= e3
-                r0, r1, r2, r3 = p[2 * ty], p[2 * ty + 1], p[2 * ty + 2], p[2 * ty + 3]
-                for j in range(w + 2):      # then the rows' adjoint
-                    r0[j] += rr[0, j]
-                    r1[j] += rr[1, j] - rr[2, j] + rr[3, j]
-                    r2[j] += rr[2, j] + rr[1, j] - rr[0, j]
-                    r3[j] -= rr[3, j]
-            dx[n, c] = p[1:h + 1, 1:w + 1]
+                        e0, e1, e2, e3 = dv[4 * i, c, t0 + tx], dv[4 * i + 1, c, t0 + tx], \
+                            dv[4 * i + 2, c, t0 + tx], dv[4 * i + 3, c, t0 + tx]
+                        rr[i, 2 * tx] += e0
+                        rr[i, 2 * tx + 1] += e1 - e2 + e3
+                        rr[i, 2 * tx + 2] += e2 + e1 - e0
+                        rr[i, 2 * tx + 3] -= e3
+                y0 = 2 * ty - 1
+                for j in range(w):          # then the rows' adjoint (padded column j + 1 is dx's j)
+                    if y0 >= 0:
+                        dx[n, c, y0, j] += rr[0, j + 1]
+                    dx[n, c, y0 + 1, j] += rr[1, j + 1] - rr[2, j + 1] + rr[3, j + 1]
+                    dx[n, c, y0 + 2, j] += rr[2, j + 1] + rr[1, j + 1] - rr[0, j + 1]
+                    if y0 + 3 < h:
+                        dx[n, c, y0 + 3, j] -= rr[3, j + 1]
 
 
 @par
 def outputs(m, bias, has_bias, relu, y):
-    """m (16, F, T) -> y (N, F, H, W): each tile A^T m A (+ bias[f], ReLU if relu)."""
+    """m (16, F, T) -> y (N, F, H, W): each tile A^T m A (+ bias[f], ReLU if relu); a task
+    takes one filter of consecutive images, so its reads run along each m[xi, f]."""
     n_, f_, h, w = y.shape
     th, tw = h // 2, w // 2
-    for task in prange((n_ * f_ + PLANES - 1) // PLANES):
+    ib = _images_per_task(h, w)
+    blocks = (n_ + ib - 1) // ib
+    for task in prange(f_ * blocks):
+        f = task // blocks
+        b = task - f * blocks
         cc = np.empty((4, 2 * tw), dtype=m.dtype)        # the column combinations, row a of each tile
-        for q in range(task * PLANES, min(n_ * f_, (task + 1) * PLANES)):
-            n = q // f_
-            f = q - n * f_
-            b = bias[f] if has_bias else 0.0
+        bv = bias[f] if has_bias else 0.0
+        n0, n1 = b * ib, min(n_, (b + 1) * ib)
+        for n in range(n0, n1):
             for ty in range(th):
                 t0 = (n * th + ty) * tw
                 for a in range(4):
-                    m0, m1, m2, m3 = m[4 * a, f], m[4 * a + 1, f], m[4 * a + 2, f], m[4 * a + 3, f]
-                    row = cc[a]
                     for tx in range(tw):
-                        e0, e1, e2, e3 = m0[t0 + tx], m1[t0 + tx], m2[t0 + tx], m3[t0 + tx]
-                        row[2 * tx] = e0 + e1 + e2
-                        row[2 * tx + 1] = e1 - e2 - e3
-                y0, y1 = y[n, f, 2 * ty], y[n, f, 2 * ty + 1]
+                        e0, e1, e2, e3 = m[4 * a, f, t0 + tx], m[4 * a + 1, f, t0 + tx], \
+                            m[4 * a + 2, f, t0 + tx], m[4 * a + 3, f, t0 + tx]
+                        cc[a, 2 * tx] = e0 + e1 + e2
+                        cc[a, 2 * tx + 1] = e1 - e2 - e3
                 for j in range(w):
-                    o0 = cc[0, j] + cc[1, j] + cc[2, j] + b
-                    o1 = cc[1, j] - cc[2, j] - cc[3, j] + b
+                    o0 = cc[0, j] + cc[1, j] + cc[2, j] + bv
+                    o1 = cc[1, j] - cc[2, j] - cc[3, j] + bv
                     if relu:
                         o0 = 0.0 if o0 < 0 else o0      # a NaN passes, as in torch
                         o1 = 0.0 if o1 < 0 else o1
-                    y0[j] = o0
-                    y1[j] = o1
+                    y[n, f, 2 * ty, j] = o0
+                    y[n, f, 2 * ty + 1, j] = o1
 
 
 @par
 def outputs_adjoint(dy, yv, relu, dm):
-    """dy (N, F, H, W), masked by yv > 0 where relu -> dm (16, F, T): each tile A dy A^T."""
+    """dy (N, F, H, W), masked by yv > 0 where relu -> dm (16, F, T): each tile A dy A^T;
+    tasks as in `outputs`."""
     n_, f_, h, w = dy.shape
     th, tw = h // 2, w // 2
-    for task in prange((n_ * f_ + PLANES - 1) // PLANES):
+    ib = _images_per_task(h, w)
+    blocks = (n_ + ib - 1) // ib
+    for task in prange(f_ * blocks):
+        f = task // blocks
+        b = task - f * blocks
         rr = np.empty((4, w), dtype=dy.dtype)
-        for q in range(task * PLANES, min(n_ * f_, (task + 1) * PLANES)):
-            n = q // f_
-            f = q - n * f_
+        n0, n1 = b * ib, min(n_, (b + 1) * ib)
+        for n in range(n0, n1):
             for ty in range(th):
-                g0, g1 = dy[n, f, 2 * ty], dy[n, f, 2 * ty + 1]
                 for j in range(w):
-                    a0, a1 = g0[j], g1[j]
+                    a0, a1 = dy[n, f, 2 * ty, j], dy[n, f, 2 * ty + 1, j]
                     if relu:
                         if not yv[n, f, 2 * ty, j] > 0:
                             a0 = 0.0
@@ -190,11 +231,9 @@ def outputs_adjoint(dy, yv, relu, dm):
                     rr[3, j] = -a1
                 t0 = (n * th + ty) * tw
                 for a in range(4):
-                    row = rr[a]
-                    o0, o1, o2, o3 = dm[4 * a, f], dm[4 * a + 1, f], dm[4 * a + 2, f], dm[4 * a + 3, f]
                     for tx in range(tw):
-                        e0, e1 = row[2 * tx], row[2 * tx + 1]
-                        o0[t0 + tx] = e0
-                        o1[t0 + tx] = e0 + e1
-                        o2[t0 + tx] = e0 - e1
-                        o3[t0 + tx] = -e1
+                        e0, e1 = rr[a, 2 * tx], rr[a, 2 * tx + 1]
+                        dm[4 * a, f, t0 + tx] = e0
+                        dm[4 * a + 1, f, t0 + tx] = e0 + e1
+                        dm[4 * a + 2, f, t0 + tx] = e0 - e1
+                        dm[4 * a + 3, f, t0 + tx] = -e1

@@ -31,6 +31,9 @@ TILE = 4        # output rows and columns per tile
 ALPHA = 6       # input rows and columns per patch
 POSITIONS = 36  # transformed positions: GEMMs per pass
 SUM_POSITION = 7    # (a, b) = (1, 1): A^T's column 1 is all ones, so dM there is the tile's sum of dy
+# the weight transforms' scratch rows are padded so that they are not a power of two apart
+# (512 channels: 2 KB, every row in the same cache set; 13x slower than at 256 channels)
+_SKEW = 16
 
 
 @njit(cache=True)
@@ -87,61 +90,75 @@ def _a(g0, g1, g2, g3, k):
             g3)
 
 
+# G's fractions as products (a division costs ~10x a multiply: at 512 channels the divisions
+# were the weight transforms' whole time)
+_SIXTH, _TWELFTH, _TWENTYFOURTH = 1.0 / 6.0, 1.0 / 12.0, 1.0 / 24.0
+
+
 @inline
 def _g(g0, g1, g2):
     """G g along one axis: three kernel taps to six."""
     return (0.25 * g0,
-            -(g0 + g1 + g2) / 6.0,
-            -(g0 - g1 + g2) / 6.0,
-            g0 / 24.0 + g1 / 12.0 + g2 / 6.0,
-            g0 / 24.0 - g1 / 12.0 + g2 / 6.0,
+            -(g0 + g1 + g2) * _SIXTH,
+            -(g0 - g1 + g2) * _SIXTH,
+            g0 * _TWENTYFOURTH + g1 * _TWELFTH + g2 * _SIXTH,
+            g0 * _TWENTYFOURTH - g1 * _TWELFTH + g2 * _SIXTH,
             1.0 * g2)
 
 
 @inline
 def _gt(u0, u1, u2, u3, u4, u5):
     """G^T u along one axis (the adjoint of _g)."""
-    return (0.25 * u0 - (u1 + u2) / 6.0 + (u3 + u4) / 24.0,
-            (u2 - u1) / 6.0 + (u3 - u4) / 12.0,
-            (u3 + u4 - u1 - u2) / 6.0 + u5)
+    return (0.25 * u0 - (u1 + u2) * _SIXTH + (u3 + u4) * _TWENTYFOURTH,
+            (u2 - u1) * _SIXTH + (u3 - u4) * _TWELFTH,
+            (u3 + u4 - u1 - u2) * _SIXTH + u5)
 
 
 @par
 def weights(w, u):
-    """w (F, C, 3, 3) -> u (36, F, C): u[6a + b, f, c] = (G w[f, c] G^T)[a, b]."""
+    """w (F, C, 3, 3) -> u (36, F, C): u[6a + b, f, c] = (G w[f, c] G^T)[a, b]. A task per
+    filter, staged in a (36, C) scratch and written out a whole row at a time (element by
+    element, the 36 rows a power of two apart fought over the same cache sets); the tuples are
+    unpacked by name (indexed in a loop, numba built them in memory: 10x slower)."""
     f_, c_ = w.shape[0], w.shape[1]
-    for t in prange(f_ * c_):
-        f = t // c_
-        c = t - f * c_
-        g = w[f, c]
-        tmp = np.empty((6, 3))
-        for j in range(3):
-            col = _g(g[0, j], g[1, j], g[2, j])
-            for a in range(6):
-                tmp[a, j] = col[a]
-        for a in range(6):
-            row = _g(tmp[a, 0], tmp[a, 1], tmp[a, 2])
-            for b in range(6):
-                u[6 * a + b, f, c] = row[b]
+    for f in prange(f_):
+        st = np.empty((36, c_ + _SKEW), dtype=u.dtype)
+        for c in range(c_):
+            c0 = _g(w[f, c, 0, 0], w[f, c, 1, 0], w[f, c, 2, 0])
+            c1 = _g(w[f, c, 0, 1], w[f, c, 1, 1], w[f, c, 2, 1])
+            c2 = _g(w[f, c, 0, 2], w[f, c, 1, 2], w[f, c, 2, 2])
+            st[0, c], st[1, c], st[2, c], st[3, c], st[4, c], st[5, c] = _g(c0[0], c1[0], c2[0])
+            st[6, c], st[7, c], st[8, c], st[9, c], st[10, c], st[11, c] = _g(c0[1], c1[1], c2[1])
+            st[12, c], st[13, c], st[14, c], st[15, c], st[16, c], st[17, c] = _g(c0[2], c1[2], c2[2])
+            st[18, c], st[19, c], st[20, c], st[21, c], st[22, c], st[23, c] = _g(c0[3], c1[3], c2[3])
+            st[24, c], st[25, c], st[26, c], st[27, c], st[28, c], st[29, c] = _g(c0[4], c1[4], c2[4])
+            st[30, c], st[31, c], st[32, c], st[33, c], st[34, c], st[35, c] = _g(c0[5], c1[5], c2[5])
+        for xi in range(36):
+            for c in range(c_):
+                u[xi, f, c] = st[xi, c]
 
 
 @par
 def weights_adjoint(du, dw):
-    """du (36, F, C) -> dw (F, C, 3, 3) = G^T du G (the adjoint of `weights`)."""
+    """du (36, F, C) -> dw (F, C, 3, 3) = G^T du G (the adjoint of `weights`); a task per
+    filter, its 36 rows of du read whole into a scratch first."""
     f_, c_ = dw.shape[0], dw.shape[1]
-    for t in prange(f_ * c_):
-        f = t // c_
-        c = t - f * c_
-        tmp = np.empty((3, 6))
-        for b in range(6):
-            col = _gt(du[b, f, c], du[6 + b, f, c], du[12 + b, f, c], du[18 + b, f, c], du[24 + b, f, c],
-                      du[30 + b, f, c])
-            for i in range(3):
-                tmp[i, b] = col[i]
-        for i in range(3):
-            row = _gt(tmp[i, 0], tmp[i, 1], tmp[i, 2], tmp[i, 3], tmp[i, 4], tmp[i, 5])
-            for j in range(3):
-                dw[f, c, i, j] = row[j]
+    for f in prange(f_):
+        st = np.empty((36, c_ + _SKEW), dtype=du.dtype)
+        for xi in range(36):
+            for c in range(c_):
+                st[xi, c] = du[xi, f, c]
+        for c in range(c_):
+            # G^T down each column b of the 6x6 block, then along the rows
+            k0 = _gt(st[0, c], st[6, c], st[12, c], st[18, c], st[24, c], st[30, c])
+            k1 = _gt(st[1, c], st[7, c], st[13, c], st[19, c], st[25, c], st[31, c])
+            k2 = _gt(st[2, c], st[8, c], st[14, c], st[20, c], st[26, c], st[32, c])
+            k3 = _gt(st[3, c], st[9, c], st[15, c], st[21, c], st[27, c], st[33, c])
+            k4 = _gt(st[4, c], st[10, c], st[16, c], st[22, c], st[28, c], st[34, c])
+            k5 = _gt(st[5, c], st[11, c], st[17, c], st[23, c], st[29, c], st[35, c])
+            dw[f, c, 0, 0], dw[f, c, 0, 1], dw[f, c, 0, 2] = _gt(k0[0], k1[0], k2[0], k3[0], k4[0], k5[0])
+            dw[f, c, 1, 0], dw[f, c, 1, 1], dw[f, c, 1, 2] = _gt(k0[1], k1[1], k2[1], k3[1], k4[1], k5[1])
+            dw[f, c, 2, 0], dw[f, c, 2, 1], dw[f, c, 2, 2] = _gt(k0[2], k1[2], k2[2], k3[2], k4[2], k5[2])
 
 
 @par

@@ -127,10 +127,10 @@ def _ref_conv3x3(x, w, b, dy, relu):
     return y, dxp[:, :, 1:h + 1, 1:wd + 1], dw, g.sum(axis=(0, 2, 3))
 
 
-# (tile the table picks, shape): F(4x4) on multiples of 4 (4x4 maps: one tile an image), F(2x2)
-# on other even sizes; odd batches and channel counts
-WINOGRAD_CASES = [(4, (1, 64, 5, 8, False)), (4, (2, 65, 7, 4, True)), (4, (3, 128, 32, 12, False)),
-                  (2, (7, 67, 9, 10, True)), (2, (2, 64, 3, 14, False))]
+# (tile the table picks, shape): F(4x4) in its mode on multiples of 4 from 8 rows, F(2x2) on
+# other even sizes from 4 rows (4x4 maps: four tiles an image); odd batches and channel counts
+WINOGRAD_CASES = [(4, (1, 64, 5, 8, False)), (4, (2, 65, 7, 16, True)), (4, (3, 128, 32, 12, False)),
+                  (2, (7, 67, 9, 10, True)), (2, (2, 64, 3, 14, False)), (2, (5, 64, 7, 4, True))]
 # float32 against the float64 direct convolution, relative to the largest entry: F(4x4)'s
 # transform coefficients (up to 8, and 1/24) amplify rounding: up to 1e-5 measured (512 channels
 # at 4x4), 20x im2col's and F(2x2)'s
@@ -195,12 +195,14 @@ def test_winograd_is_chosen_by_the_table_and_can_be_turned_off(monkeypatch):
     be = backends.get("numba")
     w64 = np.zeros((64, 64, 3, 3))
     assert be.winograd_mode == "2x2" and be.winograd_tile(w64, (2, 64, 32, 32), 1, 1) == 2
-    assert not be.winograd_applies(w64, (2, 64, 4, 4), 1, 1)            # 4x4: im2col (the table's tie)
+    assert be.winograd_tile(w64, (2, 64, 4, 4), 1, 1) == 2              # 4x4 maps: four F(2x2) tiles an image
+    assert not be.winograd_applies(w64, (2, 64, 2, 2), 1, 1)            # below 4 rows: im2col
     f4 = backends.get("numba", winograd="4x4")      # opt-in: less exact in float32 (numba_backend.py)
     assert f4.winograd_tile(w64, (2, 64, 32, 32), 1, 1) == 4
-    assert f4.winograd_tile(w64, (2, 64, 4, 4), 1, 1) == 4              # one F(4x4) tile an image
+    assert f4.winograd_tile(w64, (2, 64, 8, 8), 1, 1) == 4
+    assert f4.winograd_tile(w64, (2, 64, 4, 4), 1, 1) == 2              # one F(4x4) tile an image measured slower
     assert f4.winograd_tile(w64, (2, 64, 10, 10), 1, 1) == 2            # even, not a multiple of 4
-    assert not f4.winograd_applies(w64, (2, 64, 6, 6), 1, 1)            # F(2x2) below 8 rows: im2col
+    assert f4.winograd_tile(w64, (2, 64, 6, 6), 1, 1) == 2
     assert "mode 4x4" in f4.describe()["convolution"]["winograd"]
     assert not be.winograd_applies(np.zeros((64, 3, 3, 3)), (2, 3, 32, 32), 1, 1)     # the stem
     assert not be.winograd_applies(np.zeros((32, 16, 3, 3)), (2, 16, 16, 16), 1, 1)   # the CNN's conv2
