@@ -29,17 +29,21 @@ def _flat(a):
 #          the default;
 #   "off": im2col + GEMM everywhere (winograd=False).
 # im2col + GEMM for the rest. The table, from ResNet-18's layers at batch 64 on 2 threads of
-# the 2-core Xeon (ms, forward / backward, best of 7 interleaved, 2026-12-01, session 12, after
-# the transforms took one channel of several images a task and staged the weights' rows; this
-# VM's timings wander by up to a third between runs):
-#   32x32,  64 ch: im2col 41.9 / 75.1   F(2x2) 25.7 / 45.7   F(4x4) 22.6 / 34.0
-#   16x16, 128 ch: im2col 34.2 / 59.2   F(2x2) 20.5 / 33.5   F(4x4) 20.2 / 32.0
-#    8x8,  256 ch: im2col 28.1 / 50.3   F(2x2) 15.0 / 25.0   F(4x4) 16.4 / 22.4
-#    4x4,  512 ch: im2col 35.2 / 57.1   F(2x2) 18.3 / 29.2   F(4x4) 29.9 / 37.3
+# the 2-core Xeon (ms, forward / backward, best of 7 with the three interleaved, 2026-12-01,
+# session 12, after the transforms took one channel of several images a task and staged the
+# weights' rows; this VM's timings wander by up to a third between runs, so compare within a row):
+#   32x32,  64 ch: im2col 56.6 / 96.2   F(2x2) 34.0 / 59.5   F(4x4) 24.7 / 39.3
+#   16x16, 128 ch: im2col 36.4 / 73.1   F(2x2) 21.6 / 39.5   F(4x4) 16.7 / 27.9
+#    8x8,  256 ch: im2col 31.9 / 59.7   F(2x2) 14.6 / 27.4   F(4x4) 12.6 / 19.9
+#    4x4,  512 ch: im2col 35.1 / 59.8   F(2x2) 21.1 / 33.6   F(4x4) 21.3 / 33.3 (a tie: F(2x2), more exact)
 # (before those changes, 4x4 maps ran F(2x2) no faster than im2col: per-task overhead on
-# 16-element planes and a 512-channel weight transform that took 14 ms), and the CNN's 16 -> 32
-# channel layer at 16x16 (batch 64, whole step): 15 ms im2col, 17 ms F(2x2), whose transforms
-# cost more than its few GEMM FLOPs save; the stems likewise.
+# 16-element planes and a 512-channel weight transform that took 14 ms). Few channels, same run:
+#   16x16, 16 -> 32 (the CNN's conv2): im2col 3.44 / 5.36   F(2x2) 2.77 / 4.76   F(4x4) 2.14 / 2.96
+#   32x32,  8 -> 8:                    im2col 3.38 / 6.43   F(2x2) 2.70 / 5.27   F(4x4) 2.04 / 2.88
+#   32x32,  3 -> 64 (ResNet's stem):   im2col 4.61 / 5.48   F(2x2) 13.0 / 14.5   F(4x4) 8.38 / 7.50
+#   32x32,  3 -> 16 (the CNN's conv1): im2col 2.04 / 2.33   F(2x2) 3.33 / 3.65   F(4x4) 2.40 / 2.66
+# (stems without the data gradient): with 3 input channels the transforms cost more than the
+# GEMM FLOPs they save, from 8 on they pay (before session 12's transforms, not below 64).
 # F(4x4)'s float32 results lie up to 1e-5 of the output's scale from exact against F(2x2)'s and
 # im2col's few 1e-7 (its transforms' coefficients amplify rounding; float64 stays near 1e-14).
 # That is enough to move ResNet-18's float32 loss after one SGD step (batch 4) by 2.3e-4 from
@@ -47,7 +51,7 @@ def _flat(a):
 # torch-parity batch, so F(4x4) is opt-in.
 WINOGRAD = "2x2"
 WINOGRAD_MODES = ("off", "2x2", "4x4")
-WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_CHANNELS = 8
 WINOGRAD_MIN_SIZE = 4
 WINOGRAD4_MIN_SIZE = 8
 # The transformed input V (36 or 16 x C x tiles, 2.25x or 4x the input) is kept for the weight

@@ -18,15 +18,15 @@ The one-dimensional transforms are small inlined functions of six (or four, or t
 applied first along rows, then along columns. The data's transforms take their integer
 coefficients from a small array in the data's dtype, so float32 stays float32 (a float literal
 would make numba compute in float64, at half the vector width); the weights' (with 1/6 and 1/24) compute
-in float64 and round once. Every parallel loop writes its own (image,
-channel) plane or its own weight, so results do not depend on the thread count.
+in float64 and round once. Every parallel loop writes its own (channel,
+images) block or its own filter's weights, so results do not depend on the thread count.
 """
 import numpy as np
 from numba import njit, prange
 
 par = njit(parallel=True, cache=True, fastmath=False, nogil=True)
 inline = njit(inline="always", cache=True)
-PLANES = 16     # (image, channel) planes per parallel task: its scratch rows are allocated once
+PLANE_ELEMENTS = 1024   # elements of one channel a parallel task transforms, at least a plane
 TILE = 4        # output rows and columns per tile
 ALPHA = 6       # input rows and columns per patch
 POSITIONS = 36  # transformed positions: GEMMs per pass
@@ -34,6 +34,12 @@ SUM_POSITION = 7    # (a, b) = (1, 1): A^T's column 1 is all ones, so dM there i
 # the weight transforms' scratch rows are padded so that they are not a power of two apart
 # (512 channels: 2 KB, every row in the same cache set; 13x slower than at 256 channels)
 _SKEW = 16
+
+
+@njit(cache=True)
+def _images_per_task(h, w):
+    """Images of one channel a parallel task transforms (numba_winograd.py's rule)."""
+    return max(1, PLANE_ELEMENTS // (h * w))
 
 
 @njit(cache=True)
@@ -170,12 +176,14 @@ def inputs(x, v):
     n_, c_, h, w = x.shape
     th, tw = h // 4, w // 4
     k = _coefficients(x)
-    for task in prange((n_ * c_ + PLANES - 1) // PLANES):
+    ib = _images_per_task(h, w)
+    blocks = (n_ + ib - 1) // ib
+    for task in prange(c_ * blocks):
+        c = task // blocks
+        blk = task - c * blocks
         p = np.zeros((h + 2, w + 2), dtype=x.dtype)          # a plane, zero-padded by 1
         rr = np.empty((6, w + 2), dtype=x.dtype)
-        for q in range(task * PLANES, min(n_ * c_, (task + 1) * PLANES)):
-            n = q // c_
-            c = q - n * c_
+        for n in range(blk * ib, min(n_, (blk + 1) * ib)):
             p[1:h + 1, 1:w + 1] = x[n, c]
             for ty in range(th):
                 r0, r1, r2, r3, r4, r5 = p[4 * ty], p[4 * ty + 1], p[4 * ty + 2], p[4 * ty + 3], p[4 * ty + 4], \
@@ -197,17 +205,19 @@ def inputs(x, v):
 @par
 def inputs_adjoint(dv, dx):
     """dv (36, C, T) -> dx (N, C, H, W) = each tile's B dv B^T added onto its 6x6 patch (the
-    adjoint of `inputs`; neighbouring patches overlap by two rows or columns); one (image,
-    channel) plane per task, tile rows in order."""
+    adjoint of `inputs`; neighbouring patches overlap by two rows or columns); one channel of
+    several images a task, tile rows in order."""
     n_, c_, h, w = dx.shape
     th, tw = h // 4, w // 4
     k = _coefficients(dv)
-    for task in prange((n_ * c_ + PLANES - 1) // PLANES):
+    ib = _images_per_task(h, w)
+    blocks = (n_ + ib - 1) // ib
+    for task in prange(c_ * blocks):
+        c = task // blocks
+        blk = task - c * blocks
         p = np.empty((h + 2, w + 2), dtype=dv.dtype)
         rr = np.empty((6, w + 2), dtype=dv.dtype)
-        for q in range(task * PLANES, min(n_ * c_, (task + 1) * PLANES)):
-            n = q // c_
-            c = q - n * c_
+        for n in range(blk * ib, min(n_, (blk + 1) * ib)):
             p[:, :] = 0
             for ty in range(th):
                 t0 = (n * th + ty) * tw
@@ -238,11 +248,13 @@ def outputs(m, bias, has_bias, relu, y):
     th, tw = h // 4, w // 4
     k = _coefficients(m)
     zero = k[0] * 0
-    for task in prange((n_ * f_ + PLANES - 1) // PLANES):
+    ib = _images_per_task(h, w)
+    blocks = (n_ + ib - 1) // ib
+    for task in prange(f_ * blocks):
+        f = task // blocks
+        blk = task - f * blocks
         cc = np.empty((6, w), dtype=m.dtype)       # the column combinations, row a of each tile
-        for q in range(task * PLANES, min(n_ * f_, (task + 1) * PLANES)):
-            n = q // f_
-            f = q - n * f_
+        for n in range(blk * ib, min(n_, (blk + 1) * ib)):
             bb = bias[f] if has_bias else zero
             for ty in range(th):
                 t0 = (n * th + ty) * tw
@@ -271,12 +283,14 @@ def outputs_adjoint(dy, yv, relu, dm):
     th, tw = h // 4, w // 4
     k = _coefficients(dy)
     zero = k[0] * 0
-    for task in prange((n_ * f_ + PLANES - 1) // PLANES):
+    ib = _images_per_task(h, w)
+    blocks = (n_ + ib - 1) // ib
+    for task in prange(f_ * blocks):
+        f = task // blocks
+        blk = task - f * blocks
         rr = np.empty((6, w), dtype=dy.dtype)
         g = np.empty((4, w), dtype=dy.dtype)
-        for q in range(task * PLANES, min(n_ * f_, (task + 1) * PLANES)):
-            n = q // f_
-            f = q - n * f_
+        for n in range(blk * ib, min(n_, (blk + 1) * ib)):
             for ty in range(th):
                 for i in range(4):
                     for j in range(w):

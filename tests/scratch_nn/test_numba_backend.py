@@ -130,7 +130,8 @@ def _ref_conv3x3(x, w, b, dy, relu):
 # (tile the table picks, shape): F(4x4) in its mode on multiples of 4 from 8 rows, F(2x2) on
 # other even sizes from 4 rows (4x4 maps: four tiles an image); odd batches and channel counts
 WINOGRAD_CASES = [(4, (1, 64, 5, 8, False)), (4, (2, 65, 7, 16, True)), (4, (3, 128, 32, 12, False)),
-                  (2, (7, 67, 9, 10, True)), (2, (2, 64, 3, 14, False)), (2, (5, 64, 7, 4, True))]
+                  (2, (7, 67, 9, 10, True)), (2, (2, 64, 3, 14, False)), (2, (5, 64, 7, 4, True)),
+                  (2, (3, 9, 20, 6, True))]
 # float32 against the float64 direct convolution, relative to the largest entry: F(4x4)'s
 # transform coefficients (up to 8, and 1/24) amplify rounding: up to 1e-5 measured (512 channels
 # at 4x4), 20x im2col's and F(2x2)'s
@@ -205,7 +206,8 @@ def test_winograd_is_chosen_by_the_table_and_can_be_turned_off(monkeypatch):
     assert f4.winograd_tile(w64, (2, 64, 6, 6), 1, 1) == 2
     assert "mode 4x4" in f4.describe()["convolution"]["winograd"]
     assert not be.winograd_applies(np.zeros((64, 3, 3, 3)), (2, 3, 32, 32), 1, 1)     # the stem
-    assert not be.winograd_applies(np.zeros((32, 16, 3, 3)), (2, 16, 16, 16), 1, 1)   # the CNN's conv2
+    assert be.winograd_tile(np.zeros((32, 16, 3, 3)), (2, 16, 16, 16), 1, 1) == 2    # the CNN's conv2
+    assert not be.winograd_applies(np.zeros((8, 7, 3, 3)), (2, 7, 16, 16), 1, 1)      # below 8 channels
     assert not be.winograd_applies(w64, (2, 64, 32, 32), 2, 1)          # stride 2
     assert not be.winograd_applies(w64, (2, 64, 9, 9), 1, 1)            # odd size
     assert "winograd" in be.describe()["convolution"]
