@@ -131,7 +131,9 @@ def _ref_conv3x3(x, w, b, dy, relu):
 # other even sizes from 4 rows (4x4 maps: four tiles an image); odd batches and channel counts
 WINOGRAD_CASES = [(4, (1, 64, 5, 8, False)), (4, (2, 65, 7, 16, True)), (4, (3, 128, 32, 12, False)),
                   (2, (7, 67, 9, 10, True)), (2, (2, 64, 3, 14, False)), (2, (5, 64, 7, 4, True)),
-                  (2, (3, 9, 20, 6, True))]
+                  (2, (3, 9, 20, 6, True)),
+                  # more images than one transform task takes (64 at 4x4, 16 at 8x8): a partial last block
+                  (2, (70, 8, 9, 4, True)), (4, (20, 8, 5, 8, False))]
 # float32 against the float64 direct convolution, relative to the largest entry: F(4x4)'s
 # transform coefficients (up to 8, and 1/24) amplify rounding: up to 1e-5 measured (512 channels
 # at 4x4), 20x im2col's and F(2x2)'s
