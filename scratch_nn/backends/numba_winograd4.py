@@ -24,8 +24,6 @@ images) block or its own filter's weights, so results do not depend on the threa
 import numpy as np
 from numba import njit, prange
 
-from .numba_winograd import filter_rows, load_filter_rows, store_filter_rows
-
 par = njit(parallel=True, cache=True, fastmath=False, nogil=True)
 inline = njit(inline="always", cache=True)
 PLANE_ELEMENTS = 1024   # elements of one channel a parallel task transforms, at least a plane
@@ -33,6 +31,11 @@ TILE = 4        # output rows and columns per tile
 ALPHA = 6       # input rows and columns per patch
 POSITIONS = 36  # transformed positions: GEMMs per pass
 SUM_POSITION = 7    # (a, b) = (1, 1): A^T's column 1 is all ones, so dM there is the tile's sum of dy
+# the weight transforms' scratch rows are padded so that they are not a power of two apart
+# (512 channels: 2 KB, every row in the same cache set). Their staging loops repeat
+# numba_winograd.py's on purpose: numba's on-disk cache does not see a change in a jitted
+# helper defined in another module, so a shared one would leave these kernels stale.
+_SKEW = 16
 
 
 @njit(cache=True)
@@ -127,7 +130,7 @@ def weights(w, u):
     unpacked by name (indexed in a loop, numba built them in memory: 10x slower)."""
     f_, c_ = w.shape[0], w.shape[1]
     for f in prange(f_):
-        st = filter_rows(u)
+        st = np.empty((36, c_ + _SKEW), dtype=u.dtype)
         for c in range(c_):
             c0 = _g(w[f, c, 0, 0], w[f, c, 1, 0], w[f, c, 2, 0])
             c1 = _g(w[f, c, 0, 1], w[f, c, 1, 1], w[f, c, 2, 1])
@@ -138,7 +141,9 @@ def weights(w, u):
             st[18, c], st[19, c], st[20, c], st[21, c], st[22, c], st[23, c] = _g(c0[3], c1[3], c2[3])
             st[24, c], st[25, c], st[26, c], st[27, c], st[28, c], st[29, c] = _g(c0[4], c1[4], c2[4])
             st[30, c], st[31, c], st[32, c], st[33, c], st[34, c], st[35, c] = _g(c0[5], c1[5], c2[5])
-        store_filter_rows(st, u, f)
+        for xi in range(36):
+            for c in range(c_):
+                u[xi, f, c] = st[xi, c]
 
 
 @par
@@ -147,7 +152,10 @@ def weights_adjoint(du, dw):
     filter, its 36 rows of du read whole into a scratch first."""
     f_, c_ = dw.shape[0], dw.shape[1]
     for f in prange(f_):
-        st = load_filter_rows(du, f)
+        st = np.empty((36, c_ + _SKEW), dtype=du.dtype)
+        for xi in range(36):
+            for c in range(c_):
+                st[xi, c] = du[xi, f, c]
         for c in range(c_):
             # G^T down each column b of the 6x6 block, then along the rows
             k0 = _gt(st[0, c], st[6, c], st[12, c], st[18, c], st[24, c], st[30, c])
