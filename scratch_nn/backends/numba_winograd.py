@@ -13,8 +13,8 @@ overlapping patches, dg = G^T dU G). In exact arithmetic this is the convolution
 it agrees to about 1e-15, in float32 to a few ulps more than a direct sum.
 
 Kernels here only transform; numba_backend.py allocates, slices the batch and runs the GEMMs.
-Every parallel loop writes its own (channel, images) block or its own row, so results do not
-depend on the thread count.
+Every parallel loop writes its own (channel, images) block or one filter's weights, so results
+do not depend on the thread count.
 """
 import numpy as np
 from numba import njit, prange
