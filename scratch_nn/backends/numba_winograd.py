@@ -105,11 +105,22 @@ def weights_adjoint(du, dw):
 
 
 @ser
-def _images_per_task(h, w):
-    """Images of one channel a parallel task transforms: enough that a task moves about
-    PLANE_ELEMENTS elements (one at 32x32, 64 at 4x4), so small maps do not drown in per-task
-    overhead."""
-    return max(1, PLANE_ELEMENTS // (h * w))
+def _task_count(n_, c_, h, w):
+    """Parallel tasks of a data transform: one channel of about PLANE_ELEMENTS elements' worth
+    of consecutive images each (one image at 32x32, 64 at 4x4), so small maps do not drown
+    in per-task overhead and a task's tiles are one run of each V[xi, c]."""
+    ib = max(1, PLANE_ELEMENTS // (h * w))
+    return c_ * ((n_ + ib - 1) // ib)
+
+
+@ser
+def _task_block(task, n_, h, w):
+    """(channel, first image, last image + 1) of task number `task` (see _task_count)."""
+    ib = max(1, PLANE_ELEMENTS // (h * w))
+    blocks = (n_ + ib - 1) // ib
+    c = task // blocks
+    b = task - c * blocks
+    return c, b * ib, min(n_, (b + 1) * ib)
 
 
 @par
@@ -122,13 +133,9 @@ def inputs(x, v):
     per tile."""
     n_, c_, h, w = x.shape
     th, tw = h // 2, w // 2
-    ib = _images_per_task(h, w)
-    blocks = (n_ + ib - 1) // ib
-    for task in prange(c_ * blocks):
-        c = task // blocks
-        b = task - c * blocks
+    for task in prange(_task_count(n_, c_, h, w)):
+        c, n0, n1 = _task_block(task, n_, h, w)
         rr = np.zeros((4, w + 2), dtype=x.dtype)         # columns 0 and w + 1 stay zero (padding)
-        n0, n1 = b * ib, min(n_, (b + 1) * ib)
         for n in range(n0, n1):
             for ty in range(th):
                 y0 = 2 * ty - 1
@@ -157,13 +164,9 @@ def inputs_adjoint(dv, dx):
     adjoint of `inputs`, the padding ring dropped); tasks as in `inputs`, tile rows in order."""
     n_, c_, h, w = dx.shape
     th, tw = h // 2, w // 2
-    ib = _images_per_task(h, w)
-    blocks = (n_ + ib - 1) // ib
-    for task in prange(c_ * blocks):
-        c = task // blocks
-        b = task - c * blocks
+    for task in prange(_task_count(n_, c_, h, w)):
+        c, n0, n1 = _task_block(task, n_, h, w)
         rr = np.empty((4, w + 2), dtype=dv.dtype)
-        n0, n1 = b * ib, min(n_, (b + 1) * ib)
         for n in range(n0, n1):
             for iy in range(h):
                 for j in range(w):
@@ -195,14 +198,10 @@ def outputs(m, bias, has_bias, relu, y):
     takes one filter of consecutive images, so its reads run along each m[xi, f]."""
     n_, f_, h, w = y.shape
     th, tw = h // 2, w // 2
-    ib = _images_per_task(h, w)
-    blocks = (n_ + ib - 1) // ib
-    for task in prange(f_ * blocks):
-        f = task // blocks
-        b = task - f * blocks
+    for task in prange(_task_count(n_, f_, h, w)):
+        f, n0, n1 = _task_block(task, n_, h, w)
         cc = np.empty((4, 2 * tw), dtype=m.dtype)        # the column combinations, row a of each tile
         bv = bias[f] if has_bias else 0.0
-        n0, n1 = b * ib, min(n_, (b + 1) * ib)
         for n in range(n0, n1):
             for ty in range(th):
                 t0 = (n * th + ty) * tw
@@ -228,13 +227,9 @@ def outputs_adjoint(dy, yv, relu, dm):
     tasks as in `outputs`."""
     n_, f_, h, w = dy.shape
     th, tw = h // 2, w // 2
-    ib = _images_per_task(h, w)
-    blocks = (n_ + ib - 1) // ib
-    for task in prange(f_ * blocks):
-        f = task // blocks
-        b = task - f * blocks
+    for task in prange(_task_count(n_, f_, h, w)):
+        f, n0, n1 = _task_block(task, n_, h, w)
         rr = np.empty((4, w), dtype=dy.dtype)
-        n0, n1 = b * ib, min(n_, (b + 1) * ib)
         for n in range(n0, n1):
             for ty in range(th):
                 for j in range(w):

@@ -38,10 +38,24 @@ SUM_POSITION = 7    # (a, b) = (1, 1): A^T's column 1 is all ones, so dM there i
 _SKEW = 16
 
 
+# _task_count and _task_block are numba_winograd.py's, repeated for the reason given at _SKEW
 @njit(cache=True)
-def _images_per_task(h, w):
-    """Images of one channel a parallel task transforms (numba_winograd.py's rule)."""
-    return max(1, PLANE_ELEMENTS // (h * w))
+def _task_count(n_, c_, h, w):
+    """Parallel tasks of a data transform: one channel of about PLANE_ELEMENTS elements' worth
+    of consecutive images each (one image at 32x32, 64 at 4x4), so small maps do not drown
+    in per-task overhead and a task's tiles are one run of each V[xi, c]."""
+    ib = max(1, PLANE_ELEMENTS // (h * w))
+    return c_ * ((n_ + ib - 1) // ib)
+
+
+@njit(cache=True)
+def _task_block(task, n_, h, w):
+    """(channel, first image, last image + 1) of task number `task` (see _task_count)."""
+    ib = max(1, PLANE_ELEMENTS // (h * w))
+    blocks = (n_ + ib - 1) // ib
+    c = task // blocks
+    b = task - c * blocks
+    return c, b * ib, min(n_, (b + 1) * ib)
 
 
 @njit(cache=True)
@@ -178,14 +192,11 @@ def inputs(x, v):
     n_, c_, h, w = x.shape
     th, tw = h // 4, w // 4
     k = _coefficients(x)
-    ib = _images_per_task(h, w)
-    blocks = (n_ + ib - 1) // ib
-    for task in prange(c_ * blocks):
-        c = task // blocks
-        blk = task - c * blocks
+    for task in prange(_task_count(n_, c_, h, w)):
+        c, n0, n1 = _task_block(task, n_, h, w)
         p = np.zeros((h + 2, w + 2), dtype=x.dtype)          # a plane, zero-padded by 1
         rr = np.empty((6, w + 2), dtype=x.dtype)
-        for n in range(blk * ib, min(n_, (blk + 1) * ib)):
+        for n in range(n0, n1):
             p[1:h + 1, 1:w + 1] = x[n, c]
             for ty in range(th):
                 r0, r1, r2, r3, r4, r5 = p[4 * ty], p[4 * ty + 1], p[4 * ty + 2], p[4 * ty + 3], p[4 * ty + 4], \
@@ -212,14 +223,11 @@ def inputs_adjoint(dv, dx):
     n_, c_, h, w = dx.shape
     th, tw = h // 4, w // 4
     k = _coefficients(dv)
-    ib = _images_per_task(h, w)
-    blocks = (n_ + ib - 1) // ib
-    for task in prange(c_ * blocks):
-        c = task // blocks
-        blk = task - c * blocks
+    for task in prange(_task_count(n_, c_, h, w)):
+        c, n0, n1 = _task_block(task, n_, h, w)
         p = np.empty((h + 2, w + 2), dtype=dv.dtype)
         rr = np.empty((6, w + 2), dtype=dv.dtype)
-        for n in range(blk * ib, min(n_, (blk + 1) * ib)):
+        for n in range(n0, n1):
             p[:, :] = 0
             for ty in range(th):
                 t0 = (n * th + ty) * tw
@@ -250,13 +258,10 @@ def outputs(m, bias, has_bias, relu, y):
     th, tw = h // 4, w // 4
     k = _coefficients(m)
     zero = k[0] * 0
-    ib = _images_per_task(h, w)
-    blocks = (n_ + ib - 1) // ib
-    for task in prange(f_ * blocks):
-        f = task // blocks
-        blk = task - f * blocks
+    for task in prange(_task_count(n_, f_, h, w)):
+        f, n0, n1 = _task_block(task, n_, h, w)
         cc = np.empty((6, w), dtype=m.dtype)       # the column combinations, row a of each tile
-        for n in range(blk * ib, min(n_, (blk + 1) * ib)):
+        for n in range(n0, n1):
             bb = bias[f] if has_bias else zero
             for ty in range(th):
                 t0 = (n * th + ty) * tw
@@ -285,14 +290,11 @@ def outputs_adjoint(dy, yv, relu, dm):
     th, tw = h // 4, w // 4
     k = _coefficients(dy)
     zero = k[0] * 0
-    ib = _images_per_task(h, w)
-    blocks = (n_ + ib - 1) // ib
-    for task in prange(f_ * blocks):
-        f = task // blocks
-        blk = task - f * blocks
+    for task in prange(_task_count(n_, f_, h, w)):
+        f, n0, n1 = _task_block(task, n_, h, w)
         rr = np.empty((6, w), dtype=dy.dtype)
         g = np.empty((4, w), dtype=dy.dtype)
-        for n in range(blk * ib, min(n_, (blk + 1) * ib)):
+        for n in range(n0, n1):
             for ty in range(th):
                 for i in range(4):
                     for j in range(w):
