@@ -101,29 +101,36 @@ def _make_kernels(fn):
             c[e] = s
 
     @njit(parallel=True, nogil=True)
-    def batched(ta, tb, m, n, k, a, lda, sa, b, ldb, sb, c, count):
+    def batched(ta, tb, m, n, k, a, lda, sa, b, ldb, sb, c, sc, count):
         """C[t] (m, n) = op(A[t]) op(B[t]) for t < count, whole products spread over the
-        threads (A[t] at offset t * sa of a's storage, B[t] at t * sb, C[t] at t * m * n)."""
+        threads (A[t] at offset t * sa of a's storage, B[t] at t * sb, C[t] at t * sc)."""
         for t in prange(count):
             fn(ROW_MAJOR, ta, tb, m, n, k, 1.0, a[t * sa:].ctypes, lda, b[t * sb:].ctypes, ldb, 0.0,
-               c[t * m * n:].ctypes, n)
+               c[t * sc:].ctypes, n)
 
     return split_cols, split_rows, split_inner, batched
 
 
 def _batch_storage(x):
     """(flat storage, trans flag, leading dimension, batch stride) of a stack (B, r, s) whose
-    items are C-contiguous or transposes of C-contiguous blocks, or None."""
+    items are C-contiguous blocks or transposes of C-contiguous blocks, the items at any
+    stride of at least a block apart (the Winograd planes' is skewed: numba_backend.py), or
+    None. The storage is a flat view from the first item on, nothing copied."""
     if x.ndim != 3:
         return None
     bsz, r, s_ = x.shape
     it = x.itemsize
-    if x.strides == (r * s_ * it, s_ * it, it):
-        return x.reshape(-1), NO_TRANS, s_, r * s_
-    if x.strides == (r * s_ * it, it, r * it):           # each item the transpose of an (s, r) block
-        base = np.lib.stride_tricks.as_strided(x, (bsz * r * s_,), (it,))
-        return base, TRANS, r, r * s_
-    return None
+    step, rest = x.strides[0], x.strides[1:]
+    if rest == (s_ * it, it):
+        trans, ld = NO_TRANS, s_
+    elif rest == (it, r * it):                           # each item the transpose of an (s, r) block
+        trans, ld = TRANS, r
+    else:
+        return None
+    if step % it or (bsz > 1 and step < r * s_ * it):
+        return None
+    size = (bsz - 1) * (step // it) + r * s_
+    return np.lib.stride_tricks.as_strided(x, (size,), (it,)), trans, ld, step // it
 
 
 def _storage(x):
@@ -176,15 +183,17 @@ class PartitionedGemm:
         return c
 
     def batched(self, a, b, out):
-        """out[t] = a[t] @ b[t] for stacks a (B, m, k), b (B, k, n), out (B, m, n) C-contiguous;
-        items of a and b may be transposed blocks (a stack's .transpose(0, 2, 1))."""
-        sa, sb = _batch_storage(a), _batch_storage(b)
-        if (sa is None or sb is None or a.dtype != b.dtype or a.dtype not in self.kernels or out.dtype != a.dtype
-                or not out.flags.c_contiguous or out.shape != (a.shape[0], a.shape[1], b.shape[2])
+        """out[t] = a[t] @ b[t] for stacks a (B, m, k), b (B, k, n), out (B, m, n); items of a
+        and b may be transposed blocks (a stack's .transpose(0, 2, 1)), out's C-contiguous
+        blocks; the items of each may lie any stride apart (_batch_storage)."""
+        sa, sb, so = _batch_storage(a), _batch_storage(b), _batch_storage(out)
+        if (sa is None or sb is None or so is None or so[1] != NO_TRANS or a.dtype != b.dtype
+                or a.dtype not in self.kernels or out.dtype != a.dtype
+                or out.shape != (a.shape[0], a.shape[1], b.shape[2])
                 or a.shape[2] != b.shape[1] or a.shape[0] != b.shape[0]):
             raise ValueError(f"batched gemm: stacks {a.shape} @ {b.shape} -> {out.shape} do not fit")
         bsz, m, k = a.shape
         n = b.shape[2]
-        (fa, ta, lda, stra), (fb, tb, ldb, strb) = sa, sb
-        self.kernels[a.dtype][3](ta, tb, m, n, k, fa, lda, stra, fb, ldb, strb, out.reshape(-1), bsz)
+        (fa, ta, lda, stra), (fb, tb, ldb, strb), (fo, _, _, stro) = sa, sb, so
+        self.kernels[a.dtype][3](ta, tb, m, n, k, fa, lda, stra, fb, ldb, strb, fo, stro, bsz)
         return out

@@ -43,12 +43,33 @@ def test_batched_gemm_matches_float64_matmul_for_plain_and_transposed_stacks(dty
     bt = np.ascontiguousarray(b.transpose(0, 2, 1)).transpose(0, 2, 1)
     ref = np.matmul(a.astype(np.float64), b.astype(np.float64))
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    for x, y in ((a, b), (at, b), (a, bt), (at, bt)):
-        out = np.full((16, 7, 13), np.nan, dtype=dtype)
-        assert be.gemm_batched(x, y, out) is out
-        np.testing.assert_allclose(out, ref, rtol=tol, atol=tol)
+    from scratch_nn.backends.numba_backend import _planes
+
+    def skewed(s):                                      # the Winograd planes' layout: items apart by a block + slack
+        p = _planes(*s.shape, dtype)
+        p[...] = s
+        return p
+
+    sa, sb = skewed(a), skewed(b)
+    sat = skewed(a.transpose(0, 2, 1).copy()).transpose(0, 2, 1)
+    assert not sa.flags.c_contiguous and sa.strides[0] > a.strides[0]
+    it, skew = np.dtype(dtype).itemsize, 5
+    buf = np.empty(16 * (91 + skew), dtype=dtype)
+    spaced = np.lib.stride_tricks.as_strided(buf, (16, 7, 13), ((91 + skew) * it, 13 * it, it))
+    slack = np.ones(buf.shape, bool)
+    slack.reshape(16, 91 + skew)[:, :91] = False
+    for x, y in ((a, b), (at, b), (a, bt), (at, bt), (sa, sb), (sat, sb), (sa, bt)):
+        for out in (np.full((16, 7, 13), np.nan, dtype=dtype), spaced):
+            buf[...] = np.nan
+            buf[slack] = 7.0
+            assert be.gemm_batched(x, y, out) is out
+            np.testing.assert_allclose(out, ref, rtol=tol, atol=tol)
+            assert (buf[slack] == 7.0).all()                            # nothing written between the items
     with pytest.raises(ValueError, match="batched gemm"):
         be.gemm_batched(a, b, np.empty((16, 7, 12), dtype=dtype))
+    with pytest.raises(ValueError, match="batched gemm"):                # overlapping items
+        be.gemm_batched(a, b, np.lib.stride_tricks.as_strided(np.empty(16 * 91 + 91, dtype), (16, 7, 13),
+                                                             (dtype().itemsize * 50, dtype().itemsize * 13, dtype().itemsize)))
 
 
 def test_thread_settings_survive_other_backends():
