@@ -94,17 +94,17 @@ class NumpyBackend(Backend):
         n, _, h, wd = x.shape
         slices = [(0, n)] if kept is not None else self._winograd_slices(n, c, f, h, wd, x.dtype.itemsize)
         dx = np.empty(x.shape, dtype=dy.dtype) if need_dx else None
-        du = np.zeros((wino.POSITIONS, c, f), dtype=w.dtype)
-        db = np.zeros(f, dtype=w.dtype)
+        du = db = None
         for lo, hi in slices:
             g = self.relu_backward(dy[lo:hi], relu_out[lo:hi]) if relu_out is not None else dy[lo:hi]
             dm = wino.outputs_adjoint(g)
-            db += dm[wino.SUM_POSITION].sum(axis=0)
+            dbs = dm[wino.SUM_POSITION].sum(axis=0)
             v = kept if kept is not None else wino.inputs(x[lo:hi])
-            du += self.gemm(v.transpose(0, 2, 1), dm)
+            dus = self.gemm(v.transpose(0, 2, 1), dm)
             del v
+            du, db = (dus, dbs) if du is None else (du + dus, db + dbs)
             if need_dx:
-                dx[lo:hi] = wino.inputs_adjoint(self.gemm(dm, u.transpose(0, 2, 1)), g.shape[:1] + x.shape[1:])
+                wino.inputs_adjoint(self.gemm(dm, u.transpose(0, 2, 1)), dx[lo:hi])
         return dx, wino.weights_adjoint(du, w.shape, self.gemm), db
 
     def to_host(self, a):

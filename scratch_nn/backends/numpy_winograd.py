@@ -100,10 +100,10 @@ def outputs_adjoint(g):
     return dm.reshape(POSITIONS, n * th * tw, f)
 
 
-def inputs_adjoint(dv, x_shape):
+def inputs_adjoint(dv, dx):
     """dx (N, C, H, W) from dV (16, N*T, C): each tile's B dV B^T added onto its 4x4 patch, the
     padding ring dropped (the adjoint of `inputs`)."""
-    n, c, h, w = x_shape
+    n, c, h, w = dx.shape
     th, tw = h // 2, w // 2
     d = dv.reshape(4, 4, n, th, tw, c)
     r = np.zeros((4, n, th, w + 2, c), dtype=dv.dtype)
@@ -130,4 +130,4 @@ def inputs_adjoint(dv, x_shape):
     s2 += r[1]
     s2 += r[2]
     dxp[:, 3:3 + 2 * th:2] -= r[3]
-    return np.ascontiguousarray(dxp[:, 1:-1, 1:-1].transpose(0, 3, 1, 2))
+    dx[...] = dxp[:, 1:-1, 1:-1].transpose(0, 3, 1, 2)
