@@ -29,9 +29,9 @@ class Nvrtc:
         inc = os.path.join(os.path.dirname(lib_dir), "include")
         self.include = inc if os.path.exists(os.path.join(inc, "cuda_fp16.h")) else None
 
-    def compile(self, source, arch, names=(), options=("--std=c++17",), name="kernels.cu"):
+    def compile(self, source, arch, names=(), options=("--std=c++17",), name="kernels.cu", cubin=False):
         """(ok, log, {name expression: mangled name}) of compiling `source` for `arch`
-        (e.g. compute_75, sm_90)."""
+        (e.g. compute_75, sm_90, sm_90a); with cubin, the binary (for a real sm_ arch) as a fourth item."""
         lib = self.lib
         prog = ctypes.c_void_p()
         assert lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None) == 0
@@ -51,7 +51,16 @@ class Nvrtc:
                     out = ctypes.c_char_p()
                     lib.nvrtcGetLoweredName(prog, n.encode(), ctypes.byref(out))
                     lowered[n] = out.value.decode()
-            return rc == 0, buf.value.decode(errors="replace"), lowered
+            result = (rc == 0, buf.value.decode(errors="replace"), lowered)
+            if cubin:
+                binary = b""
+                if rc == 0:
+                    lib.nvrtcGetCUBINSize(prog, ctypes.byref(size))
+                    out = ctypes.create_string_buffer(size.value)
+                    lib.nvrtcGetCUBIN(prog, out)
+                    binary = out.raw
+                result += (binary,)
+            return result
         finally:
             lib.nvrtcDestroyProgram(ctypes.byref(prog))
 

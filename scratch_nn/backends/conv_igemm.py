@@ -5,16 +5,23 @@ CuPy has no bfloat16 dtype), channels a multiple of 8 (the network input is padd
 channels to 16). Weights stay fp32 masters in PyTorch's (F, C, KH, KW) layout and are packed
 to 16 bits per use: (F, KH*KW, Cp) for the forward, (C, KH*KW, F) for the data gradient.
 
-Every launcher states its grid. Tile shapes are picked per GEMM shape (`_config`); the set
-of compiled instantiations is `CONFIGS`. `async_copy=False` runs the sm_75 variant (register-
-staged double buffering and m16n8k8 mma), what a T4 gets; the environment variable
-SCRATCH_NN_SM75=1 forces it on newer GPUs (the backend then refuses tf32 and bf16, as a T4 does).
+Every launcher states its grid. Tile shapes are picked per GEMM shape by measurement among
+the compiled instantiations (`IGEMM_CONFIGS`, `WGMMA_CONFIGS`, `WGRAD_CONFIGS`).
+`async_copy=False` runs the sm_75 variant (register-staged double buffering and m16n8k8 mma),
+what a T4 gets; the environment variable SCRATCH_NN_SM75=1 forces it on newer GPUs (the
+backend then refuses tf32 and bf16, as a T4 does).
+
+On compute capability 9.0 (H100, H200) the forward and data-gradient GEMMs whose channels are
+a multiple of 64 run cuda/conv_wgmma.cu instead (warpgroup mma, compiled for sm_90a): the
+family follows from the GPU and the shape alone, never from a measurement, so that a run
+repeats bitwise (the two families round differently); SCRATCH_NN_NO_WGMMA=1 keeps mma.sync.
 """
+import os
 import contextlib
 
 import numpy as np
 
-from .cuda_kernels import CONV_FILES, compile_module, source
+from .cuda_kernels import CONV_FILES, WGMMA_FILES, compile_module, source
 
 KINDS = {"float16": 0, "bfloat16": 1}
 NULL = np.uint64(0)
@@ -33,6 +40,16 @@ IGEMM_CONFIGS = [(128, 128, 32, 2, 2, 4), (128, 128, 32, 2, 4, 4), (128, 256, 32
                  (128, 64, 16, 2, 2, 4), (128, 128, 16, 2, 2, 4), (128, 32, 32, 4, 1, 4),
                  (128, 32, 16, 4, 1, 4), (128, 16, 16, 4, 1, 4), (256, 64, 16, 4, 1, 4),
                  (128, 64, 32, 4, 2, 4), (128, 64, 64, 4, 2, 3), (128, 128, 32, 4, 2, 4)]
+# conv_wgmma tiles ("wg", BN, WG, STAGES): 128 * WG output positions (WG warpgroups) by BN channels,
+# 64 channels a K step, STAGES cp.async stages
+WGMMA_CONFIGS = [("wg", 64, 1, 4), ("wg", 64, 2, 3), ("wg", 128, 1, 3), ("wg", 128, 1, 4), ("wg", 128, 2, 3),
+                 ("wg", 128, 2, 4)]
+# conv_wgrad_wg tiles ("wgw", BM, BN, STAGES): BM output channels by BN of the taps * C columns,
+# 64 positions a stage, one warpgroup
+WGRAD_WG_CONFIGS = [("wgw", 64, 64, 4), ("wgw", 64, 128, 4), ("wgw", 64, 192, 3), ("wgw", 128, 64, 4),
+                    ("wgw", 128, 128, 3), ("wgw", 128, 128, 4), ("wgw", 128, 192, 3)]
+WGMMA_BK = 64                  # channels a conv_wgmma K step (one 128-byte swizzled row), positions a conv_wgrad_wg one
+NO_WGMMA_ENV = "SCRATCH_NN_NO_WGMMA"
 # conv_wgrad tiles (BM, BN, WM, WN, STAGES): BM output channels by BN of the taps * C columns
 WGRAD_CONFIGS = [(128, 128, 2, 2, 4), (128, 256, 2, 4, 3), (128, 64, 2, 2, 4), (64, 64, 2, 2, 4), (64, 128, 2, 2, 4),
                  (64, 192, 2, 2, 3), (64, 48, 2, 1, 4), (64, 16, 2, 1, 4), (32, 48, 2, 1, 4), (32, 32, 2, 1, 4),
@@ -54,6 +71,57 @@ def wgrad_name(kind, cfg, async_copy):
     bm, bn, wm, wn, _ = cfg
     return f"conv_wgrad<{kind}, {bm}, {bn}, {wm}, {wn}, {_stages(cfg, async_copy)}, " \
            f"{'true' if async_copy else 'false'}>"
+
+
+def wgmma_name(kind, cfg):
+    _, bn, wg, stages = cfg
+    return f"conv_wgmma<{kind}, {bn}, {wg}, {stages}>"
+
+
+def wgmma_smem(cfg):
+    """Dynamic shared memory of a conv_wgmma tile: STAGES (A, B) stages of 128-byte rows, or the
+    output tile, whichever is larger, and 1024 bytes to align the swizzled stages."""
+    _, bn, wg, stages = cfg
+    bm = 128 * wg
+    return 1024 + max(stages * (bm + bn) * 128, bm * (bn + PAD) * 2)
+
+
+def wgmma_candidates(f, c):
+    """conv_wgmma tiles for a GEMM of f output channels over c gathered channels (c % 64 == 0);
+    no tile wider than f needs."""
+    if c % WGMMA_BK:
+        raise ValueError(f"conv_wgmma needs channels a multiple of {WGMMA_BK}, got {c}")
+    return [cfg for cfg in WGMMA_CONFIGS if cfg[1] <= max(64, -(-f // 64) * 64)]
+
+
+def wgrad_wg_name(kind, cfg):
+    _, bm, bn, stages = cfg
+    return f"conv_wgrad_wg<{kind}, {bm}, {bn}, {stages}>"
+
+
+def wgrad_wg_smem(cfg):
+    _, bm, bn, stages = cfg
+    return 1024 + stages * (bm + bn) * 128
+
+
+def wgrad_wg_candidates(f, k_cols):
+    """conv_wgrad_wg tiles for f output channels over k_cols = taps * C columns (C % 64 == 0)."""
+    out = [cfg for cfg in WGRAD_WG_CONFIGS if k_cols % cfg[2] == 0 and cfg[1] <= max(64, -(-f // 64) * 64)]
+    if not out:
+        raise ValueError(f"no warpgroup wgrad tile for {f} channels over {k_cols} columns")
+    return out
+
+
+def wgmma_names(kind):
+    return [wgmma_name(kind, cfg) for cfg in WGMMA_CONFIGS] + [wgrad_wg_name(kind, cfg) for cfg in WGRAD_WG_CONFIGS]
+
+
+def wgmma_available(cupy, device_id=None):
+    """True on compute capability 9.0, unless SCRATCH_NN_NO_WGMMA=1 (or SCRATCH_NN_SM75=1)."""
+    if os.environ.get(NO_WGMMA_ENV) == "1" or os.environ.get("SCRATCH_NN_SM75") == "1":
+        return False
+    dev = cupy.cuda.Device(device_id) if device_id is not None else cupy.cuda.Device()
+    return dev.compute_capability == "90"
 
 
 def igemm_smem(cfg, async_copy):
@@ -148,6 +216,12 @@ def igemm_candidates(f, c, async_copy=True):
     return [cfg for cfg in out if cfg[1] == widest or cfg[1] >= min(f, 128)]
 
 
+def _stats_rows(cfg):
+    """Output positions per BatchNorm-statistics chunk: a conv_igemm tile's BM, a conv_wgmma
+    warpgroup's 128."""
+    return 128 if cfg[0] == "wg" else cfg[0]
+
+
 def stats_tiles(cands):
     """The tiles a forward that writes BatchNorm statistics may take: the statistics' chunks
     follow the tile's rows and each chunk's sums go thread, lanes, then warp rows, so only
@@ -186,7 +260,7 @@ class ConvKernels:
     shape's tile is chosen by measurement the first time it runs outside a CUDA-graph capture
     (every candidate timed with events, as cudnn.benchmark does); `choices` records them."""
 
-    def __init__(self, cupy, storage, async_copy, sms, tune=True, dtype=np.uint16):
+    def __init__(self, cupy, storage, async_copy, sms, tune=True, dtype=np.uint16, wgmma=None):
         if storage not in KINDS:
             raise ValueError(f"tensor-core convolutions store float16 or bfloat16, not {storage}")
         self.xp = cupy
@@ -197,6 +271,12 @@ class ConvKernels:
         self.tune = tune
         self._names = name_expressions(self.kind, self.async_copy)
         self.module = compile_module(cupy, source(files=CONV_FILES), self._names)
+        # the warpgroup kernels: sm_90a code, what an H100 / H200 runs for the wide layers
+        self.wgmma = bool(async_copy) and (wgmma_available(cupy) if wgmma is None else bool(wgmma))
+        self.wg_module = None
+        if self.wgmma:
+            self.wg_module = compile_module(cupy, source(files=WGMMA_FILES), wgmma_names(self.kind),
+                                            options=("--std=c++17", "-arch=sm_90a"))
         self._fn = {}
         self._tables = {}
         self.choices = {}           # (pass, shape...) -> tile
@@ -206,7 +286,8 @@ class ConvKernels:
     def _kernel(self, name, smem=0):
         fn = self._fn.get(name)
         if fn is None:
-            fn = self._fn[name] = self.module.get_function(name)
+            module = self.wg_module if name.startswith(("conv_wgmma<", "conv_wgrad_wg<")) else self.module
+            fn = self._fn[name] = module.get_function(name)
         if fn.max_dynamic_shared_size_bytes < smem:     # static + dynamic over 48 KB needs the opt-in
             fn.max_dynamic_shared_size_bytes = smem
         return fn
@@ -261,6 +342,7 @@ class ConvKernels:
     def pack_forward(self, w, cp=None, out=None):
         """fp32 (F, C, KH, KW) -> 16-bit (F, KH*KW, Cp), channels zero-padded to Cp."""
         f, c, kh, kw = w.shape
+        w = self.xp.ascontiguousarray(w, dtype=np.float32)
         cp = cp or c
         out = out if out is not None else self.xp.empty((f, kh * kw, cp), dtype=np.uint16)
         n = out.size
@@ -272,6 +354,7 @@ class ConvKernels:
     def pack_dgrad(self, w, out=None):
         """fp32 (F, C, KH, KW) -> 16-bit (C, KH*KW, F)."""
         f, c, kh, kw = w.shape
+        w = self.xp.ascontiguousarray(w, dtype=np.float32)
         out = out if out is not None else self.xp.empty((c, kh * kw, f), dtype=np.uint16)
         n = out.size
         self._kernel(f"pack_weights<{self.kind}>")((min(-(-n // 256), 4096),), (256,),
@@ -293,13 +376,18 @@ class ConvKernels:
     def _igemm(self, cfg, x, wp, y, table, f, grid_hw, s, out_hw, os_, bias, relu, stats):
         """grid: (ceil(M / BM), ceil(f / BN), classes) of WM * WN warps."""
         n, h, w, c = x.shape
-        bm, bn, bk, wm, wn, _ = cfg
         ohc, owc = grid_hw
         m = n * ohc * owc
-        smem = igemm_smem(cfg, self.async_copy)
+        if cfg[0] == "wg":      # conv_wgmma: grid (ceil(M / (128 WG)), ceil(f / BN), classes) of WG warpgroups
+            _, bn, wg, _ = cfg
+            bm, threads, smem, name = 128 * wg, 128 * wg, wgmma_smem(cfg), wgmma_name(self.kind, cfg)
+        else:
+            bm, bn, bk, wm, wn, _ = cfg
+            threads, smem = wm * wn * 32, igemm_smem(cfg, self.async_copy)
+            name = igemm_name(self.kind, cfg, self.async_copy)
         grid = (-(-m // bm), -(-f // bn), table.shape[0])
-        self._kernel(igemm_name(self.kind, cfg, self.async_copy), smem)(
-            grid, (wm * wn * 32,),
+        self._kernel(name, smem)(
+            grid, (threads,),
             (x, wp, y, table, np.int32(n), np.int32(h), np.int32(w), np.int32(c), np.int32(f), np.int32(ohc),
              np.int32(owc), np.int32(s), np.int32(out_hw[0]), np.int32(out_hw[1]), np.int32(os_),
              bias if bias is not None else NULL, np.int32(relu), stats if stats is not None else NULL),
@@ -318,11 +406,14 @@ class ConvKernels:
         holder = {}
 
         def run(cfg):
-            st = self.xp.empty((-(-m // cfg[0]), 2, f), dtype=np.float32) if stats else None
+            st = self.xp.empty((-(-m // _stats_rows(cfg)), 2, f), dtype=np.float32) if stats else None
             self._igemm(cfg, x, wp, y, table, f, (oh, ow), s, (oh, ow), 1, bias, relu, st)
             holder["st"] = st
 
         def options():
+            if self._wgmma_takes(x, c, f):
+                cands = wgmma_candidates(f, c)
+                return cands, cands[-1]
             cands = igemm_candidates(f, c, self.async_copy)
             if stats:
                 cands = stats_tiles(cands)
@@ -331,7 +422,12 @@ class ConvKernels:
 
         cfg = self._pick(("forward", n, h, w, c, f, k, s, p, bool(stats)), options, run)
         run(cfg)
-        return (y, holder["st"], cfg[0]) if stats else y
+        return (y, holder["st"], _stats_rows(cfg)) if stats else y
+
+    def _wgmma_takes(self, x, c, f):
+        """Whether conv_wgmma runs a GEMM over x's c channels into f: on sm_90, for c a multiple
+        of its K step, and offsets that fit its 32-bit arithmetic."""
+        return self.wgmma and c % WGMMA_BK == 0 and f % 8 == 0 and x.size < 2**31
 
     def dgrad(self, dy, wd, k, s, p, hw, out=None):
         """dx (N, H, W, C) of a convolution (k, s, p) from dy (N, OH, OW, F) and wd (C, k*k, F)."""
@@ -350,22 +446,32 @@ class ConvKernels:
         def run(cfg):
             self._igemm(cfg, dy, wd, dx, table, c, grid_hw, 1, (h, w), os_, None, False, None)
 
-        cfg = self._pick(("dgrad", n, oh, ow, f, c, k, s, p),
-                         lambda: (igemm_candidates(c, f, self.async_copy), igemm_default(c, f, self.async_copy)), run)
+        def options():
+            if self._wgmma_takes(dy, f, c):
+                cands = wgmma_candidates(c, f)
+                return cands, cands[-1]
+            return igemm_candidates(c, f, self.async_copy), igemm_default(c, f, self.async_copy)
+
+        cfg = self._pick(("dgrad", n, oh, ow, f, c, k, s, p), options, run)
         run(cfg)
         return dx
 
-    def _wgrad_plan(self, m, f, kcols, oh, ow):
+    def _wgrad_plan(self, m, f, kcols, oh, ow, warpgroup=False):
         """(chunks, positions a chunk, fdiv pair of OH*OW, of OW). The chunks depend on the shape
-        alone, not on the tile a measurement picks: every tile then adds the same partial sums
-        in the same order, and a run repeats bitwise whichever won. They are counted for the
-        largest candidate tile (4 CTAs an SM of it), so that the big tiles, which read the least
-        per FLOP, still fill the GPU (counted for a small one, a 64 x 192 tile of a 64-channel
-        layer got 177 CTAs on 132 SMs and lost to 64 x 64)."""
-        ref = max(wgrad_candidates(f, kcols, self.async_copy), key=lambda cfg: (cfg[0] * cfg[1], cfg[1]))
+        (and the kernel family) alone, not on the tile a measurement picks: every tile then adds
+        the same partial sums in the same order, and a run repeats bitwise whichever won. They
+        are counted for the largest candidate tile (4 CTAs an SM of it), so that the big tiles,
+        which read the least per FLOP, still fill the GPU (counted for a small one, a 64 x 192
+        tile of a 64-channel layer got 177 CTAs on 132 SMs and lost to 64 x 64)."""
+        if warpgroup:
+            ref = max(wgrad_wg_candidates(f, kcols), key=lambda cfg: (cfg[1] * cfg[2], cfg[2]))[1:3]
+            unit = WGMMA_BK
+        else:
+            ref = max(wgrad_candidates(f, kcols, self.async_copy), key=lambda cfg: (cfg[0] * cfg[1], cfg[1]))
+            unit = WGRAD_BK
         tiles = -(-f // ref[0]) * (kcols // ref[1])
-        chunks = max(1, min(-(-4 * self.sms // tiles), -(-m // WGRAD_BK), WGRAD_WS_BYTES // max(1, 4 * f * kcols)))
-        chunk = -(-(-(-m // chunks)) // WGRAD_BK) * WGRAD_BK
+        chunks = max(1, min(-(-4 * self.sms // tiles), -(-m // unit), WGRAD_WS_BYTES // max(1, 4 * f * kcols)))
+        chunk = -(-(-(-m // chunks)) // unit) * unit
         return -(-m // chunk), chunk, fast_divisor(oh * ow), fast_divisor(ow)
 
     def wgrad(self, dy, x, k, s, p, out, accumulate=False, creal=None):
@@ -377,25 +483,35 @@ class ConvKernels:
         creal = creal or c
         m, kcols = n * oh * ow, k * k * c
         key = ("wgrad", n, h, w, c, f, k, s, p)
+        warpgroup = self._wgmma_takes(x, c, f)
         plan = self._wgrad_plans.get(key)
         if plan is None:
-            plan = self._wgrad_plans[key] = self._wgrad_plan(m, f, kcols, oh, ow)
+            plan = self._wgrad_plans[key] = self._wgrad_plan(m, f, kcols, oh, ow, warpgroup)
         chunks, chunk, (mul_hw, sh_hw), (mul_w, sh_w) = plan
         holder = {}
 
         def run(cfg):
-            bm, bn, wm, wn, _ = cfg
+            if cfg[0] == "wgw":     # one warpgroup a CTA
+                _, bm, bn, _ = cfg
+                threads, smem, name = 128, wgrad_wg_smem(cfg), wgrad_wg_name(self.kind, cfg)
+            else:
+                bm, bn, wm, wn, _ = cfg
+                threads, smem, name = wm * wn * 32, wgrad_smem(cfg, self.async_copy), wgrad_name(self.kind, cfg, self.async_copy)
             ws = self.xp.empty((chunks, f, kcols), dtype=np.float32)
-            smem = wgrad_smem(cfg, self.async_copy)
-            self._kernel(wgrad_name(self.kind, cfg, self.async_copy), smem)(
-                (-(-f // bm), kcols // bn, chunks), (wm * wn * 32,),
+            self._kernel(name, smem)(
+                (-(-f // bm), kcols // bn, chunks), (threads,),
                 (dy, x, ws, np.int32(n), np.int32(h), np.int32(w), np.int32(c), np.int32(f), np.int32(oh),
                  np.int32(ow), np.int32(k), np.int32(s), np.int32(p), np.int32(chunk), np.int32(kcols),
                  np.uint64(mul_hw), np.int32(sh_hw), np.uint64(mul_w), np.int32(sh_w)), shared_mem=smem)
             holder["ws"] = ws
 
-        cfg = self._pick(key, lambda: (wgrad_candidates(f, kcols, self.async_copy),
-                                       wgrad_default(f, kcols, self.async_copy)), run)
+        def options():
+            if warpgroup:
+                cands = wgrad_wg_candidates(f, kcols)
+                return cands, cands[-1]
+            return wgrad_candidates(f, kcols, self.async_copy), wgrad_default(f, kcols, self.async_copy)
+
+        cfg = self._pick(key, options, run)
         run(cfg)
         ws = holder["ws"]
         total = f * kcols

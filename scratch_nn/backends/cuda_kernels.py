@@ -28,6 +28,7 @@ import re
 CUDA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda")
 FILES = ("im2col.cu", "activation.cu", "batchnorm.cu", "pooling.cu", "loss.cu", "optim.cu", "nhwc.cu")
 CONV_FILES = ("conv_igemm.cu",)     # the tensor-core convolutions: a module of their own (conv_igemm.py)
+WGMMA_FILES = ("conv_wgmma.cu",)    # ... their sm_90a warpgroup variant, another (compiled for H100 / H200 only)
 _INCLUDE = re.compile(r'^#include "([^"]+)"\s*$', re.M)
 
 

@@ -1,7 +1,8 @@
 """The tensor-core convolutions (scratch_nn/backends/conv_igemm.py) against a float64 reference on
 the GPU: forward (with its BatchNorm statistics), data gradient and weight gradient, for every
-convolution shape the two models have and sizes that are not tile multiples, in fp16 (both the
-sm_80 cp.async path and the sm_75 register-staged one) and bf16. Outputs are poisoned first; the
+convolution shape the two models have and sizes that are not tile multiples, in fp16 (the
+sm_80 cp.async path, the sm_75 register-staged one, and on compute capability 9.0 the sm_90a
+warpgroup kernels) and bf16. Outputs are poisoned first; the
 error must stay within 2x what torch's own autocast convolution shows against float64 on the same
 inputs (and every value written). Skipped without a GPU, CuPy and torch."""
 import numpy as np
@@ -25,19 +26,31 @@ SHAPES = [
     (7, 256, 256, 8, 3, 1, 1), (7, 256, 512, 8, 3, 2, 1), (7, 256, 512, 8, 1, 2, 0),
     (9, 512, 512, 4, 3, 1, 1), (64, 64, 64, 32, 3, 1, 1), (64, 512, 512, 4, 3, 1, 1),
 ]
-MODES = [("float16", True), ("float16", False), ("bfloat16", True)]
+# (storage, async_copy, wgmma)
+MODES = [("float16", True, False), ("float16", False, False), ("bfloat16", True, False),
+         ("float16", True, True), ("bfloat16", True, True)]
 POISON = 0x7e00        # a half NaN (and a bf16 NaN-ish pattern): anything unwritten shows
 
 
-def _kernels(storage, async_copy):
+def _kernels(storage, async_copy, wgmma):
     cc = int(cupy.cuda.Device().compute_capability)
     if (storage == "bfloat16" or async_copy) and cc < 80:
         pytest.skip("needs compute capability 8.0+")
-    key = (storage, async_copy)
+    if wgmma and cc != 90:
+        pytest.skip("the warpgroup kernels are sm_90a code (H100, H200)")
+    key = (storage, async_copy, wgmma)
     if key not in _CACHE:
         sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
-        _CACHE[key] = G.ConvKernels(cupy, storage, async_copy, sms)
+        _CACHE[key] = G.ConvKernels(cupy, storage, async_copy, sms, wgmma=wgmma)
     return _CACHE[key]
+
+
+def _gemm_tiles(K, f, c, x, stats=False):
+    """The tiles a forward (or data gradient) GEMM of f channels over c may take on K's path."""
+    if K._wgmma_takes(x, c, f):
+        return G.wgmma_candidates(f, c)
+    cands = G.igemm_candidates(f, c, K.async_copy)
+    return G.stats_tiles(cands) if stats else cands
 
 
 _CACHE = {}
@@ -111,11 +124,11 @@ def _case(shape, storage, seed):
     return x, w, dy, xq, wq, dyq, cp, oh
 
 
-@pytest.mark.parametrize("storage,async_copy", MODES)
+@pytest.mark.parametrize("storage,async_copy,wgmma", MODES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N{}C{}F{}H{}k{}s{}".format(*s[:6]))
-def test_forward_dgrad_wgrad_match_float64(shape, storage, async_copy):
+def test_forward_dgrad_wgrad_match_float64(shape, storage, async_copy, wgmma):
     n, c, f, h, k, s, p = shape
-    K = _kernels(storage, async_copy)
+    K = _kernels(storage, async_copy, wgmma)
     x, w, dy, xq, wq, dyq, cp, oh = _case(shape, storage, seed=hash(shape) % 2**31)
     wpad = np.zeros((f, cp, k, k)); wpad[:, :c] = wq
     ref_y = ref_conv(xq, wpad, s, p)
@@ -163,14 +176,14 @@ def test_forward_dgrad_wgrad_match_float64(shape, storage, async_copy):
 
 # small shapes that every compiled tile can take as a candidate of (F wide enough, C a K-step multiple)
 TILE_SHAPES = [(7, 16, 16, 8, 3, 1, 1), (7, 32, 32, 8, 3, 1, 1), (7, 64, 64, 8, 3, 1, 1),
-               (5, 128, 256, 8, 3, 2, 1), (3, 256, 256, 4, 3, 1, 1)]
+               (5, 128, 256, 8, 3, 2, 1), (3, 256, 256, 4, 3, 1, 1), (3, 64, 128, 8, 1, 2, 0)]
 
 
-@pytest.mark.parametrize("storage,async_copy", MODES)
-def test_every_compiled_tile_matches_float64(storage, async_copy):
+@pytest.mark.parametrize("storage,async_copy,wgmma", MODES)
+def test_every_compiled_tile_matches_float64(storage, async_copy, wgmma):
     """The autotuner may pick any tile: each one, pinned, against float64 on shapes that are
     not tile multiples (outputs poisoned)."""
-    K = _kernels(storage, async_copy)
+    K = _kernels(storage, async_copy, wgmma)
     ran = set()
     for shape in TILE_SHAPES:
         n, c, f, h, k, s, p = shape
@@ -180,7 +193,7 @@ def test_every_compiled_tile_matches_float64(storage, async_copy):
         ty, tdx, tdw = torch_autocast_errors(xq, wq, dyq, s, p, storage, ref_y, ref_dx, ref_dw)
         xd, dyd, wd32 = cupy.asarray(to_bits(x, storage)), cupy.asarray(to_bits(dy, storage)), cupy.asarray(w)
         wp, wdg = K.pack_forward(wd32, cp=cp), K.pack_dgrad(wd32)
-        for cfg in G.igemm_candidates(f, c, async_copy):
+        for cfg in _gemm_tiles(K, f, c, xd):
             with K.pinned(cfg):
                 y = cupy.full((n, oh, oh, f), POISON, np.uint16)
                 K.forward(xd, wp, k, s, p, out=y)
@@ -188,20 +201,22 @@ def test_every_compiled_tile_matches_float64(storage, async_copy):
             ran.add(("igemm", cfg))
         # the forward that writes BatchNorm statistics gives the same bits on every tile it may take
         seen = []
-        for cfg in G.stats_tiles(G.igemm_candidates(f, c, async_copy)):
+        for cfg in _gemm_tiles(K, f, c, xd, stats=True):
             with K.pinned(cfg):
                 y = cupy.full((n, oh, oh, f), POISON, np.uint16)
                 _, st, _ = K.forward(xd, wp, k, s, p, stats=True, out=y)
             seen.append((cfg, cupy.asnumpy(y), cupy.asnumpy(st)))
         for cfg, yv, sv in seen[1:]:
             assert np.array_equal(yv, seen[0][1]) and np.array_equal(sv, seen[0][2]), (cfg, seen[0][0], shape)
-        for cfg in G.igemm_candidates(c, f, async_copy):
+        for cfg in _gemm_tiles(K, c, f, dyd):
             with K.pinned(cfg):
                 dx = cupy.full((n, h, h, c), POISON, np.uint16)
                 K.dgrad(dyd, wdg, k, s, p, (h, h), out=dx)
             assert rel(from_bits(dx, storage), ref_dx) <= 2 * tdx + 1e-6, (cfg, shape)
             ran.add(("igemm", cfg))
-        for cfg in G.wgrad_candidates(f, k * k * c, async_copy):
+        wgrad_tiles = G.wgrad_wg_candidates(f, k * k * c) if K._wgmma_takes(xd, c, f) else \
+            G.wgrad_candidates(f, k * k * c, async_copy)
+        for cfg in wgrad_tiles:
             with K.pinned(cfg):
                 dw = cupy.full((f, c, k, k), np.nan, np.float32)
                 K.wgrad(dyd, xd, k, s, p, dw)
@@ -209,5 +224,7 @@ def test_every_compiled_tile_matches_float64(storage, async_copy):
             ran.add(("wgrad", cfg))
     compiled = {("igemm", cfg) for cfg in G.IGEMM_CONFIGS
                 if G.igemm_name(K.kind, cfg, async_copy) in G.name_expressions(K.kind, async_copy)}
+    if K.wgmma:     # every warpgroup tile; the mma.sync ones are the other modes' to cover
+        compiled = {("igemm", cfg) for cfg in G.WGMMA_CONFIGS} | {("wgrad", cfg) for cfg in G.WGRAD_WG_CONFIGS}
     missing = compiled - ran
     assert not missing, f"compiled tiles no shape here exercised: {sorted(missing)}"

@@ -1,9 +1,11 @@
 """The cupy backend's CUDA sources (scratch_nn/backends/cuda/): every file is compiled, every
 kernel instantiation is found, for the T4's compute_75 and the H200's sm_90, by NVRTC through
 ctypes (no GPU and no CuPy needed: CI runs this); a compile error names its file and line."""
+import glob
 import os
 import re
 import shutil
+import subprocess
 
 import pytest
 
@@ -17,7 +19,7 @@ ARCHS = ("compute_75", "sm_90")
 
 def test_every_source_file_is_compiled_and_includes_resolve():
     on_disk = sorted(f for f in os.listdir(K.CUDA_DIR) if f.endswith(".cu"))
-    assert sorted(K.FILES + K.CONV_FILES) == on_disk
+    assert sorted(K.FILES + K.CONV_FILES + K.WGMMA_FILES) == on_disk
     src = K.source()
     assert '#include "' not in src and src.count('#line 1 "common.cuh"') == 1
     for f in K.FILES:
@@ -71,3 +73,28 @@ def test_the_tensor_core_convolutions_compile(kind, async_copy, arch):
     ok, log, lowered = NVRTC.compile(K.source(files=K.CONV_FILES), arch, names)
     assert ok, log
     assert sorted(lowered) == sorted(names)
+
+
+CUOBJDUMP = next(iter(glob.glob(os.path.join(os.path.dirname(os.path.dirname(pytest.__file__)), "triton", "backends",
+                                             "nvidia", "bin", "cuobjdump"))), None)
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("kind", [0, 1])
+def test_the_warpgroup_convolutions_compile_for_sm90a(kind, tmp_path):
+    """conv_wgmma.cu for sm_90a, every tile: no register spills, and (where Triton's cuobjdump
+    is at hand) warpgroup mma (HGMMA) in the machine code rather than a slower path."""
+    from scratch_nn.backends import conv_igemm as G
+
+    names = G.wgmma_names(kind)
+    ok, log, lowered, cubin = NVRTC.compile(K.source(files=K.WGMMA_FILES), "sm_90a", names,
+                                            options=("--std=c++17", "-Xptxas=-v"), cubin=True)
+    assert ok, log
+    assert sorted(lowered) == sorted(names)
+    assert "0 bytes spill" in log and not re.search(r"[1-9]\d* bytes spill", log), log
+    assert "C7511" not in log, log        # wgmma serialised for want of registers
+    if CUOBJDUMP:
+        path = tmp_path / "wgmma.cubin"
+        path.write_bytes(cubin)
+        sass = subprocess.run([CUOBJDUMP, "--dump-sass", str(path)], capture_output=True, text=True, check=True).stdout
+        assert sass.count("HGMMA") >= 4 * len(names), "expected the warpgroup mma in every tile's main loop"

@@ -1,0 +1,589 @@
+// Implicit-GEMM convolutions on Hopper's warpgroup tensor cores (wgmma.mma_async, sm_90a):
+// the same GEMM as conv_igemm.cu's conv_igemm (forward, and the data gradient of stride 1 and
+// stride 2 through the sub-pixel classes; see there for the tap table and the epilogue), with
+// the operands in shared memory read by the tensor cores themselves instead of by ldmatrix.
+//
+// A CTA is WG warpgroups (128 threads each) over BM = 128 * WG output positions by BN
+// channels; warpgroup g owns rows 128 g .. 128 g + 127 as two m64 halves, each
+// wgmma.m64nBNk16 a K step of 16. K goes 64 channels a stage: one 128-byte row of 16-bit values
+// per position (A) and per output channel (B), stored with the 128-byte swizzle (16-byte chunk
+// c of row r at chunk c ^ (r % 8)) that the matrix descriptors name, so the tensor cores'
+// reads of 8 rows hit distinct banks. Every thread gathers its rows' chunks with cp.async
+// (zero-filled outside the image), STAGES deep; the copies are made visible to the tensor
+// cores (async proxy) by fence.proxy.async before the barrier that releases a stage.
+//
+// Output and statistics are the same as conv_igemm's, and in the same order within a
+// warpgroup's 128 rows whatever BN, WG or STAGES a measurement picks (one stats chunk per
+// warpgroup: rows summed per thread, over lanes by shuffles, then over the 4 warps in order).
+// Needs C % 64 == 0, F % 8 == 0.
+#include "igemm.cuh"
+
+// K-major operand, 128-byte swizzle: start address, leading offset 16 bytes (unused when
+// swizzled), 8-row groups 1024 bytes apart, layout type 1 (bits 62-63)
+__device__ __forceinline__ unsigned long long wg_desc(unsigned addr) {
+    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+}
+__device__ __forceinline__ unsigned wg_swz(int row, int chunk) { return row * 128 + ((chunk ^ (row & 7)) << 4); }
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory"); }
+__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+// d (64 x N fp32, N / 2 per thread) += A (64 x 16, descriptor da) * B (16 x N, descriptor db);
+// TR = 1: both operands MN-major (the weight gradient's, whose K is the positions)
+template <int KIND, int TR> __device__ __forceinline__ void wgmma_n64(float (&d)[32], unsigned long long da, unsigned long long db);
+template <> __device__ __forceinline__ void wgmma_n64<0, 0>(float (&d)[32], unsigned long long da, unsigned long long db) {
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+                 "}, %32, %33, p, 1, 1, 0, 0; }\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(da), "l"(db), "n"(1));
+}
+template <> __device__ __forceinline__ void wgmma_n64<0, 1>(float (&d)[32], unsigned long long da, unsigned long long db) {
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+                 "}, %32, %33, p, 1, 1, 1, 1; }\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(da), "l"(db), "n"(1));
+}
+template <> __device__ __forceinline__ void wgmma_n64<1, 0>(float (&d)[32], unsigned long long da, unsigned long long db) {
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+                 "}, %32, %33, p, 1, 1, 0, 0; }\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(da), "l"(db), "n"(1));
+}
+template <> __device__ __forceinline__ void wgmma_n64<1, 1>(float (&d)[32], unsigned long long da, unsigned long long db) {
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+                 "}, %32, %33, p, 1, 1, 1, 1; }\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(da), "l"(db), "n"(1));
+}
+template <int KIND, int TR> __device__ __forceinline__ void wgmma_n128(float (&d)[64], unsigned long long da, unsigned long long db);
+template <> __device__ __forceinline__ void wgmma_n128<0, 0>(float (&d)[64], unsigned long long da, unsigned long long db) {
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+                 "}, %64, %65, p, 1, 1, 0, 0; }\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "l"(da), "l"(db), "n"(1));
+}
+template <> __device__ __forceinline__ void wgmma_n128<0, 1>(float (&d)[64], unsigned long long da, unsigned long long db) {
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+                 "}, %64, %65, p, 1, 1, 1, 1; }\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "l"(da), "l"(db), "n"(1));
+}
+template <> __device__ __forceinline__ void wgmma_n128<1, 0>(float (&d)[64], unsigned long long da, unsigned long long db) {
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+                 "}, %64, %65, p, 1, 1, 0, 0; }\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "l"(da), "l"(db), "n"(1));
+}
+template <> __device__ __forceinline__ void wgmma_n128<1, 1>(float (&d)[64], unsigned long long da, unsigned long long db) {
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+                 "}, %64, %65, p, 1, 1, 1, 1; }\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "l"(da), "l"(db), "n"(1));
+}
+template <int KIND, int TR> __device__ __forceinline__ void wgmma_n192(float (&d)[96], unsigned long long da, unsigned long long db);
+template <> __device__ __forceinline__ void wgmma_n192<0, 0>(float (&d)[96], unsigned long long da, unsigned long long db) {
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, %98, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n192k16.f32.f16.f16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+                 "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+                 "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+                 "}, %96, %97, p, 1, 1, 0, 0; }\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+                   "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+                   "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+                   "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+                   "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+                 : "l"(da), "l"(db), "n"(1));
+}
+template <> __device__ __forceinline__ void wgmma_n192<0, 1>(float (&d)[96], unsigned long long da, unsigned long long db) {
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, %98, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n192k16.f32.f16.f16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+                 "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+                 "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+                 "}, %96, %97, p, 1, 1, 1, 1; }\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+                   "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+                   "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+                   "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+                   "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+                 : "l"(da), "l"(db), "n"(1));
+}
+template <> __device__ __forceinline__ void wgmma_n192<1, 0>(float (&d)[96], unsigned long long da, unsigned long long db) {
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, %98, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n192k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+                 "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+                 "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+                 "}, %96, %97, p, 1, 1, 0, 0; }\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+                   "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+                   "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+                   "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+                   "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+                 : "l"(da), "l"(db), "n"(1));
+}
+template <> __device__ __forceinline__ void wgmma_n192<1, 1>(float (&d)[96], unsigned long long da, unsigned long long db) {
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, %98, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n192k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+                 "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+                 "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+                 "}, %96, %97, p, 1, 1, 1, 1; }\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+                   "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+                   "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+                   "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+                   "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+                 : "l"(da), "l"(db), "n"(1));
+}
+
+template <int KIND, int BN, int TR = 0>
+__device__ __forceinline__ void wgmma_tile(float (&d)[BN / 2], unsigned long long da, unsigned long long db) {
+    static_assert(BN == 64 || BN == 128 || BN == 192, "wgmma tiles of 64, 128 or 192 columns");
+    if constexpr (BN == 64) wgmma_n64<KIND, TR>(d, da, db);
+    else if constexpr (BN == 128) wgmma_n128<KIND, TR>(d, da, db);
+    else wgmma_n192<KIND, TR>(d, da, db);
+}
+
+// grid: (ceil(M / BM), ceil(F / BN), classes); block: 128 * WG threads; dynamic shared
+// memory: 1024 (alignment) + max(STAGES * (BM + BN) * 128, BM * (BN + IG_PAD) * 2) bytes.
+template <int KIND, int BN, int WG, int STAGES>
+__global__ void __launch_bounds__(128 * WG)
+conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restrict__ y,
+           const int* __restrict__ taps, int N, int H, int W, int C, int F, int OHc, int OWc, int s,
+           int OHo, int OWo, int os, const float* __restrict__ bias, int relu, float* __restrict__ stats) {
+    constexpr int NTHR = 128 * WG, BM = 128 * WG, BK = 64;
+    constexpr int A_BYTES = BM * 128, B_BYTES = BN * 128, STAGE = A_BYTES + B_BYTES;
+    constexpr int RSTEP = NTHR / 8;                   // rows between one thread's chunks
+    constexpr int A_PER = BM / RSTEP, B_PER = (BN + RSTEP - 1) / RSTEP;
+    constexpr int NT = BN / 8, NACC = BN / 2;
+    constexpr int LDO = BN + IG_PAD;
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const unsigned raw = smem_addr(smem_raw);
+    const unsigned base = (raw + 1023u) & ~1023u;      // the swizzle pattern follows address bits 7-9
+    unsigned char* smem = smem_raw + (base - raw);
+    __shared__ int tap_off[9], tap_w[9], tap_dh[9], tap_dw[9];
+    __shared__ int ntaps_s, wrow_s;
+    __shared__ long long out_row[BM];
+    __shared__ float red_s[WG][2][4][BN];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wg = warp >> 2, wl = warp & 3;
+    const int z = blockIdx.z, ph = z >> 1, pw = z & 1;
+    const int M = N * OHc * OWc;
+    const int m0 = blockIdx.x * BM, f0 = blockIdx.y * BN;
+    const int* tz = taps + z * IG_TAPS_STRIDE;
+    if (tid < 9) {
+        int dh = tz[1 + 3 * tid], dw = tz[2 + 3 * tid];
+        tap_dh[tid] = dh; tap_dw[tid] = dw;
+        tap_off[tid] = (dh * W + dw) * C;
+        tap_w[tid] = tz[3 + 3 * tid] * C;
+    }
+    if (tid == 0) { ntaps_s = tz[0]; wrow_s = tz[28] * C; }
+    for (int r = tid; r < BM; r += NTHR) {
+        int m = m0 + r;
+        long long o = -1;
+        if (m < M) {
+            int n = m / (OHc * OWc), rem = m - n * (OHc * OWc), ii = rem / OWc, jj = rem - ii * OWc;
+            o = ((long long)(n * OHo + ii * os + ph) * OWo + jj * os + pw) * F;
+        }
+        out_row[r] = o;
+    }
+    __syncthreads();
+    const int ntaps = ntaps_s;
+    const int KT = ntaps * (C / BK);
+
+    // this thread's chunk kc of rows r0 + RSTEP * i (A: positions, B: output channels); all its
+    // rows share r0 % 8, so one swizzled chunk offset serves them all
+    const int kc = tid & 7, r0 = tid >> 3;
+    const unsigned dst0 = (unsigned)(r0 * 128 + ((kc ^ (r0 & 7)) << 4));
+    int a_off[A_PER];
+    unsigned a_mask[A_PER];
+#pragma unroll
+    for (int i = 0; i < A_PER; ++i) {
+        int m = m0 + r0 + i * RSTEP;
+        a_mask[i] = 0u;
+        a_off[i] = 0;
+        if (m < M) {
+            int n = m / (OHc * OWc), rem = m - n * (OHc * OWc), ii = rem / OWc, jj = rem - ii * OWc;
+            int hi = ii * s, wj = jj * s;
+            a_off[i] = ((n * H + hi) * W + wj) * C + kc * 8;
+            for (int t = 0; t < ntaps; ++t) {
+                int ih = hi + tap_dh[t], iw = wj + tap_dw[t];
+                if (ih >= 0 && ih < H && iw >= 0 && iw < W) a_mask[i] |= 1u << t;
+            }
+        }
+    }
+    int b_off[B_PER];
+#pragma unroll
+    for (int i = 0; i < B_PER; ++i) {
+        int rr = r0 + i * RSTEP, f = f0 + rr;
+        b_off[i] = (rr < BN && f < F) ? f * wrow_s + kc * 8 : -1;
+    }
+
+    float acc[2][NACC];
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int c = 0; c < NACC; ++c) acc[a][c] = 0.f;
+
+    int lt = 0, lc = 0;        // the load iterator: tap, channel block
+    auto load = [&](int buf) {
+        const unsigned sa = base + buf * STAGE, sb = sa + A_BYTES;
+        const int toff = tap_off[lt] + lc, woff = tap_w[lt] + lc;
+        const unsigned bit = 1u << lt;
+#pragma unroll
+        for (int i = 0; i < A_PER; ++i) {
+            bool ok = (a_mask[i] & bit) != 0u;
+            cp_async16(sa + dst0 + i * RSTEP * 128, ok ? x + (a_off[i] + toff) : x, ok ? 16 : 0);
+        }
+#pragma unroll
+        for (int i = 0; i < B_PER; ++i) {
+            if (r0 + i * RSTEP < BN) {
+                bool ok = b_off[i] >= 0;
+                cp_async16(sb + dst0 + i * RSTEP * 128, ok ? wp + (b_off[i] + woff) : wp, ok ? 16 : 0);
+            }
+        }
+        lc += BK;
+        if (lc >= C) { lc = 0; ++lt; }
+    };
+
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+        if (st < KT) load(st);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < KT; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        fence_async_shared();
+        __syncthreads();           // stage kt landed for every thread; stage kt - 1's reads are done
+        const unsigned sa = base + (kt % STAGES) * STAGE + wg * 128 * 128, sb = base + (kt % STAGES) * STAGE + A_BYTES;
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            wgmma_tile<KIND, BN>(acc[0], wg_desc(sa + kk * 32), wg_desc(sb + kk * 32));
+            wgmma_tile<KIND, BN>(acc[1], wg_desc(sa + 64 * 128 + kk * 32), wg_desc(sb + kk * 32));
+        }
+        wg_commit();
+        if (kt + STAGES - 1 < KT) load((kt + STAGES - 1) % STAGES);    // the stage kt - 1 read
+        cp_async_commit();
+        wg_wait<0>();
+    }
+    cp_async_wait<0>();
+    __syncthreads();        // every warp is done with the operand buffers: they take the output tile
+
+    // ---------------------------------------------------------------- epilogue
+    // thread (warp wl of warpgroup wg, lane g * 4 + t4) holds, for half a and n8 block b,
+    // rows 128 wg + 64 a + 16 wl + g (+ 8) and columns 8 b + 2 t4 (+ 1): acc[a][4 b + 2 h + e]
+    u16* Cs = reinterpret_cast<u16*>(smem);           // [BM][LDO]
+    const int g = lane >> 2, t4 = lane & 3;
+    float csum[NT][2];
+#pragma unroll
+    for (int b = 0; b < NT; ++b) csum[b][0] = csum[b][1] = 0.f;
+#pragma unroll
+    for (int a = 0; a < 2; ++a) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            int r = wg * 128 + a * 64 + wl * 16 + g + h * 8;
+            bool live = m0 + r < M;
+#pragma unroll
+            for (int b = 0; b < NT; ++b) {
+                int col = b * 8 + 2 * t4, f = f0 + col;
+                float v0 = acc[a][4 * b + 2 * h], v1 = acc[a][4 * b + 2 * h + 1];
+                if (bias && f < F) { v0 += bias[f]; v1 += bias[f + 1]; }
+                if (relu) { v0 = v0 > 0.f ? v0 : (v0 != v0 ? v0 : 0.f); v1 = v1 > 0.f ? v1 : (v1 != v1 ? v1 : 0.f); }
+                u16 h0 = f_to_u16<KIND>(v0), h1 = f_to_u16<KIND>(v1);
+                *reinterpret_cast<unsigned*>(Cs + r * LDO + col) = (unsigned)h0 | ((unsigned)h1 << 16);
+                if (live) { csum[b][0] += u16_to_f<KIND>(h0); csum[b][1] += u16_to_f<KIND>(h1); }
+            }
+        }
+    }
+    __syncthreads();
+    constexpr int OCH = BN / 8;
+    for (int q = tid; q < BM * OCH; q += NTHR) {
+        int r = q / OCH, cc = q - r * OCH, f = f0 + cc * 8;
+        long long o = out_row[r];
+        if (o >= 0 && f < F)
+            *reinterpret_cast<uint4*>(y + o + f) = *reinterpret_cast<const uint4*>(Cs + r * LDO + cc * 8);
+    }
+    if (stats == nullptr) return;
+    // per warpgroup (one 128-row chunk): mean and squared deviations per channel of the rounded
+    // outputs of its live rows, in a fixed order; the deviations re-read the staged tile
+    const int rows_wg = max(0, min(128, M - m0 - wg * 128));
+    column_sums_to_shared<NT>(csum, red_s[wg][0][wl], lane);
+    __syncthreads();
+    float mean[NT][2];
+#pragma unroll
+    for (int b = 0; b < NT; ++b)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            int col = b * 8 + 2 * t4 + e;
+            float s_ = 0.f;
+#pragma unroll
+            for (int q = 0; q < 4; ++q) s_ += red_s[wg][0][q][col];
+            mean[b][e] = s_ / max(rows_wg, 1);
+            csum[b][e] = 0.f;
+        }
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            int r = wg * 128 + a * 64 + wl * 16 + g + h * 8;
+            if (m0 + r >= M) continue;
+#pragma unroll
+            for (int b = 0; b < NT; ++b) {
+                unsigned pair = *reinterpret_cast<const unsigned*>(Cs + r * LDO + b * 8 + 2 * t4);
+                float d0 = u16_to_f<KIND>((u16)(pair & 0xffffu)) - mean[b][0];
+                float d1 = u16_to_f<KIND>((u16)(pair >> 16)) - mean[b][1];
+                csum[b][0] += d0 * d0;
+                csum[b][1] += d1 * d1;
+            }
+        }
+    column_sums_to_shared<NT>(csum, red_s[wg][1][wl], lane);
+    __syncthreads();
+    if (rows_wg == 0) return;
+    const int chunk = blockIdx.x * WG + wg;
+    for (int col = tid & 127; col < BN; col += 128) {
+        int f = f0 + col;
+        if (f >= F) continue;
+        float s1 = 0.f, s2 = 0.f;
+        for (int q = 0; q < 4; ++q) { s1 += red_s[wg][0][q][col]; s2 += red_s[wg][1][q][col]; }
+        stats[(long long)(chunk * 2) * F + f] = s1 / rows_wg;
+        stats[(long long)(chunk * 2 + 1) * F + f] = s2;
+    }
+}
+
+// ------------------------------------------------------------------ conv_wgrad_wg (weight gradient)
+// conv_igemm.cu's conv_wgrad on warpgroup mma: ws[z][f][col] = sum over the positions m of chunk
+// z of dY[m, f] * X[n, oh*s - p + kh, ow*s - p + kw, c], col = (kh*KW + kw) * C + c. Here K is
+// the positions, so both operands sit in shared memory MN-major (transposed for the mma): per
+// stage 64 positions, each a 128-byte swizzled row of one 64-wide atom of f (A) or of columns
+// (B); atoms 8 KB apart (the descriptors' leading offset), 8-position groups 1024 bytes apart.
+// C % 64 == 0, so a 64-column atom never straddles two taps. One warpgroup per CTA over BM
+// channels (BM / 64 m64 halves) by BN columns.
+// grid: (ceil(F / BM), K / BN, chunks); block 128; dynamic shared memory
+// 1024 + STAGES * (BM + BN) * 128 bytes.
+template <int BYTES> __device__ __forceinline__ unsigned long long wg_desc_mn(unsigned addr) {
+    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)(BYTES >> 4) << 16) | (64ull << 32) |
+           (1ull << 62);
+}
+
+template <int KIND, int BM, int BN, int STAGES>
+__global__ void __launch_bounds__(128)
+conv_wgrad_wg(const u16* __restrict__ dy, const u16* __restrict__ x, float* __restrict__ ws, int N, int H, int W,
+              int C, int F, int OH, int OW, int KW, int s, int p, int chunk, int K,
+              unsigned long long mul_hw, int sh_hw, unsigned long long mul_w, int sh_w) {
+    constexpr int BK = 64, ATOM = 64 * 128;           // positions a stage; bytes per 64-wide atom
+    constexpr int MA = BM / 64, NA = BN / 64;         // atoms of A (m64 halves) and of B
+    constexpr int A_BYTES = BM * 128, STAGE = (BM + BN) * 128;
+    constexpr int NACC = BN / 2;
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const unsigned raw = smem_addr(smem_raw);
+    const unsigned base = (raw + 1023u) & ~1023u;
+
+    const int tid = threadIdx.x, lane = tid & 31, wl = tid >> 5;
+    const int M = N * OH * OW, HWo = OH * OW;
+    const int f0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int mlo = blockIdx.z * chunk, mhi = min(M, mlo + chunk);
+    const int KT = mhi > mlo ? (mhi - mlo + BK - 1) / BK : 0;
+
+    // this thread's 16-byte chunk kc of rows (positions) r0 + 16 i, i < 4, in every atom
+    const int kc = tid & 7, r0 = tid >> 3;
+    const unsigned dst0 = (unsigned)(r0 * 128 + ((kc ^ (r0 & 7)) << 4));
+    int b_kh[NA], b_kw[NA], b_c[NA];
+#pragma unroll
+    for (int j = 0; j < NA; ++j) {
+        int col = n0 + j * 64, t = col / C;
+        b_c[j] = col - t * C + kc * 8;
+        b_kh[j] = t / KW;
+        b_kw[j] = t - b_kh[j] * KW;
+    }
+
+    float acc[MA][NACC];
+#pragma unroll
+    for (int a = 0; a < MA; ++a)
+#pragma unroll
+        for (int c = 0; c < NACC; ++c) acc[a][c] = 0.f;
+
+    auto load = [&](int buf, int kt) {
+        const unsigned sa = base + buf * STAGE, sb = sa + A_BYTES;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int r = r0 + 16 * i, m = mlo + kt * BK + r;
+            const bool live = m < mhi;
+#pragma unroll
+            for (int j = 0; j < MA; ++j) {
+                const int f = f0 + j * 64 + kc * 8;
+                const bool ok = live && f < F;
+                cp_async16(sa + j * ATOM + dst0 + i * 16 * 128, ok ? dy + ((long long)m * F + f) : dy, ok ? 16 : 0);
+            }
+            int n = 0, oh = 0, ow = 0;
+            if (live) { n = fdiv(m, mul_hw, sh_hw); int rem = m - n * HWo; oh = fdiv(rem, mul_w, sh_w); ow = rem - oh * OW; }
+#pragma unroll
+            for (int j = 0; j < NA; ++j) {
+                const int ih = oh * s - p + b_kh[j], iw = ow * s - p + b_kw[j];
+                const bool ok = live && ih >= 0 && ih < H && iw >= 0 && iw < W;
+                cp_async16(sb + j * ATOM + dst0 + i * 16 * 128,
+                           ok ? x + ((long long)((n * H + ih) * W + iw) * C + b_c[j]) : x, ok ? 16 : 0);
+            }
+        }
+    };
+
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+        if (st < KT) load(st, st);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < KT; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        fence_async_shared();
+        __syncthreads();
+        const unsigned sa = base + (kt % STAGES) * STAGE, sb = sa + A_BYTES;
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)          // 16 positions: two 8-row groups, 2048 bytes
+#pragma unroll
+            for (int a = 0; a < MA; ++a)
+                wgmma_tile<KIND, BN, 1>(acc[a], wg_desc_mn<ATOM>(sa + a * ATOM + kk * 2048),
+                                        wg_desc_mn<ATOM>(sb + kk * 2048));
+        wg_commit();
+        if (kt + STAGES - 1 < KT) load((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
+        cp_async_commit();
+        wg_wait<0>();
+    }
+    cp_async_wait<0>();
+
+    // partials: thread (warp wl, lane g * 4 + t4) holds rows (f) 64 a + 16 wl + g (+ 8),
+    // columns 8 b + 2 t4 (+ 1)
+    const int g = lane >> 2, t4 = lane & 3;
+    float* out = ws + (long long)blockIdx.z * F * K;
+#pragma unroll
+    for (int a = 0; a < MA; ++a)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int f = f0 + a * 64 + wl * 16 + g + h * 8;
+            if (f >= F) continue;
+#pragma unroll
+            for (int b = 0; b < BN / 8; ++b) {
+                const int col = n0 + b * 8 + 2 * t4;
+                *reinterpret_cast<float2*>(out + (long long)f * K + col) =
+                    make_float2(acc[a][4 * b + 2 * h], acc[a][4 * b + 2 * h + 1]);
+            }
+        }
+}
