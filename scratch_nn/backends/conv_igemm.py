@@ -28,7 +28,7 @@ NULL = np.uint64(0)
 TAPS_STRIDE = 32               # ints per sub-pixel class in a tap table (cuda/conv_igemm.cu)
 PAD = 8                        # halves of padding per shared-memory row
 WGRAD_BK = 32                  # positions per wgrad stage
-WGRAD_WS_BYTES = 96 * 2**20    # at most this much fp32 partial workspace per wgrad
+WGRAD_WS_BYTES = 32 * 2**20    # the fp32 partial workspace every wgrad shares (one buffer, kept)
 T4_SMEM = 64 * 1024            # the most dynamic shared memory a block may take on sm_75
 STATS_ROWS = 128               # output positions per BatchNorm-statistics chunk of a forward
 STATS_WARP_ROWS = 2            # ... split over this many warp rows (the order the epilogue adds them in)
@@ -282,6 +282,7 @@ class ConvKernels:
         self.choices = {}           # (pass, shape...) -> tile
         self._pin = None            # a tile every launch takes (pinned())
         self._wgrad_plans = {}      # wgrad shape -> its chunking
+        self._ws = None             # the shared fp32 partial workspace (_workspace)
 
     def _kernel(self, name, smem=0):
         fn = self._fn.get(name)
@@ -474,6 +475,20 @@ class ConvKernels:
         chunk = -(-(-(-m // chunks)) // unit) * unit
         return -(-m // chunk), chunk, fast_divisor(oh * ow), fast_divisor(ow)
 
+    def _workspace(self, n):
+        """n fp32 values of the one partial-sums buffer the weight gradients share (each is
+        reduced, in stream order, before the next writes it) instead of a pool allocation per
+        call. Fixed once allocated: a captured CUDA graph keeps its address. A single chunk
+        larger than the buffer gets an array of its own. (Measured on the H200, ResNet-18 b512
+        fp16: the pool's steady-state total 1,724 -> 1,716 MB, the bench's captured peak 1,833
+        -> 1,783 MB.)"""
+        cap = WGRAD_WS_BYTES // 4
+        if n > cap:
+            return self.xp.empty(n, dtype=np.float32)
+        if self._ws is None:
+            self._ws = self.xp.empty(cap, dtype=np.float32)
+        return self._ws[:n]
+
     def wgrad(self, dy, x, k, s, p, out, accumulate=False, creal=None):
         """out (F, Creal, k, k) fp32 (+)= the weight gradient from dy (N, OH, OW, F) and the
         forward's input x (N, H, W, C): chunks of positions into fp32 partials
@@ -497,7 +512,7 @@ class ConvKernels:
             else:
                 bm, bn, wm, wn, _ = cfg
                 threads, smem, name = wm * wn * 32, wgrad_smem(cfg, self.async_copy), wgrad_name(self.kind, cfg, self.async_copy)
-            ws = self.xp.empty((chunks, f, kcols), dtype=np.float32)
+            ws = self._workspace(chunks * f * kcols).reshape(chunks, f, kcols)
             self._kernel(name, smem)(
                 (-(-f // bm), kcols // bn, chunks), (threads,),
                 (dy, x, ws, np.int32(n), np.int32(h), np.int32(w), np.int32(c), np.int32(f), np.int32(oh),
