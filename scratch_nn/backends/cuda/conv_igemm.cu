@@ -99,23 +99,8 @@ conv_igemm(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
     const int z = blockIdx.z, ph = z >> 1, pw = z & 1;
     const int M = N * OHc * OWc;
     const int m0 = blockIdx.x * BM, f0 = blockIdx.y * BN;
-    const int* tz = taps + z * IG_TAPS_STRIDE;
-    if (tid < 9) {
-        int dh = tz[1 + 3 * tid], dw = tz[2 + 3 * tid];
-        tap_dh[tid] = dh; tap_dw[tid] = dw;
-        tap_off[tid] = (dh * W + dw) * C;
-        tap_w[tid] = tz[3 + 3 * tid] * C;
-    }
-    if (tid == 0) { ntaps_s = tz[0]; wrow_s = tz[28] * C; }
-    for (int r = tid; r < BM; r += NTHR) {
-        int m = m0 + r;
-        long long o = -1;
-        if (m < M) {
-            int n = m / (OHc * OWc), rem = m - n * (OHc * OWc), ii = rem / OWc, jj = rem - ii * OWc;
-            o = ((long long)(n * OHo + ii * os + ph) * OWo + jj * os + pw) * F;
-        }
-        out_row[r] = o;
-    }
+    ig_setup<BM, NTHR>(taps + z * IG_TAPS_STRIDE, tap_off, tap_w, tap_dh, tap_dw, &ntaps_s, &wrow_s, out_row, tid, m0, M,
+                       W, C, F, OHc, OWc, OHo, OWo, os, ph, pw);
     __syncthreads();
     const int ntaps = ntaps_s;
     const int KT = ntaps * (C / BK);

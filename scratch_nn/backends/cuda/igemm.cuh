@@ -63,3 +63,29 @@ __device__ __forceinline__ void column_sums_to_shared(float (&v)[NT][2], float* 
 __device__ __forceinline__ int fdiv(int n, unsigned long long mul, int sh) {
     return (int)(((unsigned long long)(unsigned)n * mul) >> sh);
 }
+
+// What conv_igemm and conv_wgmma set up before their K loops: class z's tap table `tz` in
+// shared memory (per tap the input offset of its (dh, dw), its weight-row offset; the tap
+// count; the packed weights' row length) and each of the CTA's BM output rows' offset in the
+// (N, OHo, OWo, F) output (-1 past M). The caller synchronises.
+template <int BM, int NTHR>
+__device__ __forceinline__ void ig_setup(const int* __restrict__ tz, int* tap_off, int* tap_w, int* tap_dh, int* tap_dw,
+                                         int* ntaps_s, int* wrow_s, long long* out_row, int tid, int m0, int M, int W,
+                                         int C, int F, int OHc, int OWc, int OHo, int OWo, int os, int ph, int pw) {
+    if (tid < 9) {
+        int dh = tz[1 + 3 * tid], dw = tz[2 + 3 * tid];
+        tap_dh[tid] = dh; tap_dw[tid] = dw;
+        tap_off[tid] = (dh * W + dw) * C;
+        tap_w[tid] = tz[3 + 3 * tid] * C;
+    }
+    if (tid == 0) { *ntaps_s = tz[0]; *wrow_s = tz[28] * C; }
+    for (int r = tid; r < BM; r += NTHR) {
+        int m = m0 + r;
+        long long o = -1;
+        if (m < M) {
+            int n = m / (OHc * OWc), rem = m - n * (OHc * OWc), ii = rem / OWc, jj = rem - ii * OWc;
+            o = ((long long)(n * OHo + ii * os + ph) * OWo + jj * os + pw) * F;
+        }
+        out_row[r] = o;
+    }
+}
