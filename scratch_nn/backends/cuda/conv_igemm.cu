@@ -267,13 +267,7 @@ conv_igemm(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
         }
     }
     __syncthreads();
-    constexpr int OCH = BN / 8;
-    for (int q = tid; q < BM * OCH; q += NTHR) {
-        int r = q / OCH, cc = q - r * OCH, f = f0 + cc * 8;
-        long long o = out_row[r];
-        if (o >= 0 && f < F)
-            *reinterpret_cast<uint4*>(y + o + f) = *reinterpret_cast<const uint4*>(Cs + r * LDO + cc * 8);
-    }
+    ig_store_tile<BM, BN, NTHR>(Cs, out_row, y, f0, F, tid);
     if (stats == nullptr) return;
     // per-channel mean and squared deviations of this CTA's rows, in a fixed order: lanes of
     // one column (same t4) by shuffles, then the WM warp rows through shared memory

@@ -219,13 +219,7 @@ conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
         }
     }
     __syncthreads();
-    constexpr int OCH = BN / 8;
-    for (int q = tid; q < BM * OCH; q += NTHR) {
-        int r = q / OCH, cc = q - r * OCH, f = f0 + cc * 8;
-        long long o = out_row[r];
-        if (o >= 0 && f < F)
-            *reinterpret_cast<uint4*>(y + o + f) = *reinterpret_cast<const uint4*>(Cs + r * LDO + cc * 8);
-    }
+    ig_store_tile<BM, BN, NTHR>(Cs, out_row, y, f0, F, tid);
     if (stats == nullptr) return;
     // per warpgroup (one 128-row chunk): mean and squared deviations per channel of the rounded
     // outputs of its live rows, in a fixed order; the deviations re-read the staged tile

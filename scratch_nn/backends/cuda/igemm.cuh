@@ -89,3 +89,17 @@ __device__ __forceinline__ void ig_setup(const int* __restrict__ tz, int* tap_of
         out_row[r] = o;
     }
 }
+
+// The epilogue's store: the staged BM x BN output tile (rows of BN + IG_PAD halves) to its
+// rows' offsets in y, 16 bytes a thread, channels past F and rows past M (offset -1) skipped.
+template <int BM, int BN, int NTHR>
+__device__ __forceinline__ void ig_store_tile(const u16* Cs, const long long* out_row, u16* __restrict__ y, int f0,
+                                              int F, int tid) {
+    constexpr int OCH = BN / 8, LDO = BN + IG_PAD;
+    for (int q = tid; q < BM * OCH; q += NTHR) {
+        int r = q / OCH, cc = q - r * OCH, f = f0 + cc * 8;
+        long long o = out_row[r];
+        if (o >= 0 && f < F)
+            *reinterpret_cast<uint4*>(y + o + f) = *reinterpret_cast<const uint4*>(Cs + r * LDO + cc * 8);
+    }
+}
