@@ -11,13 +11,14 @@ the compiled instantiations (`IGEMM_CONFIGS`, `WGMMA_CONFIGS`, `WGRAD_CONFIGS`).
 what a T4 gets; the environment variable SCRATCH_NN_SM75=1 forces it on newer GPUs (the
 backend then refuses tf32 and bf16, as a T4 does).
 
-On compute capability 9.0 (H100, H200) the forward and data-gradient GEMMs whose channels are
-a multiple of 64 run cuda/conv_wgmma.cu instead (warpgroup mma, compiled for sm_90a): the
-family follows from the GPU and the shape alone, never from a measurement, so that a run
-repeats bitwise (the two families round differently); SCRATCH_NN_NO_WGMMA=1 keeps mma.sync.
+On compute capability 9.0 (H100, H200) the forward, data-gradient and weight-gradient GEMMs
+whose channels are a multiple of 64 run cuda/conv_wgmma.cu instead (warpgroup mma, compiled
+for sm_90a): the family follows from the GPU and the shape alone, never from a measurement, so
+that a run repeats bitwise (the two families round differently); SCRATCH_NN_NO_WGMMA=1 (and
+the sm_75 switch) keeps mma.sync.
 """
-import os
 import contextlib
+import os
 
 import numpy as np
 
