@@ -210,10 +210,8 @@ conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
             for (int b = 0; b < NT; ++b) {
                 int col = b * 8 + 2 * t4, f = f0 + col;
                 float v0 = acc[a][4 * b + 2 * h], v1 = acc[a][4 * b + 2 * h + 1];
-                if (bias && f < F) { v0 += bias[f]; v1 += bias[f + 1]; }
-                if (relu) { v0 = v0 > 0.f ? v0 : (v0 != v0 ? v0 : 0.f); v1 = v1 > 0.f ? v1 : (v1 != v1 ? v1 : 0.f); }
-                u16 h0 = f_to_u16<KIND>(v0), h1 = f_to_u16<KIND>(v1);
-                *reinterpret_cast<unsigned*>(Cs + r * LDO + col) = (unsigned)h0 | ((unsigned)h1 << 16);
+                u16 h0, h1;
+                ig_stage_pair<KIND>(v0, v1, bias, f, F, relu, Cs + r * LDO + col, h0, h1);
                 if (live) { csum[b][0] += u16_to_f<KIND>(h0); csum[b][1] += u16_to_f<KIND>(h1); }
             }
         }

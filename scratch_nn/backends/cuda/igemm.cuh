@@ -103,3 +103,15 @@ __device__ __forceinline__ void ig_store_tile(const u16* Cs, const long long* ou
             *reinterpret_cast<uint4*>(y + o + f) = *reinterpret_cast<const uint4*>(Cs + r * LDO + cc * 8);
     }
 }
+
+// One epilogue pair (channels f, f + 1 of a row): + bias (fp32, may be null), ReLU (a NaN
+// stays), rounded to 16 bits (h0, h1) and staged as one 32-bit word at dst.
+template <int KIND>
+__device__ __forceinline__ void ig_stage_pair(float v0, float v1, const float* __restrict__ bias, int f, int F, int relu,
+                                              u16* dst, u16& h0, u16& h1) {
+    if (bias && f < F) { v0 += bias[f]; v1 += bias[f + 1]; }
+    if (relu) { v0 = v0 > 0.f ? v0 : (v0 != v0 ? v0 : 0.f); v1 = v1 > 0.f ? v1 : (v1 != v1 ? v1 : 0.f); }
+    h0 = f_to_u16<KIND>(v0);
+    h1 = f_to_u16<KIND>(v1);
+    *reinterpret_cast<unsigned*>(dst) = (unsigned)h0 | ((unsigned)h1 << 16);
+}
