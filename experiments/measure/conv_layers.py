@@ -85,7 +85,7 @@ def layer_table(batch, storage, async_copy=True, reps=20, with_torch=True, log=p
         cp = 16 if c % 16 else c
         oh = (h + 2 * p - k) // s + 1
         x = _random16(r, (batch, h, h, cp), storage)
-        w32 = (r.standard_normal((f, c, k, k), dtype=cupy.float32) / np.sqrt(c * k * k)).astype(cupy.float32)
+        w32 = r.standard_normal((f, c, k, k), dtype=cupy.float32) / np.sqrt(c * k * k)
         dy = _random16(r, (batch, oh, oh, f), storage)
         wp, wd = K.pack_forward(w32, cp=cp), K.pack_dgrad(w32)
         y = cupy.empty((batch, oh, oh, f), dtype=cupy.uint16)
