@@ -14,19 +14,29 @@ def rel_err(a, b):
     return float(np.linalg.norm(a - b) / (denom if denom > 0 else 1.0))
 
 
-def ref_conv3x3(x, w, b, dy, relu):
-    """float64 direct 3x3 stride-1 padding-1 convolution (+ bias, ReLU), its gradients."""
+def ref_conv(x, w, b, dy, relu=False, stride=1, pad=1):
+    """float64 direct convolution (+ bias, ReLU) and its gradients (y, dx, dw, db), by loops
+    over the taps only."""
     n, c, h, wd = x.shape
-    xp_ = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    pre = np.zeros((n, w.shape[0], h, wd)) + b.reshape(1, -1, 1, 1)
-    for a in range(3):
-        for bb in range(3):
-            pre += np.einsum("ncij,fc->nfij", xp_[:, :, a:a + h, bb:bb + wd], w[:, :, a, bb])
+    f, _, kh, kw = w.shape
+    s = stride
+    oh, ow = (h + 2 * pad - kh) // s + 1, (wd + 2 * pad - kw) // s + 1
+    xp_ = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    pre = np.zeros((n, f, oh, ow)) + b.reshape(1, -1, 1, 1)
+    for a in range(kh):
+        for bb in range(kw):
+            pre += np.einsum("ncij,fc->nfij", xp_[:, :, a:a + s * oh:s, bb:bb + s * ow:s], w[:, :, a, bb])
     y = np.maximum(pre, 0) if relu else pre
     g = dy * (y > 0) if relu else dy
     dxp, dw = np.zeros_like(xp_), np.zeros_like(w)
-    for a in range(3):
-        for bb in range(3):
-            dw[:, :, a, bb] = np.einsum("nfij,ncij->fc", g, xp_[:, :, a:a + h, bb:bb + wd])
-            dxp[:, :, a:a + h, bb:bb + wd] += np.einsum("nfij,fc->ncij", g, w[:, :, a, bb])
-    return y, dxp[:, :, 1:h + 1, 1:wd + 1], dw, g.sum(axis=(0, 2, 3))
+    for a in range(kh):
+        for bb in range(kw):
+            win = xp_[:, :, a:a + s * oh:s, bb:bb + s * ow:s]
+            dw[:, :, a, bb] = np.einsum("nfij,ncij->fc", g, win)
+            dxp[:, :, a:a + s * oh:s, bb:bb + s * ow:s] += np.einsum("nfij,fc->ncij", g, w[:, :, a, bb])
+    return y, dxp[:, :, pad:pad + h, pad:pad + wd], dw, g.sum(axis=(0, 2, 3))
+
+
+def ref_conv3x3(x, w, b, dy, relu):
+    """ref_conv for 3x3, stride 1, padding 1."""
+    return ref_conv(x, w, b, dy, relu)

@@ -75,6 +75,24 @@ WINOGRAD_SLICE_BYTES = 64 * 2**20
 # 16-core Xeon at 16 threads 32x32x64 7.8 / 12.5 -> 5.3 / 10.2, 16x16x128 4.3 / 8.0 -> 3.7 / 7.3,
 # and a ResNet-18 step 266 -> 255 ms (medians of 6).
 PLANE_SKEW = 1040
+# The convolutions Winograd does not take run as im2col + GEMM, in one of two layouts:
+# - "per image" where an image has at least IMAGE_COLUMNS_MIN_POSITIONS output positions:
+#   each image's columns (C*kh*kw + 1, OH*OW) a block of their own, one GEMM per image spread
+#   over the threads (numba_gemm's batched), the output landing in NCHW with no transpose, the
+#   bias carried by a row of ones, and the weight gradient summed over the images in a fixed
+#   order. An image's columns stay in cache through its GEMM, where one GEMM over the whole
+#   batch streams them from memory, and with 3 input channels (K = 27) that GEMM is memory-bound;
+# - "batch" (the base's) otherwise: one (C*kh*kw, N*OH*OW) GEMM, which small maps need to give
+#   BLAS long rows.
+# Measured on 2 threads of the 2-core Xeon, batch 64, ms forward / backward, best of 7 to 15
+# interleaved (2026-12-02, session 15):
+#   32x32,  3 -> 16 (the CNN's conv1, no data gradient): batch 1.32 / 1.35   per image 0.75 / 0.85
+#   32x32,  3 -> 64 (ResNet's stem, with it):             batch 5.04 / 7.75   per image 2.83 / 6.37
+#   32x32 -> 16x16, 64 -> 128, 1x1 stride 2:              batch 4.23 / 6.41   per image 3.17 / 6.25
+#   32x32 -> 16x16, 64 -> 128, 3x3 stride 2:              batch 20.4 / 33.0   per image 18.9 / 33.0
+#   16x16 ->  8x8, 128 -> 256, 3x3 stride 2 (64 positions): batch 20.0 / 33.4   per image 18.0 / 43.2
+#    8x8  ->  4x4, 256 -> 512, 3x3 stride 2 (16 positions): batch 14.0 / 24.1   per image 21.7 / 92.4
+IMAGE_COLUMNS_MIN_POSITIONS = 256
 
 
 def _planes(positions, rows, cols, dtype):
@@ -121,7 +139,7 @@ class NumbaBackend(Backend):
     name = "numba"
     xp = np
 
-    def __init__(self, threads=None, winograd=None):
+    def __init__(self, threads=None, winograd=None, image_columns=True):
         try:
             import numba
         except ImportError as e:
@@ -149,6 +167,7 @@ class NumbaBackend(Backend):
         self.k = numba_kernels
         self._winograd_kernels = {2: numba_winograd, 4: numba_winograd4}
         self.winograd_mode = _winograd_mode(winograd)
+        self.image_columns = bool(image_columns)
 
     @property
     def winograd(self):
@@ -165,6 +184,9 @@ class NumbaBackend(Backend):
             conv["winograd"] = (f"mode {self.winograd_mode}: Winograd for 3x3 stride-1 padding-1 convolutions of "
                                 f">= {WINOGRAD_MIN_CHANNELS} channels, {f4} (F(2x2): >= {WINOGRAD_MIN_SIZE} rows, "
                                 "16 GEMMs per pass, numba_winograd.py)")
+        if self.image_columns:
+            conv["per_image"] = (f"im2col per image (one GEMM an image, NCHW out) where an image has >= "
+                                 f"{IMAGE_COLUMNS_MIN_POSITIONS} output positions, else over the batch")
         return dict(super().describe(), heap_kept=self.heap_kept, threading_layer=self.threading_layer,
                     gemm=self.gemm_mode, blas_spin_bounded=threads.blas_spin_bounded, convolution=conv)
 
@@ -188,6 +210,13 @@ class NumbaBackend(Backend):
         if not self._threads_for_blas():
             return np.matmul(a, b, out=out)
         return self._pgemm.batched(a, b, out)
+
+    def gemm_batched_sum(self, a, b, out):
+        """out = sum over t of a[t] @ b[t] (a may be one block for every item), summed in a
+        fixed order."""
+        if not self._threads_for_blas():
+            return np.matmul(a, b).sum(axis=0, out=out)
+        return self._pgemm.batched_sum(a, b, out)
 
     def to_host(self, a):
         return np.asarray(a)
@@ -231,9 +260,72 @@ class NumbaBackend(Backend):
         step = max(1, WINOGRAD_SLICE_BYTES // per_image)
         return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
+    def per_image_columns(self, w, x_shape, stride, pad):
+        """Whether this convolution's im2col runs per image (IMAGE_COLUMNS_MIN_POSITIONS)
+        rather than over the batch; never where Winograd takes it."""
+        kh, kw = w.shape[2:]
+        positions = (self.conv_output_size(x_shape[2], kh, stride, pad)
+                     * self.conv_output_size(x_shape[3], kw, stride, pad))
+        return (self.image_columns and positions >= IMAGE_COLUMNS_MIN_POSITIONS
+                and not self.winograd_applies(w, x_shape, stride, pad))
+
+    def _conv_forward_per_image(self, x, w, b, stride, pad, relu):
+        f, c, kh, kw = w.shape
+        n, _, h, wd = x.shape
+        oh, ow = self.conv_output_size(h, kh, stride, pad), self.conv_output_size(wd, kw, stride, pad)
+        p, rows = oh * ow, c * kh * kw + 1
+        x = np.ascontiguousarray(x)
+        wb = np.empty((f, rows), dtype=w.dtype)          # the weights and the bias, against the ones row
+        wb[:, :-1] = w.reshape(f, -1)
+        wb[:, -1] = b if b is not None else 0
+        out = np.empty((n, f, oh, ow), dtype=x.dtype)
+        out3 = out.reshape(n, f, p)
+        slices = self.conv_slices(n, rows, p, x.dtype.itemsize)
+        cols = None
+        for lo, hi in slices:
+            cols = np.empty((hi - lo, rows, p), dtype=x.dtype)
+            self.k.im2col_images(x[lo:hi], kh, kw, stride, pad, oh, ow, cols)
+            self.gemm_batched(wb, cols, out3[lo:hi])
+        if relu:
+            self.k.relu_forward(out.reshape(-1), out.reshape(-1))
+        kept = cols if len(slices) == 1 else None
+        self.record_conv_algorithm(w, x.shape, stride, pad, "im2col GEMM per image")
+        return out, ("per_image", x, kept, stride, pad, oh, ow, out if relu else None)
+
+    def _conv_backward_per_image(self, dy, cache, w, need_dx):
+        _, x, kept, stride, pad, oh, ow, relu_out = cache
+        f, c, kh, kw = w.shape
+        n = x.shape[0]
+        p, rows = oh * ow, c * kh * kw + 1
+        g = np.ascontiguousarray(dy).reshape(n, f, p)
+        if relu_out is not None:
+            masked = np.empty_like(g)
+            self.k.relu_backward(g.reshape(-1), relu_out.reshape(-1), masked.reshape(-1))
+            g = masked
+        slices = [(0, n)] if kept is not None else self.conv_slices(n, rows, p, x.dtype.itemsize)
+        dwb = np.empty((f, rows), dtype=w.dtype)       # dw and, against the ones row, db
+        part = np.empty_like(dwb) if len(slices) > 1 else dwb
+        wt = np.ascontiguousarray(w.reshape(f, -1).T)
+        dx = np.empty(x.shape, dtype=dy.dtype) if need_dx else None
+        for s, (lo, hi) in enumerate(slices):
+            cols = kept
+            if cols is None:
+                cols = np.empty((hi - lo, rows, p), dtype=x.dtype)
+                self.k.im2col_images(x[lo:hi], kh, kw, stride, pad, oh, ow, cols)
+            self.gemm_batched_sum(g[lo:hi], cols.transpose(0, 2, 1), dwb if s == 0 else part)
+            if s:
+                dwb += part
+            del cols
+            if need_dx:
+                dcols = self.gemm_batched(wt, g[lo:hi], np.empty((hi - lo, rows - 1, p), dtype=dy.dtype))
+                self.k.col2im_images(dcols, kh, kw, stride, pad, oh, ow, dx[lo:hi])
+        return dx, np.ascontiguousarray(dwb[:, :-1]).reshape(w.shape), dwb[:, -1].copy()
+
     def conv2d_forward(self, x, w, b, stride, pad, relu=False):
         tile = self.winograd_tile(w, x.shape, stride, pad)
         if tile is None:
+            if self.per_image_columns(w, x.shape, stride, pad):
+                return self._conv_forward_per_image(x, w, b, stride, pad, relu)
             return super().conv2d_forward(x, w, b, stride, pad, relu)
         wk = self._winograd_kernels[tile]
         f, c = w.shape[:2]
@@ -256,7 +348,10 @@ class NumbaBackend(Backend):
         return out, ("winograd", x, kept, u, out if relu else None, wk)
 
     def conv2d_backward(self, dy, cache, w, need_dx=True):
-        if not (isinstance(cache[0], str) and cache[0] == "winograd"):
+        kind = cache[0] if isinstance(cache[0], str) else None
+        if kind == "per_image":
+            return self._conv_backward_per_image(dy, cache, w, need_dx)
+        if kind != "winograd":
             return super().conv2d_backward(dy, cache, w, need_dx)
         _, x, kept, u, relu_out, wk = cache
         f, c = w.shape[:2]

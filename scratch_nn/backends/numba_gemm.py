@@ -108,14 +108,39 @@ def _make_kernels(fn):
             fn(ROW_MAJOR, ta, tb, m, n, k, 1.0, a[t * sa:].ctypes, lda, b[t * sb:].ctypes, ldb, 0.0,
                c[t * sc:].ctypes, n)
 
-    return split_cols, split_rows, split_inner, batched
+    @njit(parallel=True, nogil=True)
+    def batched_sum(ta, tb, m, n, k, a, lda, sa, b, ldb, sb, parts, c, count, group):
+        """C (m, n) = sum over t < count of op(A[t]) op(B[t]): each task accumulates `group`
+        consecutive products into its own partial in order, then the partials are summed in
+        order, so the result does not depend on the thread count."""
+        chunks = parts.shape[0]
+        for g in prange(chunks):
+            p = parts[g]
+            for t in range(g * group, min(count, (g + 1) * group)):
+                fn(ROW_MAJOR, ta, tb, m, n, k, 1.0, a[t * sa:].ctypes, lda, b[t * sb:].ctypes, ldb,
+                   0.0 if t == g * group else 1.0, p.ctypes, n)
+        for e in prange(m * n):
+            s = parts[0, e]
+            for g in range(1, chunks):
+                s += parts[g, e]
+            c[e] = s
+
+    return split_cols, split_rows, split_inner, batched, batched_sum
 
 
-def _batch_storage(x):
+def _batch_storage(x, shared=False):
     """(flat storage, trans flag, leading dimension, batch stride) of a stack (B, r, s) whose
     items are C-contiguous blocks or transposes of C-contiguous blocks, the items at any
     stride of at least a block apart (the Winograd planes' is skewed: numba_backend.py), or
-    None. The storage is a flat view from the first item on, nothing copied."""
+    None. The storage is a flat view from the first item on, nothing copied. With `shared`,
+    x may also be one 2-D block that every item uses (batch stride 0): an operand, never an
+    output."""
+    if shared and x.ndim == 2:
+        if x.flags.c_contiguous:
+            return x.reshape(-1), NO_TRANS, x.shape[1], 0
+        if x.T.flags.c_contiguous:
+            return x.T.reshape(-1), TRANS, x.shape[0], 0
+        return None
     if x.ndim != 3:
         return None
     bsz, r, s_ = x.shape
@@ -168,7 +193,7 @@ class PartitionedGemm:
             return c
         sa, ta, lda = _storage(a)
         sb, tb, ldb = _storage(b)
-        cols, rows, inner, _ = self.kernels[a.dtype]
+        cols, rows, inner = self.kernels[a.dtype][:3]
         # Give each thread a slice that keeps BLAS efficient (>= 64 columns or rows, >= 256 of
         # the inner dimension), preferring a split that feeds every thread.
         by_cols, by_rows, by_inner = n // 64, m // 64, k // 256
@@ -182,18 +207,43 @@ class PartitionedGemm:
             inner(ta, tb, m, n, k, sa, lda, sb, ldb, parts, c.reshape(-1), chunks)
         return c
 
+    def _stacks(self, a, b, out_shape, what):
+        """The storage of a batched product's operands: a (B, m, k) or one (m, k) block for
+        every item, b (B, k, n); raises where they do not chain."""
+        sa, sb = _batch_storage(a, shared=True), _batch_storage(b)
+        bsz = b.shape[0] if b.ndim == 3 else -1
+        if (sa is None or sb is None or a.dtype != b.dtype or a.dtype not in self.kernels
+                or (a.ndim == 3 and a.shape[0] != bsz) or a.shape[-1] != b.shape[1]
+                or out_shape != (a.shape[-2], b.shape[2])):
+            raise ValueError(f"{what}: stacks {a.shape} @ {b.shape} do not fit {out_shape}")
+        return sa, sb
+
     def batched(self, a, b, out):
-        """out[t] = a[t] @ b[t] for stacks a (B, m, k), b (B, k, n), out (B, m, n); items of a
-        and b may be transposed blocks (a stack's .transpose(0, 2, 1)), out's C-contiguous
-        blocks; the items of each may lie any stride apart (_batch_storage)."""
-        sa, sb, so = _batch_storage(a), _batch_storage(b), _batch_storage(out)
-        if (sa is None or sb is None or so is None or so[1] != NO_TRANS or a.dtype != b.dtype
-                or a.dtype not in self.kernels or out.dtype != a.dtype
-                or out.shape != (a.shape[0], a.shape[1], b.shape[2])
-                or a.shape[2] != b.shape[1] or a.shape[0] != b.shape[0]):
+        """out[t] = a[t] @ b[t] for stacks a (B, m, k), b (B, k, n), out (B, m, n); a may be
+        one (m, k) block for every item; items of a and b may be transposed blocks (a stack's
+        .transpose(0, 2, 1)), out's C-contiguous blocks; the items of each may lie any stride
+        apart (_batch_storage)."""
+        so = _batch_storage(out)
+        if so is None or so[1] != NO_TRANS or out.dtype != a.dtype or out.shape[0] != b.shape[0]:
             raise ValueError(f"batched gemm: stacks {a.shape} @ {b.shape} -> {out.shape} do not fit")
-        bsz, m, k = a.shape
-        n = b.shape[2]
-        (fa, ta, lda, stra), (fb, tb, ldb, strb), (fo, _, _, stro) = sa, sb, so
+        (fa, ta, lda, stra), (fb, tb, ldb, strb) = self._stacks(a, b, out.shape[1:], "batched gemm")
+        bsz, m, n = out.shape
+        k = b.shape[1]
+        (fo, _, _, stro) = so
         self.kernels[a.dtype][3](ta, tb, m, n, k, fa, lda, stra, fb, ldb, strb, fo, stro, bsz)
+        return out
+
+    def batched_sum(self, a, b, out, group=8):
+        """out (m, n, C-contiguous) = sum over t of a[t] @ b[t] (a may be one block for every
+        item, as in `batched`), summed in an order fixed by `group` whatever the thread count."""
+        if out.dtype != a.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"batched sum: out must be a C-contiguous {a.dtype} array")
+        (fa, ta, lda, stra), (fb, tb, ldb, strb) = self._stacks(a, b, out.shape, "batched sum")
+        m, n = out.shape
+        bsz, k = b.shape[0], b.shape[1]
+        if bsz == 0 or k == 0:
+            out[...] = 0
+            return out
+        parts = np.empty((-(-bsz // group), m * n), dtype=a.dtype)
+        self.kernels[a.dtype][4](ta, tb, m, n, k, fa, lda, stra, fb, ldb, strb, parts, out.reshape(-1), bsz, group)
         return out

@@ -38,45 +38,71 @@ def _valid_range(k, stride, pad, size, out):
     return lo, hi
 
 
+@ser
+def _gather(plane, ki, kj, stride, pad, oh, ow, dst):
+    """dst (OH*OW) = the input plane (H, W) as tap (ki, kj) of every output position sees it,
+    zeros where that falls in the padding. The inner loops run over 1-D views with the loop
+    counter as index, the form that numba compiles to vector code."""
+    h, w = plane.shape
+    lo, hi = _valid_range(kj, stride, pad, w, ow)
+    x0 = lo * stride + kj - pad
+    L = hi - lo
+    for oy in range(oh):
+        iy = oy * stride + ki - pad
+        row = dst[oy * ow:(oy + 1) * ow]
+        if iy < 0 or iy >= h or L <= 0:
+            for q in range(ow):
+                row[q] = 0
+            continue
+        for q in range(lo):
+            row[q] = 0
+        for q in range(hi, ow):
+            row[q] = 0
+        d2 = row[lo:hi]
+        src = plane[iy]
+        if stride == 1:
+            s2 = src[x0:x0 + L]
+            for q in range(L):
+                d2[q] = s2[q]
+        else:
+            for q in range(L):
+                d2[q] = src[x0 + q * stride]
+
+
+@ser
+def _scatter(src, ki, kj, stride, pad, oh, ow, plane):
+    """Adjoint of _gather: the plane (H, W) += src (OH*OW), tap (ki, kj)'s share."""
+    h, w = plane.shape
+    lo, hi = _valid_range(kj, stride, pad, w, ow)
+    L = hi - lo
+    if L <= 0:
+        return
+    x0 = lo * stride + kj - pad
+    for oy in range(oh):
+        iy = oy * stride + ki - pad
+        if iy < 0 or iy >= h:
+            continue
+        d = plane[iy]
+        s = src[oy * ow + lo:oy * ow + hi]
+        if stride == 1:
+            d2 = d[x0:x0 + L]
+            for q in range(L):
+                d2[q] += s[q]
+        else:
+            for q in range(L):
+                d[x0 + q * stride] += s[q]
+
+
 @par
 def im2col(x, kh, kw, stride, pad, oh, ow, cols):
-    """x (N, C, H, W) -> cols (C*kh*kw, N*OH*OW); one (row, image) segment per task. The
-    inner loops run over 1-D views with the loop counter as index, the form that numba
-    compiles to vector code."""
+    """x (N, C, H, W) -> cols (C*kh*kw, N*OH*OW); one (row, image) segment per task."""
     n, c, h, w = x.shape
     rows = c * kh * kw
+    p = oh * ow
     for t in prange(rows * n):
         r = t // n
         i = t - r * n
-        ci = r // (kh * kw)
-        ki = (r // kw) % kh
-        kj = r % kw
-        lo, hi = _valid_range(kj, stride, pad, w, ow)
-        x0 = lo * stride + kj - pad
-        L = hi - lo
-        plane = x[i, ci]
-        crow = cols[r]
-        for oy in range(oh):
-            iy = oy * stride + ki - pad
-            o = (i * oh + oy) * ow
-            dst = crow[o:o + ow]
-            if iy < 0 or iy >= h or L <= 0:
-                for q in range(ow):
-                    dst[q] = 0
-                continue
-            for q in range(lo):
-                dst[q] = 0
-            for q in range(hi, ow):
-                dst[q] = 0
-            d2 = dst[lo:hi]
-            src = plane[iy]
-            if stride == 1:
-                s2 = src[x0:x0 + L]
-                for q in range(L):
-                    d2[q] = s2[q]
-            else:
-                for q in range(L):
-                    d2[q] = src[x0 + q * stride]
+        _gather(x[i, r // (kh * kw)], (r // kw) % kh, r % kw, stride, pad, oh, ow, cols[r, i * p:(i + 1) * p])
 
 
 @par
@@ -84,6 +110,7 @@ def col2im(dcols, kh, kw, stride, pad, oh, ow, dx):
     """Adjoint of im2col: dx (N, C, H, W) = scatter-add of dcols. One (image, channel) plane
     per task, so the += never races; offsets are added in the reference's (ki, kj) order."""
     n, c, h, w = dx.shape
+    p = oh * ow
     for t in prange(n * c):
         i = t // c
         ci = t - i * c
@@ -92,25 +119,38 @@ def col2im(dcols, kh, kw, stride, pad, oh, ow, dx):
         for ki in range(kh):
             for kj in range(kw):
                 r = (ci * kh + ki) * kw + kj
-                lo, hi = _valid_range(kj, stride, pad, w, ow)
-                L = hi - lo
-                if L <= 0:
-                    continue
-                x0 = lo * stride + kj - pad
-                src_row = dcols[r]
-                for oy in range(oh):
-                    iy = oy * stride + ki - pad
-                    if iy < 0 or iy >= h:
-                        continue
-                    d = plane[iy]
-                    s = src_row[(i * oh + oy) * ow + lo:(i * oh + oy) * ow + hi]
-                    if stride == 1:
-                        d2 = d[x0:x0 + L]
-                        for q in range(L):
-                            d2[q] += s[q]
-                    else:
-                        for q in range(L):
-                            d[x0 + q * stride] += s[q]
+                _scatter(dcols[r, i * p:(i + 1) * p], ki, kj, stride, pad, oh, ow, plane)
+
+
+@par
+def im2col_images(x, kh, kw, stride, pad, oh, ow, cols):
+    """x (N, C, H, W) -> cols (N, C*kh*kw + 1, OH*OW): each image's columns a block of their
+    own (a GEMM per image keeps them in cache), closed by a row of ones that carries the bias
+    through the GEMM. One (image, row) segment per task."""
+    n, c, h, w = x.shape
+    rows = c * kh * kw
+    for t in prange(n * (rows + 1)):
+        i = t // (rows + 1)
+        r = t - i * (rows + 1)
+        if r == rows:
+            cols[i, r, :] = 1
+        else:
+            _gather(x[i, r // (kh * kw)], (r // kw) % kh, r % kw, stride, pad, oh, ow, cols[i, r])
+
+
+@par
+def col2im_images(dcols, kh, kw, stride, pad, oh, ow, dx):
+    """Adjoint of im2col_images (without the ones row): dx (N, C, H, W) from dcols
+    (N, C*kh*kw, OH*OW), one (image, channel) plane per task, in the (ki, kj) order."""
+    n, c, h, w = dx.shape
+    for t in prange(n * c):
+        i = t // c
+        ci = t - i * c
+        plane = dx[i, ci]
+        plane[:] = 0
+        for ki in range(kh):
+            for kj in range(kw):
+                _scatter(dcols[i, (ci * kh + ki) * kw + kj], ki, kj, stride, pad, oh, ow, plane)
 
 
 # ---------------------------------------------------------------------- conv epilogue / prologue

@@ -3,6 +3,8 @@ import pytest
 
 from scratch_nn import backends
 
+from tests.helpers import ref_conv
+
 
 def test_numpy_backend_pins_blas_to_one_thread():
     from threadpoolctl import threadpool_info
@@ -79,23 +81,6 @@ def test_the_cupy_factory_picks_the_layout_by_precision():
         F.make_cupy_backend(layout="nchw")
 
 
-def _ref_conv(x, w, b, s, p, dy):
-    """float64 direct convolution, its input and weight gradients (loops over taps only)."""
-    n, c, h, wd = x.shape
-    f, _, k, _ = w.shape
-    oh, ow = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
-    xp_ = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-    y = np.zeros((n, f, oh, ow)) + b.reshape(1, f, 1, 1)
-    dxp, dw = np.zeros_like(xp_), np.zeros_like(w)
-    for a in range(k):
-        for bb in range(k):
-            win = xp_[:, :, a:a + s * oh:s, bb:bb + s * ow:s]
-            y += np.einsum("ncij,fc->nfij", win, w[:, :, a, bb])
-            dw[:, :, a, bb] = np.einsum("nfij,ncij->fc", dy, win)
-            dxp[:, :, a:a + s * oh:s, bb:bb + s * ow:s] += np.einsum("nfij,fc->ncij", dy, w[:, :, a, bb])
-    return y, dxp[:, :, p:p + h, p:p + wd], dw, dy.sum(axis=(0, 2, 3))
-
-
 @pytest.mark.parametrize("k,s,p", [(3, 1, 1), (3, 2, 1), (1, 2, 0)])
 def test_convolution_in_batch_slices_matches_float64_and_the_whole_batch(be, k, s, p):
     """Batches whose columns exceed COLS_BYTES go in slices, the weight gradient rebuilding
@@ -106,7 +91,7 @@ def test_convolution_in_batch_slices_matches_float64_and_the_whole_batch(be, k, 
     bias = r.standard_normal(6)
     oh = (9 + 2 * p - k) // s + 1
     dy = r.standard_normal((7, 6, oh, oh))
-    ref_y, ref_dx, ref_dw, ref_db = _ref_conv(x, w, bias, s, p, dy)
+    ref_y, ref_dx, ref_dw, ref_db = ref_conv(x, w, bias, dy, stride=s, pad=p)
     got = {}
     two = 2 * 5 * k * k * oh * oh * 8                  # the columns of two images
     for budget in (None, two):
@@ -123,3 +108,29 @@ def test_convolution_in_batch_slices_matches_float64_and_the_whole_batch(be, k, 
             np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-10)
     for a, b_ in zip(got[None], got[two]):
         np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1)])
+def test_maxpool_sends_the_gradient_to_the_first_maximum_of_a_tied_window(be, k, s, p):
+    """Windows with tied maxima (ReLU's zeros, repeated values, a tie of the two diagonals)
+    pass the gradient to the first maximum in row-major order, as PyTorch does, on odd counts."""
+    r = np.random.default_rng(k)
+    x = np.maximum(r.standard_normal((3, 5, 8, 10)), 0)
+    x[:, :, ::3, ::2] = 0.5
+    x[:, :, 0, 1] = x[:, :, 1, 0] = 9.0                # the first window's max on both diagonals
+    n, c, h, w = x.shape
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    dy = r.standard_normal((n, c, oh, ow))
+    xp_ = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-np.inf)
+    ref_y, ref_dx = np.empty((n, c, oh, ow)), np.zeros_like(xp_)
+    for i in range(oh):
+        for j in range(ow):
+            win = xp_[:, :, i * s:i * s + k, j * s:j * s + k].reshape(n, c, -1)
+            first = win.argmax(axis=2)                      # numpy's argmax: the first of equals
+            ref_y[:, :, i, j] = win.max(axis=2)
+            a, b = np.divmod(first, k)
+            np.add.at(ref_dx, (np.arange(n)[:, None], np.arange(c)[None], i * s + a, j * s + b), dy[:, :, i, j])
+    y, cache = be.maxpool2d_forward(be.asarray(x), k, s, p)
+    dx = be.maxpool2d_backward(be.asarray(dy), cache)
+    np.testing.assert_array_equal(be.to_host(y), ref_y)
+    np.testing.assert_allclose(be.to_host(dx), ref_dx[:, :, p:p + h, p:p + w], rtol=1e-12, atol=1e-12)

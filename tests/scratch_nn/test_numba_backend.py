@@ -8,7 +8,7 @@ import pytest
 
 from scratch_nn import backends, losses, models, optim
 
-from tests.helpers import ref_conv3x3
+from tests.helpers import ref_conv, ref_conv3x3
 
 pytestmark = pytest.mark.skipif("numba" not in backends.available(), reason="numba is not installed")
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -72,6 +72,89 @@ def test_batched_gemm_matches_float64_matmul_for_plain_and_transposed_stacks(dty
     with pytest.raises(ValueError, match="batched gemm"):                # overlapping items
         be.gemm_batched(a, b, np.lib.stride_tricks.as_strided(np.empty(16 * 91 + 91, dtype), (16, 7, 13),
                                                              (dtype().itemsize * 50, dtype().itemsize * 13, dtype().itemsize)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batched_gemm_takes_one_block_for_every_item_and_sums_in_an_order_fixed_by_the_group(dtype):
+    """batched with a shared 2-D operand (the per-image im2col's weights), and batched_sum (its
+    weight gradient) against float64, bitwise the same on one thread and on every core."""
+    r = np.random.default_rng(6)
+    w, cols = r.standard_normal((5, 12)).astype(dtype), r.standard_normal((19, 12, 33)).astype(dtype)
+    g = r.standard_normal((19, 5, 33)).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    sums = []
+    for threads in sorted({1, CORES}):
+        be = backends.get("numba", threads=threads)
+        out = np.full((19, 5, 33), np.nan, dtype=dtype)
+        be.gemm_batched(w, cols, out)
+        np.testing.assert_allclose(out, np.matmul(w.astype(np.float64), cols), rtol=tol, atol=tol)
+        be.gemm_batched(w.T.copy().T, cols, out)                     # a transposed block
+        np.testing.assert_allclose(out, np.matmul(w.astype(np.float64), cols), rtol=tol, atol=tol)
+        dw = np.full((5, 12), np.nan, dtype=dtype)
+        assert be.gemm_batched_sum(g, cols.transpose(0, 2, 1), dw) is dw
+        ref = np.einsum("tfp,tkp->fk", g.astype(np.float64), cols)
+        np.testing.assert_allclose(dw, ref, rtol=tol, atol=tol * 10)
+        sums.append(dw.copy())
+        with pytest.raises(ValueError, match="batched sum"):
+            be.gemm_batched_sum(g, cols.transpose(0, 2, 1), np.empty((5, 13), dtype=dtype))
+        with pytest.raises(ValueError, match="batched gemm"):
+            be.gemm_batched(w, cols[:, :11], out)
+    assert all((s_ == sums[0]).all() for s_ in sums)
+
+
+PER_IMAGE_CASES = [  # (n, c, f, h, k, stride, pad, relu, bias): odd sizes and counts no block divides
+    (7, 3, 5, 17, 3, 1, 1, True, True), (1, 5, 6, 16, 3, 2, 1, False, False), (9, 6, 7, 33, 1, 2, 0, True, True),
+    (3, 2, 4, 15, 3, 2, 1, True, False), (2, 3, 16, 32, 3, 1, 1, True, True)]
+
+
+@pytest.mark.parametrize("shape", PER_IMAGE_CASES)
+def test_per_image_convolution_matches_float64_in_one_slice_and_in_many(shape, monkeypatch):
+    """im2col per image (forward, data and weight gradient, bias, fused ReLU) against a float64
+    direct convolution to 1e-10, with the batch whole and in slices of two images (columns
+    rebuilt in backward); float32 within 1e-5 of the largest entry."""
+    from scratch_nn.backends import numba_backend as NB
+
+    n, c, f, h, k, s, p, relu, bias = shape
+    r = np.random.default_rng(n * 100 + c)
+    x, w = r.standard_normal((n, c, h, h)), r.standard_normal((f, c, k, k))
+    b = r.standard_normal(f) if bias else None
+    oh = (h + 2 * p - k) // s + 1
+    dy = r.standard_normal((n, f, oh, oh))
+    refs = ref_conv(x, w, b if bias else np.zeros(f), dy, relu, stride=s, pad=p)
+    monkeypatch.setattr(NB, "IMAGE_COLUMNS_MIN_POSITIONS", 1)
+    be = backends.get("numba")
+    assert be.per_image_columns(w, x.shape, s, p)
+    f32 = [a.astype(np.float32) if a is not None else None for a in (x, w, b, dy)]
+    y32, cache32 = be.conv2d_forward(f32[0], f32[1], f32[2], s, p, relu=relu)
+    for g_, ref in zip((y32,) + be.conv2d_backward(f32[3], cache32, f32[1]), refs):
+        assert g_.dtype == np.float32 and np.abs(g_ - ref).max() <= 1e-5 * np.abs(ref).max()
+    two = 2 * (c * k * k + 1) * oh * oh * 8                             # two images' columns
+    for budget in (None, two):
+        if budget is not None:
+            monkeypatch.setattr(be, "COLS_BYTES", budget)
+        y, cache = be.conv2d_forward(x, w, b, s, p, relu=relu)
+        assert cache[0] == "per_image" and (cache[2] is None) == (budget is not None and n > 2)
+        got = be.conv2d_backward(dy, cache, w)
+        for g_, ref in zip((y,) + got, refs):
+            np.testing.assert_allclose(g_, ref, rtol=1e-10, atol=1e-10)
+        no_dx, dw, db = be.conv2d_backward(dy, cache, w, need_dx=False)
+        assert no_dx is None and (dw == got[1]).all() and (db == got[2]).all()
+
+
+def test_per_image_column_kernels_write_every_output():
+    """im2col_images and col2im_images, into outputs poisoned with NaN, leave no NaN behind."""
+    from scratch_nn.backends import numba_kernels as K
+
+    r = np.random.default_rng(4)
+    for k, s, p in ((3, 1, 1), (3, 2, 1), (1, 2, 0)):
+        x = r.standard_normal((3, 4, 9, 10))
+        oh, ow = (9 + 2 * p - k) // s + 1, (10 + 2 * p - k) // s + 1
+        cols = np.full((3, 4 * k * k + 1, oh * ow), np.nan)
+        K.im2col_images(x, k, k, s, p, oh, ow, cols)
+        assert np.isfinite(cols).all() and (cols[:, -1] == 1).all()
+        dx = np.full(x.shape, np.nan)
+        K.col2im_images(cols[:, :-1].copy(), k, k, s, p, oh, ow, dx)
+        assert np.isfinite(dx).all()
 
 
 def test_thread_settings_survive_other_backends():
@@ -232,3 +315,19 @@ def test_winograd_is_chosen_by_the_table_and_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("SCRATCH_NN_WINOGRAD", "6x6")
     with pytest.raises(ValueError, match="'6x6'.*not one of: off, 2x2, 4x4"):
         backends.get("numba")
+
+
+def test_per_image_columns_are_chosen_by_positions_and_can_be_turned_off():
+    be = backends.get("numba")
+    stem, s2 = np.zeros((64, 3, 3, 3)), np.zeros((128, 64, 3, 3))
+    assert be.per_image_columns(stem, (2, 3, 32, 32), 1, 1)              # 1,024 positions an image
+    assert be.per_image_columns(s2, (2, 64, 32, 32), 2, 1)               # 256
+    assert not be.per_image_columns(np.zeros((256, 128, 3, 3)), (2, 128, 16, 16), 2, 1)   # 64: over the batch
+    assert not be.per_image_columns(np.zeros((64, 64, 3, 3)), (2, 64, 32, 32), 1, 1)      # Winograd's
+    assert "per_image" in be.describe()["convolution"]
+    off = backends.get("numba", image_columns=False)
+    assert not off.per_image_columns(stem, (2, 3, 32, 32), 1, 1) and "per_image" not in off.describe()["convolution"]
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16))
+    for b, algo in ((be, "im2col GEMM per image"), (off, "im2col GEMM")):
+        b.conv2d_forward(x, np.ones((8, 3, 3, 3)), None, 1, 1)
+        assert b.conv_algorithms() == {"3->8 3x3 stride 1 pad 1 on 16x16": algo}
