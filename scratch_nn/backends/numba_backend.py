@@ -232,7 +232,8 @@ class NumbaBackend(Backend):
 
     def col2im(self, cols, x_shape, kh, kw, stride, pad, oh, ow):
         dx = np.empty(x_shape, dtype=cols.dtype)
-        self.k.col2im(np.ascontiguousarray(cols), kh, kw, stride, pad, oh, ow, dx)
+        self.k.col2im(np.ascontiguousarray(cols).reshape(cols.shape[0], x_shape[0], oh * ow), False, kh, kw, stride,
+                      pad, oh, ow, dx)
         return dx
 
     # ------------------------------------------------------------------ Winograd
@@ -318,7 +319,7 @@ class NumbaBackend(Backend):
             del cols
             if need_dx:
                 dcols = self.gemm_batched(wt, g[lo:hi], np.empty((hi - lo, rows - 1, p), dtype=dy.dtype))
-                self.k.col2im_images(dcols, kh, kw, stride, pad, oh, ow, dx[lo:hi])
+                self.k.col2im(dcols, True, kh, kw, stride, pad, oh, ow, dx[lo:hi])
         return dx, np.ascontiguousarray(dwb[:, :-1]).reshape(w.shape), dwb[:, -1].copy()
 
     def conv2d_forward(self, x, w, b, stride, pad, relu=False):

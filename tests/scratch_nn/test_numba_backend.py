@@ -142,7 +142,7 @@ def test_per_image_convolution_matches_float64_in_one_slice_and_in_many(shape, m
 
 
 def test_per_image_column_kernels_write_every_output():
-    """im2col_images and col2im_images, into outputs poisoned with NaN, leave no NaN behind."""
+    """im2col_images and col2im (image-major), into outputs poisoned with NaN, leave no NaN behind."""
     from scratch_nn.backends import numba_kernels as K
 
     r = np.random.default_rng(4)
@@ -153,7 +153,7 @@ def test_per_image_column_kernels_write_every_output():
         K.im2col_images(x, k, k, s, p, oh, ow, cols)
         assert np.isfinite(cols).all() and (cols[:, -1] == 1).all()
         dx = np.full(x.shape, np.nan)
-        K.col2im_images(cols[:, :-1].copy(), k, k, s, p, oh, ow, dx)
+        K.col2im(cols[:, :-1].copy(), True, k, k, s, p, oh, ow, dx)
         assert np.isfinite(dx).all()
 
 

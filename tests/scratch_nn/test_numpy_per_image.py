@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from scratch_nn import backends
+from scratch_nn.backends import numpy_backend as NP
 from scratch_nn.backends import numpy_per_image as per_image
 
 from tests.helpers import ref_conv
@@ -16,7 +17,8 @@ CASES = [  # (n, c, f, h, w, k, pad, relu, bias): odd counts and sizes, every pa
 def test_per_image_convolution_matches_float64_in_one_slice_and_in_many(shape, monkeypatch):
     """Forward, data and weight gradient, bias and fused ReLU against a float64 direct
     convolution to 1e-10, the batch whole and in slices of two images (columns rebuilt in
-    backward); float32 within 1e-5 of the largest entry."""
+    backward, the data gradient's cache slices one image); float32 within 1e-5 of the largest
+    entry."""
     n, c, f, h, w, k, p, relu, bias = shape
     r = np.random.default_rng(n * 100 + c)
     x, wt = r.standard_normal((n, c, h, w)), r.standard_normal((f, c, k, k))
@@ -32,8 +34,9 @@ def test_per_image_convolution_matches_float64_in_one_slice_and_in_many(shape, m
         assert got.dtype == np.float32 and np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
     two = 2 * (c * k * k + 1) * oh * (w + 2 * p) * 8                     # two images' columns
     for budget in (None, two):
-        if budget is not None:
+        if budget is not None:                      # and the data gradient one image at a time
             monkeypatch.setattr(be, "COLS_BYTES", budget)
+            monkeypatch.setattr(NP, "PER_IMAGE_CACHE_BYTES", 1)
         y, cache = be.conv2d_forward(x, wt, b, 1, p, relu=relu)
         assert cache[0] == "per_image" and (cache[2] is None) == (budget is not None and n > 2)
         got = be.conv2d_backward(dy, cache, wt)
