@@ -23,10 +23,11 @@ def _flat(a):
 
 # Winograd for the 3x3 stride-1 convolutions of at least WINOGRAD_MIN_CHANNELS input channels,
 # by the backend's winograd mode (its argument, else $SCRATCH_NN_WINOGRAD, else WINOGRAD):
+#   "auto" (the default): "4x4" for fewer than WINOGRAD4_AUTO_CHANNELS input channels (the
+#          CNN's conv2), "2x2" for the rest (every ResNet-18 layer);
 #   "2x2": F(2x2, 3x3) (numba_winograd.py) over even sizes of at least WINOGRAD_MIN_SIZE rows;
 #   "4x4": F(4x4, 3x3) (numba_winograd4.py) over multiples of 4 of at least WINOGRAD4_MIN_SIZE
-#          rows, F(2x2) over other even sizes: faster, but less exact in float32, so it is not
-#          the default;
+#          rows, F(2x2) over other even sizes: faster, but less exact in float32 (below);
 #   "off": im2col + GEMM everywhere (winograd=False).
 # im2col + GEMM for the rest. The table, from ResNet-18's layers at batch 64 on 2 threads of
 # the 2-core Xeon (ms, forward / backward, best of 7 with the three interleaved, 2026-12-01,
@@ -49,9 +50,18 @@ def _flat(a):
 # That is enough to move ResNet-18's float32 loss after one SGD step (batch 4) by 2.3e-4 from
 # NumPy's with F(4x4) on every layer, and by 3.0e-5 within three steps with it from 8x8 rows
 # only (this table), where the suite holds every float32 path to 1e-5; and to flip a ReLU mask
-# on the torch-parity batch (input gradient 5.9e-3 off), so F(4x4) is opt-in.
-WINOGRAD = "2x2"
-WINOGRAD_MODES = ("off", "2x2", "4x4")
+# on the torch-parity batch (input gradient 5.9e-3 off), so F(4x4) is opt-in there. On the
+# CNN, whose one Winograd layer has 16 input channels, the same float32 checks hold with F(4x4)
+# (torch parity of outputs, gradients and SGD steps; the 20-step loss curve within 1e-5 of
+# NumPy's float64 one over 3 steps), and there it saves a third: 2 threads, batch 64, ms
+# forward / backward, interleaved (2026-12-02): 16 -> 32 on 16x16 F(2x2) 1.78 / 3.08 against
+# F(4x4) 1.33 / 2.03; 32 -> 32 on 16x16 2.38 / 4.62 against 1.74 / 3.59. Its float32 error there
+# is no worse than on deep layers (batch 16 with ReLU, relative to the largest entry: 16 ch 4e-6
+# on y, 2e-6 on dx and dw; 64-256 ch 4-8e-6; F(2x2) 1-8e-7 on all), so "auto" is a rule about
+# which models stay within the suite's float32 bounds: below 64 channels, F(4x4).
+WINOGRAD = "auto"
+WINOGRAD_MODES = ("off", "auto", "2x2", "4x4")
+WINOGRAD4_AUTO_CHANNELS = 64
 WINOGRAD_MIN_CHANNELS = 8
 WINOGRAD_MIN_SIZE = 4
 WINOGRAD4_MIN_SIZE = 8
@@ -178,9 +188,11 @@ class NumbaBackend(Backend):
 
         conv = self.describe_convolution()
         if self.winograd:
-            f4 = (f"F(4x4, 3x3) over multiples of 4 of >= {WINOGRAD4_MIN_SIZE} rows (36 GEMMs per pass, "
-                  "numba_winograd4.py), F(2x2, 3x3) over other even sizes" if self.winograd_mode == "4x4"
-                  else "F(2x2, 3x3) over even sizes")
+            f4_rows = (f"F(4x4, 3x3) over multiples of 4 of >= {WINOGRAD4_MIN_SIZE} rows (36 GEMMs per pass, "
+                       "numba_winograd4.py), F(2x2, 3x3) over other even sizes")
+            f4 = {"4x4": f4_rows, "auto": f"below {WINOGRAD4_AUTO_CHANNELS} input channels {f4_rows}; "
+                                          "F(2x2, 3x3) over even sizes from there on"}.get(
+                self.winograd_mode, "F(2x2, 3x3) over even sizes")
             conv["winograd"] = (f"mode {self.winograd_mode}: Winograd for 3x3 stride-1 padding-1 convolutions of "
                                 f">= {WINOGRAD_MIN_CHANNELS} channels, {f4} (F(2x2): >= {WINOGRAD_MIN_SIZE} rows, "
                                 "16 GEMMs per pass, numba_winograd.py)")
@@ -244,7 +256,8 @@ class NumbaBackend(Backend):
         h, wd = x_shape[2], x_shape[3]
         if not (self.winograd and kh == kw == 3 and stride == 1 and pad == 1 and c >= WINOGRAD_MIN_CHANNELS):
             return None
-        if self.winograd_mode == "4x4" and h % 4 == 0 and wd % 4 == 0 and min(h, wd) >= WINOGRAD4_MIN_SIZE:
+        f4 = self.winograd_mode == "4x4" or (self.winograd_mode == "auto" and c < WINOGRAD4_AUTO_CHANNELS)
+        if f4 and h % 4 == 0 and wd % 4 == 0 and min(h, wd) >= WINOGRAD4_MIN_SIZE:
             return 4
         if h % 2 == 0 and wd % 2 == 0 and min(h, wd) >= WINOGRAD_MIN_SIZE:
             return 2

@@ -287,7 +287,7 @@ def test_winograd_transforms_write_every_output(tile):
 def test_winograd_is_chosen_by_the_table_and_can_be_turned_off(monkeypatch):
     be = backends.get("numba")
     w64 = np.zeros((64, 64, 3, 3))
-    assert be.winograd_mode == "2x2" and be.winograd_tile(w64, (2, 64, 32, 32), 1, 1) == 2
+    assert be.winograd_mode == "auto" and be.winograd_tile(w64, (2, 64, 32, 32), 1, 1) == 2
     assert be.winograd_tile(w64, (2, 64, 4, 4), 1, 1) == 2              # 4x4 maps: four F(2x2) tiles an image
     assert not be.winograd_applies(w64, (2, 64, 2, 2), 1, 1)            # below 4 rows: im2col
     f4 = backends.get("numba", winograd="4x4")      # opt-in: less exact in float32 (numba_backend.py)
@@ -298,7 +298,12 @@ def test_winograd_is_chosen_by_the_table_and_can_be_turned_off(monkeypatch):
     assert f4.winograd_tile(w64, (2, 64, 6, 6), 1, 1) == 2
     assert "mode 4x4" in f4.describe()["convolution"]["winograd"]
     assert not be.winograd_applies(np.zeros((64, 3, 3, 3)), (2, 3, 32, 32), 1, 1)     # the stem
-    assert be.winograd_tile(np.zeros((32, 16, 3, 3)), (2, 16, 16, 16), 1, 1) == 2    # the CNN's conv2
+    conv2 = np.zeros((32, 16, 3, 3))
+    assert be.winograd_tile(conv2, (2, 16, 16, 16), 1, 1) == 4                       # the CNN's conv2: F(4x4)
+    assert be.winograd_tile(np.zeros((32, 63, 3, 3)), (2, 63, 16, 16), 1, 1) == 4    # below 64 channels
+    assert be.winograd_tile(conv2, (2, 16, 4, 4), 1, 1) == 2                         # F(4x4) from 8 rows
+    assert backends.get("numba", winograd="2x2").winograd_tile(conv2, (2, 16, 16, 16), 1, 1) == 2
+    assert "below 64 input channels" in be.describe()["convolution"]["winograd"]
     assert not be.winograd_applies(np.zeros((8, 7, 3, 3)), (2, 7, 16, 16), 1, 1)      # below 8 channels
     assert not be.winograd_applies(w64, (2, 64, 32, 32), 2, 1)          # stride 2
     assert not be.winograd_applies(w64, (2, 64, 9, 9), 1, 1)            # odd size
@@ -313,7 +318,7 @@ def test_winograd_is_chosen_by_the_table_and_can_be_turned_off(monkeypatch):
         b.conv2d_forward(x, np.ones((64, 64, 3, 3)), None, 1, 1)
         assert b.conv_algorithms() == {"64->64 3x3 stride 1 pad 1 on 8x8": algo}
     monkeypatch.setenv("SCRATCH_NN_WINOGRAD", "6x6")
-    with pytest.raises(ValueError, match="'6x6'.*not one of: off, 2x2, 4x4"):
+    with pytest.raises(ValueError, match="'6x6'.*not one of: off, auto, 2x2, 4x4"):
         backends.get("numba")
 
 
