@@ -11,6 +11,7 @@ import numpy as np
 
 from .base import Backend, BackendUnavailable
 from .heap import keep_freed_memory
+from .numpy_per_image import weights as weights_and_bias
 from .threads import numba_threads, usable_cores, use_blas_threads
 
 
@@ -289,9 +290,7 @@ class NumbaBackend(Backend):
         oh, ow = self.conv_output_size(h, kh, stride, pad), self.conv_output_size(wd, kw, stride, pad)
         p, rows = oh * ow, c * kh * kw + 1
         x = np.ascontiguousarray(x)
-        wb = np.empty((f, rows), dtype=w.dtype)          # the weights and the bias, against the ones row
-        wb[:, :-1] = w.reshape(f, -1)
-        wb[:, -1] = b if b is not None else 0
+        wb = weights_and_bias(w, b)                       # against the columns' ones row
         out = np.empty((n, f, oh, ow), dtype=x.dtype)
         out3 = out.reshape(n, f, p)
         slices = self.conv_slices(n, rows, p, x.dtype.itemsize)
@@ -319,7 +318,7 @@ class NumbaBackend(Backend):
         slices = [(0, n)] if kept is not None else self.conv_slices(n, rows, p, x.dtype.itemsize)
         dwb = np.empty((f, rows), dtype=w.dtype)       # dw and, against the ones row, db
         part = np.empty_like(dwb) if len(slices) > 1 else dwb
-        wt = np.ascontiguousarray(w.reshape(f, -1).T)
+        wt = np.ascontiguousarray(w.reshape(f, -1).T) if need_dx else None
         dx = np.empty(x.shape, dtype=dy.dtype) if need_dx else None
         for s, (lo, hi) in enumerate(slices):
             cols = kept
