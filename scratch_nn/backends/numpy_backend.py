@@ -3,23 +3,33 @@ import numpy as np
 
 from . import numpy_per_image as per_image
 from . import numpy_winograd as wino
+from . import numpy_winograd_planes as planes
 from .base import Backend, BackendUnavailable
 from .heap import keep_freed_memory
 from .threads import use_blas_threads
 
-# Winograd F(2x2, 3x3) (numpy_winograd.py) for the 3x3 stride-1 padding-1 convolutions on maps
-# of at most WINOGRAD_MAX_SIZE rows (even) and at least WINOGRAD_MIN_CHANNELS input channels;
-# im2col + GEMM for the rest. The table: ResNet-18's layers and the CNN's conv2, ms forward /
-# backward at batch 64 on one thread of the 2-core Xeon, two runs (2026-12-01, session 13;
-# this VM's speed wanders between runs, so compare within a run):
-#   32x32,  64 ch: Winograd 120 / 200,  95 / 156   im2col 114 / 222,  86 / 165  (about a tie: im2col)
-#   16x16, 128 ch: Winograd  74 / 116,  55 /  97   im2col  85 / 168,  68 / 119
-#    8x8,  256 ch: Winograd  48 /  81,  35 /  72   im2col  68 / 142,  70 / 142
-#    4x4,  512 ch: Winograd  46 /  78,  51 /  85   im2col  62 / 121,  64 / 100
-#   16x16, 16 -> 32:  Winograd 10.2 / 11.8, 6.4 / 9.1   im2col 4.9 / 11.0, 4.5 / 8.9
-# NumPy's transforms are one pass per operation; they pay where the GEMMs are big against the
-# maps (the deep layers), not on 32x32 maps or few channels.
-WINOGRAD_MAX_SIZE = 16
+# Winograd F(2x2, 3x3) for the 3x3 stride-1 padding-1 convolutions on even maps, in one of two
+# layouts. On maps of >= PLANES_MIN_SIZE rows and >= PLANES_MIN_CHANNELS input channels, on phase planes (numpy_winograd_planes.py: NCHW
+# split once into its four row/column phases, each transform stage one flat pass, slices of
+# images whose stacks fit PLANES_SLICE_BYTES so that passes and GEMMs run in cache). On maps of
+# at most WINOGRAD_MAX_SIZE rows and >= WINOGRAD_MIN_CHANNELS input channels, channels
+# innermost (numpy_winograd.py), whose passes have runs of C*W elements where the phase
+# planes' garbage tiles would cost 1.56x the GEMM work at 8x8 and 2.25x at 4x4. im2col + GEMM
+# for the rest. Batch 64, one thread of the 2-core EPYC, ms forward / backward (2026-12-07,
+# session 16; torch's oneDNN in the same process):
+#   32x32,  64 ch: phase planes 44 / 85    channels 85 / 151   im2col 93 / 168   torch 45 / 99
+#   16x16, 128 ch: phase planes 39 / 77    channels 46 / 81    im2col 70 / 137   torch 41 / 89
+#    8x8,  256 ch: phase planes 45 / 88    channels 34 / 61    im2col 58 / 120   torch 37 / 81
+#    4x4,  512 ch: channels 35 / 69   im2col 56 / 120   torch 35 / 79
+#   16x16, 16 -> 32 (the CNN's conv2, bias and ReLU): phase planes 4.05 / 3.89   per image 4.10 / 7.18
+#   32x32,  3 -> 16 (the CNN's conv1, no data gradient): phase planes 3.97 / 2.30   per image 1.98 / 1.53
+#   32x32,  3 -> 64 (ResNet-18's stem, no data gradient): phase planes 14.7 / 9.5   im2col 9.8 / 10.1
+# Session 13's table on the 2-core Xeon (channels innermost against im2col): 32x32 a tie, the
+# smaller maps as above.
+PLANES_MIN_SIZE = 16
+PLANES_MIN_CHANNELS = 16
+PLANES_SLICE_BYTES = 5 * 2**19
+WINOGRAD_MAX_SIZE = 8
 WINOGRAD_MIN_CHANNELS = 64
 # im2col per image on the padded-width grid (numpy_per_image.py) for the other stride-1
 # convolutions of at most PER_IMAGE_MAX_FILTERS output channels, one batch-wide im2col GEMM for
@@ -70,8 +80,10 @@ class NumpyBackend(Backend):
     def describe(self):
         conv = self.describe_convolution()
         if self.winograd:
-            conv["winograd"] = (f"F(2x2, 3x3) for 3x3 stride-1 padding-1 convolutions of >= {WINOGRAD_MIN_CHANNELS} "
-                                f"channels on even maps of <= {WINOGRAD_MAX_SIZE} rows (numpy_winograd.py)")
+            conv["winograd"] = (f"F(2x2, 3x3) for 3x3 stride-1 padding-1 convolutions on even maps: of >= "
+                                f"{PLANES_MIN_SIZE} rows and >= {PLANES_MIN_CHANNELS} channels on phase planes, image slices in cache "
+                                f"(numpy_winograd_planes.py); of >= {WINOGRAD_MIN_CHANNELS} channels on maps of <= "
+                                f"{WINOGRAD_MAX_SIZE} rows channels innermost (numpy_winograd.py)")
         if self.image_columns:
             conv["per_image"] = (f"im2col per image on the padded-width grid for the other stride-1 convolutions "
                                  f"of <= {PER_IMAGE_MAX_FILTERS} filters (numpy_per_image.py)")
@@ -81,7 +93,8 @@ class NumpyBackend(Backend):
     def per_image_columns(self, w, x_shape, stride, pad):
         f, _, kh, kw = w.shape
         return (self.image_columns and f <= PER_IMAGE_MAX_FILTERS and per_image.applies(kh, kw, stride, pad)
-                and not self.winograd_applies(w, x_shape, stride, pad))
+                and not self.winograd_applies(w, x_shape, stride, pad)
+                and not self.planes_apply(w, x_shape, stride, pad))
 
     @staticmethod
     def _cache_step(image_bytes):
@@ -129,11 +142,79 @@ class NumpyBackend(Backend):
         return dx, np.ascontiguousarray(dwb[:, :-1]).reshape(w.shape), dwb[:, -1].copy()
 
     # ------------------------------------------------------------------ Winograd
-    def winograd_applies(self, w, x_shape, stride, pad):
-        f, c, kh, kw = w.shape
+    def _winograd_shape(self, w, x_shape, stride, pad):
+        kh, kw = w.shape[2:]
         h, wd = x_shape[2], x_shape[3]
-        return (self.winograd and kh == kw == 3 and stride == 1 and pad == 1 and c >= WINOGRAD_MIN_CHANNELS
-                and h % 2 == 0 and wd % 2 == 0 and 2 <= min(h, wd) and max(h, wd) <= WINOGRAD_MAX_SIZE)
+        return self.winograd and kh == kw == 3 and stride == 1 and pad == 1 and h % 2 == 0 and wd % 2 == 0
+
+    def planes_apply(self, w, x_shape, stride, pad):
+        """Winograd on phase planes (numpy_winograd_planes.py): the large maps."""
+        return (self._winograd_shape(w, x_shape, stride, pad) and w.shape[1] >= PLANES_MIN_CHANNELS
+                and min(x_shape[2], x_shape[3]) >= PLANES_MIN_SIZE)
+
+    def winograd_applies(self, w, x_shape, stride, pad):
+        """Winograd with channels innermost (numpy_winograd.py): the small maps."""
+        h, wd = x_shape[2], x_shape[3]
+        return (self._winograd_shape(w, x_shape, stride, pad) and w.shape[1] >= WINOGRAD_MIN_CHANNELS
+                and 2 <= min(h, wd) and max(h, wd) <= WINOGRAD_MAX_SIZE)
+
+    @staticmethod
+    def _planes_step(n, c, f, h, w, itemsize):
+        """Images a phase-plane slice takes: its larger stack (V or M) about PLANES_SLICE_BYTES."""
+        per_image = planes.POSITIONS * max(c, f) * planes.plane_size(h, w) * itemsize
+        return max(1, min(n, PLANES_SLICE_BYTES // per_image))
+
+    @staticmethod
+    def _slice_buffers(make, step, *shape):
+        """buffer(k): make(k, *shape), one per slice size (the full step and the last slice)."""
+        made = {}
+
+        def buffer(k):
+            if k not in made:
+                made[k] = make(k, *shape)
+            return made[k]
+        return buffer
+
+    def _conv_forward_planes(self, x, w, b, relu):
+        f, c = w.shape[:2]
+        n, _, h, wd = x.shape
+        ut = planes.weights(w, self.gemm)
+        step = self._planes_step(n, c, f, h, wd, x.dtype.itemsize)
+        keep = n * planes.POSITIONS * c * planes.plane_size(h, wd) * x.dtype.itemsize <= WINOGRAD_KEEP_BYTES
+        phases = self._slice_buffers(planes.phase_buffer, step, c, h, wd, x.dtype)
+        out = np.empty((n, f, h, wd), dtype=x.dtype)
+        kept = [] if keep else None
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            v = planes.inputs(x[lo:hi], phases(hi - lo))
+            planes.outputs(self.gemm(ut, v), out[lo:hi], b)
+            if relu:
+                np.maximum(out[lo:hi], 0, out=out[lo:hi])      # NaN passes, as in torch
+            if keep:
+                kept.append(v)
+        self.record_conv_algorithm(w, x.shape, 1, 1, "Winograd F(2x2, 3x3) on phase planes")
+        return out, ("planes", x, kept, ut, out if relu else None, step)
+
+    def _conv_backward_planes(self, dy, cache, w, need_dx):
+        _, x, kept, ut, relu_out, step = cache
+        f, c = w.shape[:2]
+        n, _, h, wd = x.shape
+        phases = self._slice_buffers(planes.phase_buffer, step, c, h, wd, x.dtype)
+        grads = self._slice_buffers(planes.gradient_buffer, step, f, h, wd, dy.dtype)
+        utt = np.ascontiguousarray(ut.transpose(0, 2, 1)) if need_dx else None
+        dx = np.empty(x.shape, dtype=dy.dtype) if need_dx else None
+        dut = db = None
+        for i, lo in enumerate(range(0, n, step)):
+            hi = min(n, lo + step)
+            g = self.relu_backward(dy[lo:hi], relu_out[lo:hi]) if relu_out is not None else dy[lo:hi]
+            dm = planes.outputs_adjoint(g, grads(hi - lo))
+            dbs = dm[planes.SUM_POSITION].sum(axis=1)
+            v = kept[i] if kept is not None else planes.inputs(x[lo:hi], phases(hi - lo))
+            duts = self.gemm(dm, v.transpose(0, 2, 1))
+            dut, db = (duts, dbs) if dut is None else (dut + duts, db + dbs)
+            if need_dx:
+                planes.inputs_adjoint(self.gemm(utt, dm), dx[lo:hi])
+        return dx, planes.weights_adjoint(dut, w.shape, self.gemm), db
 
     @staticmethod
     def _winograd_slices(n, c, f, h, w, itemsize):
@@ -144,6 +225,8 @@ class NumpyBackend(Backend):
         return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
     def conv2d_forward(self, x, w, b, stride, pad, relu=False):
+        if self.planes_apply(w, x.shape, stride, pad):
+            return self._conv_forward_planes(x, w, b, relu)
         if self.per_image_columns(w, x.shape, stride, pad):
             return self._conv_forward_per_image(x, w, b, pad, relu)
         if not self.winograd_applies(w, x.shape, stride, pad):
@@ -165,6 +248,8 @@ class NumpyBackend(Backend):
         kind = cache[0] if isinstance(cache[0], str) else None
         if kind == "per_image":
             return self._conv_backward_per_image(dy, cache, w, need_dx)
+        if kind == "planes":
+            return self._conv_backward_planes(dy, cache, w, need_dx)
         if kind != "winograd":
             return super().conv2d_backward(dy, cache, w, need_dx)
         _, x, kept, u, relu_out = cache
@@ -184,6 +269,56 @@ class NumpyBackend(Backend):
             if need_dx:
                 wino.inputs_adjoint(self.gemm(dm, u.transpose(0, 2, 1)), dx[lo:hi])
         return dx, wino.weights_adjoint(du, w.shape, self.gemm), db
+
+    # ------------------------------------------------------------------ batch norm
+    # The reference's arithmetic with fewer passes over the activations: per-channel sums as BLAS
+    # dot products along each image's planes (NumPy's reduction over axes 0, 2, 3 runs at a
+    # third of that speed), and the centred input kept for backward instead of x-hat, which
+    # would cost a pass to make: xhat = xc * invstd is folded into per-channel factors.
+    def _plane_sums(self, a, b=None):
+        """Per-channel sums over (N, H, W) of a, or of a * b, for (N, C, H, W) arrays."""
+        n, c = a.shape[:2]
+        a3 = a.reshape(n, c, -1)
+        if b is None:
+            return np.matmul(a3, np.ones(a3.shape[2], dtype=a.dtype)).sum(axis=0)
+        if a3.shape[2] >= 256:           # long planes: one dot product each
+            return np.matmul(a3[:, :, None, :], b.reshape(n, c, -1, 1)).reshape(n, c).sum(axis=0)
+        return np.einsum("nch,nch->c", a3, b.reshape(n, c, -1))
+
+    def batchnorm_forward_train(self, x, gamma, beta, eps, relu=False, residual=None, running=None):
+        c = x.shape[1]
+        m = x.size // c
+        bshape = (1, c, 1, 1)
+        mean = self._plane_sums(x) / m
+        xc = x - mean.reshape(bshape)
+        var = self._plane_sums(xc, xc) / m
+        invstd = 1.0 / np.sqrt(var + eps)
+        y = xc * (gamma * invstd).reshape(bshape)
+        y += beta.reshape(bshape)
+        if residual is not None:
+            y += residual
+        if relu:
+            np.maximum(y, 0, out=y)       # NaN passes, as in torch
+        self._update_running_stats(running, mean, var, m)
+        return y, mean, var, ("centred", xc, invstd, gamma, y if relu else None, residual is not None)
+
+    def batchnorm_backward(self, dy, cache):
+        if cache[0] != "centred":
+            return super().batchnorm_backward(dy, cache)
+        _, xc, invstd, gamma, relu_out, has_residual = cache
+        if relu_out is not None:
+            dy = self.relu_backward(dy, relu_out)
+        c = dy.shape[1]
+        m = dy.size // c
+        bshape = (1, c, 1, 1)
+        dbeta = self._plane_sums(dy)
+        dgamma = self._plane_sums(dy, xc) * invstd
+        # dx = gamma*invstd/m * (m*dy - dbeta - xhat*dgamma), xhat = xc*invstd
+        dx = xc * (-dgamma * invstd / m).reshape(bshape)
+        dx += dy
+        dx -= (dbeta / m).reshape(bshape)
+        dx *= (gamma * invstd).reshape(bshape)
+        return dx, dgamma, dbeta, (dy if has_residual else None)
 
     def maxpool2d_forward(self, x, k, stride, pad):
         """2x2 windows of stride 2 (the CNN's) as two pair maxima and one of pairs, the index

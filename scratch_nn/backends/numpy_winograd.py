@@ -33,7 +33,7 @@ def weights_adjoint(du, w_shape, gemm):
     return np.ascontiguousarray(dw9.reshape(3, 3, c, f).transpose(3, 2, 0, 1))
 
 
-def _b_transpose(d0, d1, d2, d3, out):
+def b_transpose(d0, d1, d2, d3, out):
     """out[0..3] = B^T (d0, d1, d2, d3): the rows (1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)."""
     np.subtract(d0, d2, out=out[0])
     np.add(d1, d2, out=out[1])
@@ -49,10 +49,10 @@ def inputs(x):
     xp = np.zeros((n, h + 2, w + 2, c), dtype=x.dtype)
     xp[:, 1:-1, 1:-1] = x.transpose(0, 2, 3, 1)
     r = np.empty((4, n, th, w + 2, c), dtype=x.dtype)
-    _b_transpose(*(xp[:, k:k + 2 * th:2] for k in range(4)), r)
+    b_transpose(*(xp[:, k:k + 2 * th:2] for k in range(4)), r)
     v = np.empty((POSITIONS, n, th, tw, c), dtype=x.dtype)
     for i in range(4):
-        _b_transpose(*(r[i][:, :, k:k + 2 * tw:2] for k in range(4)), v[4 * i:4 * i + 4])
+        b_transpose(*(r[i][:, :, k:k + 2 * tw:2] for k in range(4)), v[4 * i:4 * i + 4])
     return v.reshape(POSITIONS, n * th * tw, c)
 
 

@@ -54,10 +54,10 @@ def test_end_to_end_writes_every_file_with_its_schema(tmp_path, impl):
     assert list(table.columns) == records.RUNS_COLUMNS and len(table) == 1
     assert table.impl[0] == impl[1] and table.dataset[0] == "synthetic"
     assert summary["memory_format"] == ("nchw" if impl[1] == "torch" else None) and summary["cuda_graph"] is False
-    # scratch: the algorithm each convolution shape ran with (the cnn's two on numpy: im2col per image)
+    # scratch: the algorithm each convolution shape ran with (the cnn on numpy: im2col per image, Winograd)
     assert summary.get("conv_algorithms") == (None if impl[1] == "torch" else {
         "3->16 3x3 stride 1 pad 1 on 32x32": "im2col GEMM per image",
-        "16->32 3x3 stride 1 pad 1 on 16x16": "im2col GEMM per image"})
+        "16->32 3x3 stride 1 pad 1 on 16x16": "Winograd F(2x2, 3x3) on phase planes"})
 
 
 def test_torch_trains_channels_last_when_asked(tmp_path):

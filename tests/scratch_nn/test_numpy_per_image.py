@@ -65,10 +65,11 @@ def test_the_grid_helpers_write_every_output_and_zero_what_the_adjoint_reads():
 def test_per_image_is_chosen_by_the_table_and_can_be_turned_off():
     be = backends.get("numpy")
     assert be.per_image_columns(np.zeros((16, 3, 3, 3)), (2, 3, 32, 32), 1, 1)           # the CNN's conv1
-    assert be.per_image_columns(np.zeros((32, 16, 3, 3)), (2, 16, 16, 16), 1, 1)         # and conv2
+    assert be.per_image_columns(np.zeros((32, 16, 3, 3)), (2, 16, 16, 15), 1, 1)         # conv2 on an odd map
+    assert not be.per_image_columns(np.zeros((32, 16, 3, 3)), (2, 16, 16, 16), 1, 1)     # conv2: phase planes
     assert not be.per_image_columns(np.zeros((64, 3, 3, 3)), (2, 3, 32, 32), 1, 1)       # > 32 filters
     assert not be.per_image_columns(np.zeros((16, 16, 3, 3)), (2, 16, 32, 32), 2, 1)     # stride 2
-    assert not be.per_image_columns(np.zeros((32, 64, 3, 3)), (2, 64, 16, 16), 1, 1)     # Winograd's
+    assert not be.per_image_columns(np.zeros((32, 64, 3, 3)), (2, 64, 8, 8), 1, 1)       # Winograd's
     assert "per_image" in be.describe()["convolution"]
     off = backends.get("numpy", image_columns=False)
     assert not off.per_image_columns(np.zeros((16, 3, 3, 3)), (2, 3, 32, 32), 1, 1)
