@@ -73,6 +73,15 @@ WINOGRAD4_MIN_SIZE = 8
 # of RSS).
 WINOGRAD_KEEP_BYTES = 96 * 2**20
 WINOGRAD_SLICE_BYTES = 64 * 2**20
+# F(2x2) on maps of >= FUSED_MIN_SIZE rows: the passes fused a slice of images at a time
+# (numba_winograd_fused.py), each slice's stacks about FUSED_SLICE_BYTES, so that V, M, dM and
+# dV stay in cache and never go to memory (V is rebuilt in backward, none is kept); the weight
+# gradient in FUSED_GROUPS partials, each a fixed run of slices, summed in order. Smaller maps
+# have more channels, U (16 x F x C) would not fit beside them, and the unfused passes' GEMMs
+# there have only 256 to 1,024 tiles.
+FUSED_MIN_SIZE = 16
+FUSED_SLICE_BYTES = 1 << 20
+FUSED_GROUPS = 16
 # The transformed tiles (V, M and their gradients) are stacks of 16 or 36 position planes of
 # C x T elements, exactly 4 MB on every ResNet-18 layer at batch 64. A transform reads or writes
 # all the planes at once, and planes a power of two apart compete for the same cache sets, so
@@ -135,6 +144,20 @@ def _winograd_mode(winograd):
     return winograd
 
 
+def _fused_winograd(dtype):
+    """NumPy's CBLAS gemm of this dtype for numba_winograd_fused's kernels, or None where there
+    is none (then the passes run unfused)."""
+    if not _FUSED:
+        from .numba_gemm import find_cblas
+
+        cblas = find_cblas()
+        _FUSED.append(None if cblas is None else {np.dtype(np.float32): cblas[0], np.dtype(np.float64): cblas[1]})
+    return None if _FUSED[0] is None else _FUSED[0].get(np.dtype(dtype))
+
+
+_FUSED = []
+
+
 def _partitioned_gemm():
     """One PartitionedGemm per process (its kernels compile once), or None where NumPy's
     BLAS has no CBLAS entry point we can call."""
@@ -173,10 +196,11 @@ class NumbaBackend(Backend):
         self.threading_layer = numba_threads(threads, passive=self._pgemm is None)
         use_blas_threads(1 if self._pgemm else threads)
         self.heap_kept = keep_freed_memory()
-        from . import numba_kernels, numba_winograd, numba_winograd4
+        from . import numba_kernels, numba_winograd, numba_winograd4, numba_winograd_fused
 
         self.k = numba_kernels
         self._winograd_kernels = {2: numba_winograd, 4: numba_winograd4}
+        self._fused = numba_winograd_fused
         self.winograd_mode = _winograd_mode(winograd)
         self.image_columns = bool(image_columns)
 
@@ -196,7 +220,9 @@ class NumbaBackend(Backend):
                 self.winograd_mode, "F(2x2, 3x3) over even sizes")
             conv["winograd"] = (f"mode {self.winograd_mode}: Winograd for 3x3 stride-1 padding-1 convolutions of "
                                 f">= {WINOGRAD_MIN_CHANNELS} channels, {f4} (F(2x2): >= {WINOGRAD_MIN_SIZE} rows, "
-                                "16 GEMMs per pass, numba_winograd.py)")
+                                "16 GEMMs per pass, numba_winograd.py; from "
+                                f"{FUSED_MIN_SIZE} rows fused a slice of images at a time where CBLAS is callable, "
+                                "numba_winograd_fused.py)")
         if self.image_columns:
             conv["per_image"] = (f"im2col per image (one GEMM an image, NCHW out) where an image has >= "
                                  f"{IMAGE_COLUMNS_MIN_POSITIONS} output positions, else over the batch")
@@ -349,6 +375,12 @@ class NumbaBackend(Backend):
         out = np.empty((n, f, h, wd), dtype=x.dtype)
         bias = b if b is not None else u[0, 0, :0]
         slices = self._winograd_slices(wk, n, c, f, h, wd, x.dtype.itemsize)
+        fused = self._fused_step(tile, n, c, f, h, wd, x.dtype)
+        if fused:
+            self._threads_for_blas()
+            self._fused.forward(_fused_winograd(x.dtype), x, u.reshape(-1), bias, b is not None, relu, out, fused)
+            self.record_conv_algorithm(w, x.shape, stride, pad, "Winograd F(2x2, 3x3), fused per image slice")
+            return out, ("winograd", x, None, u, out if relu else None, wk, fused)
         v = None
         for lo, hi in slices:
             t = (hi - lo) * h * wd // tile ** 2
@@ -358,7 +390,7 @@ class NumbaBackend(Backend):
             wk.outputs(m, bias, b is not None, relu, out[lo:hi])
         kept = v if len(slices) == 1 else None
         self.record_conv_algorithm(w, x.shape, stride, pad, f"Winograd F({tile}x{tile}, 3x3)")
-        return out, ("winograd", x, kept, u, out if relu else None, wk)
+        return out, ("winograd", x, kept, u, out if relu else None, wk, 0)
 
     def conv2d_backward(self, dy, cache, w, need_dx=True):
         kind = cache[0] if isinstance(cache[0], str) else None
@@ -366,11 +398,13 @@ class NumbaBackend(Backend):
             return self._conv_backward_per_image(dy, cache, w, need_dx)
         if kind != "winograd":
             return super().conv2d_backward(dy, cache, w, need_dx)
-        _, x, kept, u, relu_out, wk = cache
+        _, x, kept, u, relu_out, wk, fused = cache
         f, c = w.shape[:2]
         n, _, h, wd = x.shape
         dy = np.ascontiguousarray(dy)
         dx = np.empty(x.shape, dtype=dy.dtype) if need_dx else None
+        if fused:
+            return self._winograd_backward_fused(dy, x, u, relu_out, wk, fused, w, dx)
         slices = [(0, n)] if kept is not None else self._winograd_slices(wk, n, c, f, h, wd, x.dtype.itemsize)
         yv = relu_out if relu_out is not None else dy
         du = (np.empty if len(slices) == 1 else np.zeros)((wk.POSITIONS, f, c), dtype=w.dtype)
@@ -393,6 +427,29 @@ class NumbaBackend(Backend):
             if need_dx:
                 dv = self.gemm_batched(u.transpose(0, 2, 1), dm, _planes(wk.POSITIONS, c, t, dy.dtype))
                 wk.inputs_adjoint(dv, dx[lo:hi])
+        dw = np.empty(w.shape, dtype=w.dtype)
+        wk.weights_adjoint(du, dw)
+        return dx, dw, db
+
+    def _fused_step(self, tile, n, c, f, h, w, dtype):
+        """Images a fused slice takes (numba_winograd_fused.py), or 0 where the passes run
+        unfused: F(4x4), small maps, or no CBLAS to call from numba's threads."""
+        if tile != 2 or min(h, w) < FUSED_MIN_SIZE or self._pgemm is None or _fused_winograd(dtype) is None:
+            return 0
+        per_image = self._fused.POSITIONS * max(c, f) * (h * w // 4) * np.dtype(dtype).itemsize
+        return max(1, min(n, FUSED_SLICE_BYTES // per_image))
+
+    def _winograd_backward_fused(self, dy, x, u, relu_out, wk, step, w, dx):
+        f, c = w.shape[:2]
+        groups = min(FUSED_GROUPS, -(-x.shape[0] // step))
+        parts = np.empty((groups, u.size), dtype=dy.dtype)
+        db_parts = np.empty((groups, f), dtype=dy.dtype)
+        du = np.empty(u.shape, dtype=w.dtype)
+        db = np.empty(f, dtype=w.dtype)
+        yv = relu_out if relu_out is not None else dy
+        self._threads_for_blas()
+        self._fused.backward(_fused_winograd(dy.dtype), x, dy, yv, relu_out is not None, u.reshape(-1),
+                             dx if dx is not None else x[:0], dx is not None, step, parts, db_parts, du.reshape(-1), db)
         dw = np.empty(w.shape, dtype=w.dtype)
         wk.weights_adjoint(du, dw)
         return dx, dw, db

@@ -123,6 +123,35 @@ def _task_block(task, n_, h, w):
     return c, b * ib, min(n_, (b + 1) * ib)
 
 
+@ser
+def inputs_block(x, v, c, n0, n1, t_off, rr):
+    """Channel c of images n0..n1 - 1 into v (16, C, T): image n's tiles from column
+    t_off + (n - n0) * H/2 * W/2 on (so a slice's own stack has t_off 0). rr (4, W + 2) is a
+    scratch whose columns 0 and W + 1 are zero (the padding)."""
+    h, w = x.shape[2], x.shape[3]
+    th, tw = h // 2, w // 2
+    for n in range(n0, n1):
+        for ty in range(th):
+            y0 = 2 * ty - 1
+            for j in range(w):
+                a0 = x[n, c, y0, j] if y0 >= 0 else 0.0
+                a1 = x[n, c, y0 + 1, j]
+                a2 = x[n, c, y0 + 2, j]
+                a3 = x[n, c, y0 + 3, j] if y0 + 3 < h else 0.0
+                rr[0, j + 1] = a0 - a2
+                rr[1, j + 1] = a1 + a2
+                rr[2, j + 1] = a2 - a1
+                rr[3, j + 1] = a1 - a3
+            t0 = t_off + ((n - n0) * th + ty) * tw
+            for i in range(4):
+                for tx in range(tw):
+                    a0, a1, a2, a3 = rr[i, 2 * tx], rr[i, 2 * tx + 1], rr[i, 2 * tx + 2], rr[i, 2 * tx + 3]
+                    v[4 * i, c, t0 + tx] = a0 - a2
+                    v[4 * i + 1, c, t0 + tx] = a1 + a2
+                    v[4 * i + 2, c, t0 + tx] = a2 - a1
+                    v[4 * i + 3, c, t0 + tx] = a1 - a3
+
+
 @par
 def inputs(x, v):
     """x (N, C, H, W) -> v (16, C, T): the 4x4 patch of tile (ty, tx) starts at row 2ty - 1,
@@ -136,26 +165,38 @@ def inputs(x, v):
     for task in prange(_task_count(n_, c_, h, w)):
         c, n0, n1 = _task_block(task, n_, h, w)
         rr = np.zeros((4, w + 2), dtype=x.dtype)         # columns 0 and w + 1 stay zero (padding)
-        for n in range(n0, n1):
-            for ty in range(th):
-                y0 = 2 * ty - 1
-                for j in range(w):
-                    a0 = x[n, c, y0, j] if y0 >= 0 else 0.0
-                    a1 = x[n, c, y0 + 1, j]
-                    a2 = x[n, c, y0 + 2, j]
-                    a3 = x[n, c, y0 + 3, j] if y0 + 3 < h else 0.0
-                    rr[0, j + 1] = a0 - a2
-                    rr[1, j + 1] = a1 + a2
-                    rr[2, j + 1] = a2 - a1
-                    rr[3, j + 1] = a1 - a3
-                t0 = (n * th + ty) * tw
-                for i in range(4):
-                    for tx in range(tw):
-                        a0, a1, a2, a3 = rr[i, 2 * tx], rr[i, 2 * tx + 1], rr[i, 2 * tx + 2], rr[i, 2 * tx + 3]
-                        v[4 * i, c, t0 + tx] = a0 - a2
-                        v[4 * i + 1, c, t0 + tx] = a1 + a2
-                        v[4 * i + 2, c, t0 + tx] = a2 - a1
-                        v[4 * i + 3, c, t0 + tx] = a1 - a3
+        inputs_block(x, v, c, n0, n1, n0 * th * tw, rr)
+
+
+@ser
+def inputs_adjoint_block(dv, dx, c, n0, n1, t_off, rr):
+    """Channel c of dx for images n0..n1 - 1 from dv, tiles as in inputs_block; rr (4, W + 2)
+    is a scratch."""
+    h, w = dx.shape[2], dx.shape[3]
+    th, tw = h // 2, w // 2
+    for n in range(n0, n1):
+        for iy in range(h):
+            for j in range(w):
+                dx[n, c, iy, j] = 0
+        for ty in range(th):
+            t0 = t_off + ((n - n0) * th + ty) * tw
+            rr[:, :] = 0
+            for i in range(4):          # the columns' adjoint into row i of the patch row band
+                for tx in range(tw):
+                    e0, e1, e2, e3 = dv[4 * i, c, t0 + tx], dv[4 * i + 1, c, t0 + tx], \
+                        dv[4 * i + 2, c, t0 + tx], dv[4 * i + 3, c, t0 + tx]
+                    rr[i, 2 * tx] += e0
+                    rr[i, 2 * tx + 1] += e1 - e2 + e3
+                    rr[i, 2 * tx + 2] += e2 + e1 - e0
+                    rr[i, 2 * tx + 3] -= e3
+            y0 = 2 * ty - 1
+            for j in range(w):          # then the rows' adjoint (padded column j + 1 is dx's j)
+                if y0 >= 0:
+                    dx[n, c, y0, j] += rr[0, j + 1]
+                dx[n, c, y0 + 1, j] += rr[1, j + 1] - rr[2, j + 1] + rr[3, j + 1]
+                dx[n, c, y0 + 2, j] += rr[2, j + 1] + rr[1, j + 1] - rr[0, j + 1]
+                if y0 + 3 < h:
+                    dx[n, c, y0 + 3, j] -= rr[3, j + 1]
 
 
 @par
@@ -167,29 +208,33 @@ def inputs_adjoint(dv, dx):
     for task in prange(_task_count(n_, c_, h, w)):
         c, n0, n1 = _task_block(task, n_, h, w)
         rr = np.empty((4, w + 2), dtype=dv.dtype)
-        for n in range(n0, n1):
-            for iy in range(h):
-                for j in range(w):
-                    dx[n, c, iy, j] = 0
-            for ty in range(th):
-                t0 = (n * th + ty) * tw
-                rr[:, :] = 0
-                for i in range(4):          # the columns' adjoint into row i of the patch row band
-                    for tx in range(tw):
-                        e0, e1, e2, e3 = dv[4 * i, c, t0 + tx], dv[4 * i + 1, c, t0 + tx], \
-                            dv[4 * i + 2, c, t0 + tx], dv[4 * i + 3, c, t0 + tx]
-                        rr[i, 2 * tx] += e0
-                        rr[i, 2 * tx + 1] += e1 - e2 + e3
-                        rr[i, 2 * tx + 2] += e2 + e1 - e0
-                        rr[i, 2 * tx + 3] -= e3
-                y0 = 2 * ty - 1
-                for j in range(w):          # then the rows' adjoint (padded column j + 1 is dx's j)
-                    if y0 >= 0:
-                        dx[n, c, y0, j] += rr[0, j + 1]
-                    dx[n, c, y0 + 1, j] += rr[1, j + 1] - rr[2, j + 1] + rr[3, j + 1]
-                    dx[n, c, y0 + 2, j] += rr[2, j + 1] + rr[1, j + 1] - rr[0, j + 1]
-                    if y0 + 3 < h:
-                        dx[n, c, y0 + 3, j] -= rr[3, j + 1]
+        inputs_adjoint_block(dv, dx, c, n0, n1, n0 * th * tw, rr)
+
+
+@ser
+def outputs_block(m, bias, has_bias, relu, y, f, n0, n1, t_off, cc):
+    """Filter f of images n0..n1 - 1 of y from m, tiles as in inputs_block; cc (4, W) is a
+    scratch."""
+    h, w = y.shape[2], y.shape[3]
+    th, tw = h // 2, w // 2
+    bv = bias[f] if has_bias else 0.0
+    for n in range(n0, n1):
+        for ty in range(th):
+            t0 = t_off + ((n - n0) * th + ty) * tw
+            for a in range(4):
+                for tx in range(tw):
+                    e0, e1, e2, e3 = m[4 * a, f, t0 + tx], m[4 * a + 1, f, t0 + tx], \
+                        m[4 * a + 2, f, t0 + tx], m[4 * a + 3, f, t0 + tx]
+                    cc[a, 2 * tx] = e0 + e1 + e2
+                    cc[a, 2 * tx + 1] = e1 - e2 - e3
+            for j in range(w):
+                o0 = cc[0, j] + cc[1, j] + cc[2, j] + bv
+                o1 = cc[1, j] - cc[2, j] - cc[3, j] + bv
+                if relu:
+                    o0 = 0.0 if o0 < 0 else o0      # a NaN passes, as in torch
+                    o1 = 0.0 if o1 < 0 else o1
+                y[n, f, 2 * ty, j] = o0
+                y[n, f, 2 * ty + 1, j] = o1
 
 
 @par
@@ -201,24 +246,35 @@ def outputs(m, bias, has_bias, relu, y):
     for task in prange(_task_count(n_, f_, h, w)):
         f, n0, n1 = _task_block(task, n_, h, w)
         cc = np.empty((4, 2 * tw), dtype=m.dtype)        # the column combinations, row a of each tile
-        bv = bias[f] if has_bias else 0.0
-        for n in range(n0, n1):
-            for ty in range(th):
-                t0 = (n * th + ty) * tw
-                for a in range(4):
-                    for tx in range(tw):
-                        e0, e1, e2, e3 = m[4 * a, f, t0 + tx], m[4 * a + 1, f, t0 + tx], \
-                            m[4 * a + 2, f, t0 + tx], m[4 * a + 3, f, t0 + tx]
-                        cc[a, 2 * tx] = e0 + e1 + e2
-                        cc[a, 2 * tx + 1] = e1 - e2 - e3
-                for j in range(w):
-                    o0 = cc[0, j] + cc[1, j] + cc[2, j] + bv
-                    o1 = cc[1, j] - cc[2, j] - cc[3, j] + bv
-                    if relu:
-                        o0 = 0.0 if o0 < 0 else o0      # a NaN passes, as in torch
-                        o1 = 0.0 if o1 < 0 else o1
-                    y[n, f, 2 * ty, j] = o0
-                    y[n, f, 2 * ty + 1, j] = o1
+        outputs_block(m, bias, has_bias, relu, y, f, n0, n1, n0 * th * tw, cc)
+
+
+@ser
+def outputs_adjoint_block(dy, yv, relu, dm, f, n0, n1, t_off, rr):
+    """Filter f of dm for images n0..n1 - 1, tiles as in inputs_block; rr (4, W) is a scratch."""
+    h, w = dy.shape[2], dy.shape[3]
+    th, tw = h // 2, w // 2
+    for n in range(n0, n1):
+        for ty in range(th):
+            for j in range(w):
+                a0, a1 = dy[n, f, 2 * ty, j], dy[n, f, 2 * ty + 1, j]
+                if relu:
+                    if not yv[n, f, 2 * ty, j] > 0:
+                        a0 = 0.0
+                    if not yv[n, f, 2 * ty + 1, j] > 0:
+                        a1 = 0.0
+                rr[0, j] = a0
+                rr[1, j] = a0 + a1
+                rr[2, j] = a0 - a1
+                rr[3, j] = -a1
+            t0 = t_off + ((n - n0) * th + ty) * tw
+            for a in range(4):
+                for tx in range(tw):
+                    e0, e1 = rr[a, 2 * tx], rr[a, 2 * tx + 1]
+                    dm[4 * a, f, t0 + tx] = e0
+                    dm[4 * a + 1, f, t0 + tx] = e0 + e1
+                    dm[4 * a + 2, f, t0 + tx] = e0 - e1
+                    dm[4 * a + 3, f, t0 + tx] = -e1
 
 
 @par
@@ -230,24 +286,4 @@ def outputs_adjoint(dy, yv, relu, dm):
     for task in prange(_task_count(n_, f_, h, w)):
         f, n0, n1 = _task_block(task, n_, h, w)
         rr = np.empty((4, w), dtype=dy.dtype)
-        for n in range(n0, n1):
-            for ty in range(th):
-                for j in range(w):
-                    a0, a1 = dy[n, f, 2 * ty, j], dy[n, f, 2 * ty + 1, j]
-                    if relu:
-                        if not yv[n, f, 2 * ty, j] > 0:
-                            a0 = 0.0
-                        if not yv[n, f, 2 * ty + 1, j] > 0:
-                            a1 = 0.0
-                    rr[0, j] = a0
-                    rr[1, j] = a0 + a1
-                    rr[2, j] = a0 - a1
-                    rr[3, j] = -a1
-                t0 = (n * th + ty) * tw
-                for a in range(4):
-                    for tx in range(tw):
-                        e0, e1 = rr[a, 2 * tx], rr[a, 2 * tx + 1]
-                        dm[4 * a, f, t0 + tx] = e0
-                        dm[4 * a + 1, f, t0 + tx] = e0 + e1
-                        dm[4 * a + 2, f, t0 + tx] = e0 - e1
-                        dm[4 * a + 3, f, t0 + tx] = -e1
+        outputs_adjoint_block(dy, yv, relu, dm, f, n0, n1, n0 * th * tw, rr)

@@ -252,7 +252,7 @@ def test_winograd_convolution_matches_float64_in_one_slice_and_in_many(tile, sha
             monkeypatch.setattr(NB, "WINOGRAD_SLICE_BYTES", one)
             assert len(be._winograd_slices(wk, n, c, f, h, h, 8)) == (n if n > 1 else 1)
         y, cache = be.conv2d_forward(x, w, b, 1, 1, relu=relu)
-        assert cache[0] == "winograd" and cache[-1] is wk and (cache[2] is None) == (budget is not None and n > 1)
+        assert cache[0] == "winograd" and cache[5] is wk and (cache[2] is None) == (budget is not None and n > 1)
         dx, dw, db = be.conv2d_backward(dy, cache, w)
         for got, ref in zip((y, dx, dw, db), refs):
             np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
