@@ -50,6 +50,17 @@ def find_cblas():
     return None
 
 
+@njit(parallel=True, nogil=True, cache=True)
+def sum_in_order(parts, out):
+    """out[e] = parts[0, e] + parts[1, e] + ..., in that order: partial products summed the
+    same way whatever the thread count."""
+    for e in prange(out.shape[0]):
+        s = parts[0, e]
+        for g in range(1, parts.shape[0]):
+            s += parts[g, e]
+        out[e] = s
+
+
 def _make_kernels(fn):
     """Split kernels around one CBLAS gemm. Not cached on disk: they hold the function's
     address, which differs from process to process. Operands come as flat storage (the
@@ -93,12 +104,7 @@ def _make_kernels(fn):
                    p.ctypes, n)
             else:
                 p[:] = 0
-        size = m * n
-        for e in prange(size):
-            s = parts[0, e]
-            for t in range(1, chunks):
-                s += parts[t, e]
-            c[e] = s
+        sum_in_order(parts, c[:m * n])
 
     @njit(parallel=True, nogil=True)
     def batched(ta, tb, m, n, k, a, lda, sa, b, ldb, sb, c, sc, count):
@@ -119,11 +125,7 @@ def _make_kernels(fn):
             for t in range(g * group, min(count, (g + 1) * group)):
                 fn(ROW_MAJOR, ta, tb, m, n, k, 1.0, a[t * sa:].ctypes, lda, b[t * sb:].ctypes, ldb,
                    0.0 if t == g * group else 1.0, p.ctypes, n)
-        for e in prange(m * n):
-            s = parts[0, e]
-            for g in range(1, chunks):
-                s += parts[g, e]
-            c[e] = s
+        sum_in_order(parts, c[:m * n])
 
     return split_cols, split_rows, split_inner, batched, batched_sum
 

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import numba_winograd as wk
-from .numba_gemm import NO_TRANS, ROW_MAJOR, TRANS
+from .numba_gemm import NO_TRANS, ROW_MAJOR, TRANS, sum_in_order
 
 POSITIONS = wk.POSITIONS
 _SKEW = 16      # elements after each position of a slice's scratch stack (64 KB apart otherwise)
@@ -94,16 +94,8 @@ def backward(fn, x, dy, yv, relu, uf, dx, need_dx, step, parts, db_parts, du, db
                        dmb[p * sdm:].ctypes, ts, 0.0, vb[p * sv:].ctypes, ts)
                 for c in range(c_):
                     wk.inputs_adjoint_block(v3, dx, c, n0, n1, 0, r2)
-    for e in prange(du.shape[0]):
-        acc = parts[0, e]
-        for g in range(1, groups):
-            acc += parts[g, e]
-        du[e] = acc
-    for f in range(f_):
-        acc = db_parts[0, f]
-        for g in range(1, groups):
-            acc += db_parts[g, f]
-        db[f] = acc
+    sum_in_order(parts, du)
+    sum_in_order(db_parts, db)
 
 
 
