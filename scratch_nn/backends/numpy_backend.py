@@ -9,23 +9,23 @@ from .heap import keep_freed_memory
 from .threads import use_blas_threads
 
 # Winograd F(2x2, 3x3) for the 3x3 stride-1 padding-1 convolutions on even maps, in one of two
-# layouts. On maps of >= PLANES_MIN_SIZE rows and >= PLANES_MIN_CHANNELS input channels, on phase planes (numpy_winograd_planes.py: NCHW
-# split once into its four row/column phases, each transform stage one flat pass, slices of
-# images whose stacks fit PLANES_SLICE_BYTES so that passes and GEMMs run in cache). On maps of
-# at most WINOGRAD_MAX_SIZE rows and >= WINOGRAD_MIN_CHANNELS input channels, channels
-# innermost (numpy_winograd.py), whose passes have runs of C*W elements where the phase
-# planes' garbage tiles would cost 1.56x the GEMM work at 8x8 and 2.25x at 4x4. im2col + GEMM
-# for the rest. Batch 64, one thread of the 2-core EPYC, ms forward / backward (2026-12-07,
-# session 16; torch's oneDNN in the same process):
-#   32x32,  64 ch: phase planes 44 / 85    channels 85 / 151   im2col 93 / 168   torch 45 / 99
-#   16x16, 128 ch: phase planes 39 / 77    channels 46 / 81    im2col 70 / 137   torch 41 / 89
-#    8x8,  256 ch: phase planes 45 / 88    channels 34 / 61    im2col 58 / 120   torch 37 / 81
-#    4x4,  512 ch: channels 35 / 69   im2col 56 / 120   torch 35 / 79
-#   16x16, 16 -> 32 (the CNN's conv2, bias and ReLU): phase planes 4.05 / 3.89   per image 4.10 / 7.18
+# layouts. On maps of >= PLANES_MIN_SIZE rows and >= PLANES_MIN_CHANNELS input channels, on phase
+# planes (numpy_winograd_planes.py: NCHW split once into its four row/column phases, each
+# transform stage one flat pass, slices of images whose stacks fit PLANES_SLICE_BYTES so that
+# passes and GEMMs run in cache). On maps of at most WINOGRAD_MAX_SIZE rows and >=
+# WINOGRAD_MIN_CHANNELS input channels, channels innermost (numpy_winograd.py), whose passes
+# have runs of C*W elements where the phase planes' edge rewrites and phase splits run one a
+# tile row. im2col + GEMM for the rest. Batch 64, one thread of the 2-core EPYC, ms forward /
+# backward (2026-12-07, session 16; torch's oneDNN in the same process; two runs where given):
+#   32x32,  64 ch: phase planes 47 / 82, 42 / 79   channels 85 / 151   im2col 93 / 168   torch 45 / 99
+#   16x16, 128 ch: phase planes 33 / 63, 33 / 72   channels 46 / 81    im2col 70 / 137   torch 41 / 89
+#    8x8,  256 ch: phase planes 34 / 71, 34 / 70   channels 38 / 72    im2col 58 / 120   torch 37 / 81
+#    4x4,  512 ch: phase planes 61 / 111, 56 / 114  channels 36 / 68   im2col 56 / 120   torch 35 / 79
+#   16x16, 16 -> 32 (the CNN's conv2, bias and ReLU): phase planes 4.2 / 4.3, 2.9 / 3.3   per image 3.7 / 6.8
 #   32x32,  3 -> 16 (the CNN's conv1, no data gradient): phase planes 3.97 / 2.30   per image 1.98 / 1.53
 #   32x32,  3 -> 64 (ResNet-18's stem, no data gradient): phase planes 14.7 / 9.5   im2col 9.8 / 10.1
-# Session 13's table on the 2-core Xeon (channels innermost against im2col): 32x32 a tie, the
-# smaller maps as above.
+# (8x8 is a tie within this VM's noise, so it stays channels innermost.) Session 13's table on
+# the 2-core Xeon (channels innermost against im2col): 32x32 a tie, the smaller maps as above.
 PLANES_MIN_SIZE = 16
 PLANES_MIN_CHANNELS = 16
 PLANES_SLICE_BYTES = 5 * 2**19
