@@ -52,6 +52,7 @@ def forward(fn, x, uf, bias, has_bias, relu, y, step):
         for f in range(f_):
             wk.outputs_block(m3, bias, has_bias, relu, y, f, n0, n1, 0, cc)
 
+
 @njit(parallel=True, nogil=True, cache=True)
 def backward(fn, x, dy, yv, relu, uf, dx, need_dx, step, parts, db_parts, du, db):
     """du (flat (16, F, C)) and db (F,) of the convolution, and with need_dx its data
