@@ -381,13 +381,13 @@ class NumbaBackend(Backend):
         wk.weights(np.ascontiguousarray(w), u)
         out = np.empty((n, f, h, wd), dtype=x.dtype)
         bias = b if b is not None else u[0, 0, :0]
-        slices = self._winograd_slices(wk, n, c, f, h, wd, x.dtype.itemsize)
         fused = self._fused_step(tile, n, c, f, h, wd, x.dtype)
         if fused:
             self._threads_for_blas()
             self._fused.forward(_fused_winograd(x.dtype), x, u.reshape(-1), bias, b is not None, relu, out, fused)
             self.record_conv_algorithm(w, x.shape, stride, pad, "Winograd F(2x2, 3x3), fused per image slice")
             return out, ("winograd", x, None, u, out if relu else None, wk, fused)
+        slices = self._winograd_slices(wk, n, c, f, h, wd, x.dtype.itemsize)
         v = None
         for lo, hi in slices:
             t = (hi - lo) * h * wd // tile ** 2
@@ -441,7 +441,7 @@ class NumbaBackend(Backend):
     def _fused_step(self, tile, n, c, f, h, w, dtype):
         """Images a fused slice takes (numba_winograd_fused.py), or 0 where the passes run
         unfused: F(4x4), small maps, or no CBLAS to call from numba's threads."""
-        if tile != 2 or min(h, w) < FUSED_MIN_SIZE or self._pgemm is None or _fused_winograd(dtype) is None:
+        if tile != 2 or min(h, w) < FUSED_MIN_SIZE or _fused_winograd(dtype) is None:
             return 0
         per_image = self._fused.POSITIONS * max(c, f) * (h * w // 4) * np.dtype(dtype).itemsize
         return max(1, min(n, FUSED_SLICE_BYTES // per_image))

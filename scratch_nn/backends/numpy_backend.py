@@ -211,7 +211,11 @@ class NumpyBackend(Backend):
             dbs = dm[planes.SUM_POSITION].sum(axis=1)
             v = kept[i] if kept is not None else planes.inputs(x[lo:hi], phases(hi - lo))
             duts = self.gemm(dm, v.transpose(0, 2, 1))
-            dut, db = (duts, dbs) if dut is None else (dut + duts, db + dbs)
+            if dut is None:
+                dut, db = duts, dbs
+            else:
+                dut += duts
+                db += dbs
             if need_dx:
                 planes.inputs_adjoint(self.gemm(utt, dm), dx[lo:hi])
         return dx, planes.weights_adjoint(dut, w.shape, self.gemm), db
@@ -300,12 +304,10 @@ class NumpyBackend(Backend):
         if relu:
             np.maximum(y, 0, out=y)       # NaN passes, as in torch
         self._update_running_stats(running, mean, var, m)
-        return y, mean, var, ("centred", xc, invstd, gamma, y if relu else None, residual is not None)
+        return y, mean, var, (xc, invstd, gamma, y if relu else None, residual is not None)
 
     def batchnorm_backward(self, dy, cache):
-        if cache[0] != "centred":
-            return super().batchnorm_backward(dy, cache)
-        _, xc, invstd, gamma, relu_out, has_residual = cache
+        xc, invstd, gamma, relu_out, has_residual = cache
         if relu_out is not None:
             dy = self.relu_backward(dy, relu_out)
         c = dy.shape[1]
