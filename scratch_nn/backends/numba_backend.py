@@ -199,6 +199,9 @@ class NumbaBackend(Backend):
                              f"(numba's pool is sized by NUMBA_NUM_THREADS, default: the number of cores)")
         super().__init__(threads=threads)
         self._pgemm = _partitioned_gemm()
+        from .numba_gemm import pin_one_blas_thread
+
+        self._pin_blas = pin_one_blas_thread
         self.gemm_mode = "numba-split" if self._pgemm else "blas-threads"
         self.threading_layer = numba_threads(threads, passive=self._pgemm is None)
         use_blas_threads(1 if self._pgemm else threads)
@@ -243,6 +246,8 @@ class NumbaBackend(Backend):
         if self._numba.get_num_threads() != self.threads:
             self._numba.set_num_threads(self.threads)
         use_blas_threads(1 if self._pgemm is not None else self.threads)
+        if self._pgemm is not None:
+            self._pin_blas()
         return self._pgemm is not None
 
     def gemm(self, a, b, out=None):

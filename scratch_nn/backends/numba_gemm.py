@@ -27,6 +27,40 @@ _SYMBOLS = [("scipy_cblas_{}gemm64_", ctypes.c_int64), ("cblas_{}gemm64_", ctype
 
 def find_cblas():
     """(sgemm, dgemm) ctypes functions of NumPy's BLAS, or None."""
+    found = _numpy_blas()
+    return None if found is None else found[0]
+
+
+def pin_one_blas_thread():
+    """Set the BLAS that find_cblas() calls to one thread, if anything set it higher. Numba's
+    threads each run a whole GEMM on their slice; with a count above one, OpenBLAS (pthreads)
+    hands every call to its own pool from inside numba's OpenMP region: on the 16-core Xeon
+    that printed 'Detect OpenMP Loop' per call and ran ResNet-18 at a quarter of its speed.
+    threadpoolctl's limit does not always reach the library (it ignores calls from a thread
+    other than the first to set a limit), so the library's own count is read and set here,
+    a microsecond per call. Returns the count found."""
+    found = _numpy_blas()
+    if found is None or found[1] is None:
+        return None
+    get, put = found[1]
+    n = get()
+    if n != 1:
+        put(1)
+    return n
+
+
+_FOUND = []
+
+
+def _numpy_blas():
+    """((sgemm, dgemm), (get_num_threads, set_num_threads) or None) of NumPy's BLAS, or None."""
+    if _FOUND:
+        return _FOUND[0]
+    _FOUND.append(_search_numpy_blas())
+    return _FOUND[0]
+
+
+def _search_numpy_blas():
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
@@ -46,7 +80,22 @@ def find_cblas():
                 fn.restype = None
                 fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, integer, integer, integer, real,
                                ctypes.c_void_p, integer, ctypes.c_void_p, integer, real, ctypes.c_void_p, integer]
-            return tuple(fns)
+            return tuple(fns), _thread_count_fns(lib)
+    return None
+
+
+def _thread_count_fns(lib):
+    """(get, set) of an OpenBLAS's thread count, under any of its builds' symbol affixes."""
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_", "_64"):
+            try:
+                get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}")
+                put = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}")
+            except AttributeError:
+                continue
+            get.restype, get.argtypes = ctypes.c_int, []
+            put.restype, put.argtypes = None, [ctypes.c_int]
+            return get, put
     return None
 
 

@@ -36,6 +36,24 @@ def test_split_gemm_matches_float64_matmul_for_every_split_and_layout(dtype):
                 assert np.abs(c - ref).max() <= tol * max(1.0, np.abs(ref).max()), (m, k, n, threads)
 
 
+def test_a_raised_blas_thread_count_is_pinned_back_to_one_before_numba_runs_gemms():
+    """Numba's threads each call BLAS on their slice; a BLAS count above one (set by anything
+    else in the process) would make every such call start OpenBLAS's own pool inside numba's."""
+    from scratch_nn.backends import numba_gemm
+
+    found = numba_gemm._numpy_blas()
+    if found is None or found[1] is None:
+        pytest.skip("NumPy's BLAS exposes no CBLAS gemm or OpenBLAS thread count here")
+    get, put = found[1]
+    be = backends.get("numba", threads=min(2, CORES))
+    put(3)
+    assert get() == 3
+    a = np.random.default_rng(1).standard_normal((64, 96)).astype(np.float32)
+    c = be.gemm(a, a.T)
+    assert get() == 1
+    assert np.allclose(c, a.astype(np.float64) @ a.T, atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_batched_gemm_matches_float64_matmul_for_plain_and_transposed_stacks(dtype):
     be = backends.get("numba")
