@@ -29,6 +29,7 @@ from .threads import use_blas_threads
 PLANES_MIN_SIZE = 16
 PLANES_MIN_CHANNELS = 16
 PLANES_SLICE_BYTES = 5 * 2**19
+BN_SLICE_BYTES = 1 << 20
 WINOGRAD_MAX_SIZE = 8
 WINOGRAD_MIN_CHANNELS = 64
 # im2col per image on the padded-width grid (numpy_per_image.py) for the other stride-1
@@ -279,48 +280,84 @@ class NumpyBackend(Backend):
     # dot products along each image's planes (NumPy's reduction over axes 0, 2, 3 runs at a
     # third of that speed), and the centred input kept for backward instead of x-hat, which
     # would cost a pass to make: xhat = xc * invstd is folded into per-channel factors.
-    def _plane_sums(self, a, b=None):
-        """Per-channel sums over (N, H, W) of a, or of a * b, for (N, C, H, W) arrays."""
+    # Everything after the mean runs in batch slices of about BN_SLICE_BYTES, each slice's
+    # chain of NumPy passes (centre and square-sum; scale, shift, residual, ReLU; the ReLU
+    # mask and both sums; the four passes of dx) in cache, so that memory sees each array about
+    # once per loop instead of once per pass. The per-image sums are added in batch order
+    # whatever the slicing, so the results are those of the whole-batch passes.
+    def _plane_parts(self, a, b=None):
+        """Per-image, per-channel sums over (H, W) of a, or of a * b: (N, C) for (N, C, H, W)."""
         n, c = a.shape[:2]
         a3 = a.reshape(n, c, -1)
         if b is None:
-            return np.matmul(a3, np.ones(a3.shape[2], dtype=a.dtype)).sum(axis=0)
+            return np.matmul(a3, np.ones(a3.shape[2], dtype=a.dtype))
         if a3.shape[2] >= 256:           # long planes: one dot product each
-            return np.matmul(a3[:, :, None, :], b.reshape(n, c, -1, 1)).reshape(n, c).sum(axis=0)
-        return np.einsum("nch,nch->c", a3, b.reshape(n, c, -1))
+            return np.matmul(a3[:, :, None, :], b.reshape(n, c, -1, 1)).reshape(n, c)
+        return np.einsum("nch,nch->nc", a3, b.reshape(n, c, -1))
+
+    def _plane_sums(self, a, b=None):
+        """Per-channel sums over (N, H, W) of a, or of a * b, for (N, C, H, W) arrays."""
+        return self._plane_parts(a, b).sum(axis=0)
+
+    @staticmethod
+    def _bn_slices(x):
+        n = x.shape[0]
+        step = max(1, BN_SLICE_BYTES // max(1, x[:1].nbytes))
+        return [slice(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
     def batchnorm_forward_train(self, x, gamma, beta, eps, relu=False, residual=None, running=None):
-        c = x.shape[1]
+        n, c = x.shape[:2]
         m = x.size // c
         bshape = (1, c, 1, 1)
         mean = self._plane_sums(x) / m
-        xc = x - mean.reshape(bshape)
-        var = self._plane_sums(xc, xc) / m
+        mb = mean.reshape(bshape)
+        xc = np.empty_like(x)
+        parts = np.empty((n, c), dtype=x.dtype)
+        slices = self._bn_slices(x)
+        for s in slices:
+            np.subtract(x[s], mb, out=xc[s])
+            parts[s] = self._plane_parts(xc[s], xc[s])
+        var = parts.sum(axis=0) / m
         invstd = 1.0 / np.sqrt(var + eps)
-        y = xc * (gamma * invstd).reshape(bshape)
-        y += beta.reshape(bshape)
-        if residual is not None:
-            y += residual
-        if relu:
-            np.maximum(y, 0, out=y)       # NaN passes, as in torch
+        scale, shift = (gamma * invstd).reshape(bshape), beta.reshape(bshape)
+        y = np.empty_like(x)
+        for s in slices:
+            ys = y[s]
+            np.multiply(xc[s], scale, out=ys)
+            ys += shift
+            if residual is not None:
+                ys += residual[s]
+            if relu:
+                np.maximum(ys, 0, out=ys)       # NaN passes, as in torch
         self._update_running_stats(running, mean, var, m)
         return y, mean, var, (xc, invstd, gamma, y if relu else None, residual is not None)
 
     def batchnorm_backward(self, dy, cache):
         xc, invstd, gamma, relu_out, has_residual = cache
-        if relu_out is not None:
-            dy = self.relu_backward(dy, relu_out)
-        c = dy.shape[1]
+        n, c = dy.shape[:2]
         m = dy.size // c
         bshape = (1, c, 1, 1)
-        dbeta = self._plane_sums(dy)
-        dgamma = self._plane_sums(dy, xc) * invstd
+        g = dy if relu_out is None else np.empty_like(dy)
+        p1, p2 = np.empty((n, c), dtype=dy.dtype), np.empty((n, c), dtype=dy.dtype)
+        slices = self._bn_slices(dy)
+        for s in slices:
+            if relu_out is not None:
+                np.multiply(dy[s], relu_out[s] > 0, out=g[s])     # relu_backward's arithmetic
+            p1[s] = self._plane_parts(g[s])
+            p2[s] = self._plane_parts(g[s], xc[s])
+        dbeta = p1.sum(axis=0)
+        dgamma = p2.sum(axis=0) * invstd
         # dx = gamma*invstd/m * (m*dy - dbeta - xhat*dgamma), xhat = xc*invstd
-        dx = xc * (-dgamma * invstd / m).reshape(bshape)
-        dx += dy
-        dx -= (dbeta / m).reshape(bshape)
-        dx *= (gamma * invstd).reshape(bshape)
-        return dx, dgamma, dbeta, (dy if has_residual else None)
+        k1, k2 = (-dgamma * invstd / m).reshape(bshape), (dbeta / m).reshape(bshape)
+        k3 = (gamma * invstd).reshape(bshape)
+        dx = np.empty_like(dy)
+        for s in slices:
+            d = dx[s]
+            np.multiply(xc[s], k1, out=d)
+            d += g[s]
+            d -= k2
+            d *= k3
+        return dx, dgamma, dbeta, (g if has_residual else None)
 
     def maxpool2d_forward(self, x, k, stride, pad):
         """2x2 windows of stride 2 (the CNN's) as two pair maxima and one of pairs, the index
