@@ -27,7 +27,8 @@ from .cupy_backend import (HALF_PRECISIONS, NULL, SM75_ENV, CupyBackend, grid1, 
 
 STEM_CHANNELS = 16        # input channels are padded to a multiple of this (the smallest K step)
 STAT_ROWS = 256           # rows per partial of BatchNorm statistics computed apart from a convolution
-BWD_ROWS = 256           # rows per partial of BatchNorm's backward sums
+BWD_ROWS = 256           # rows per partial of BatchNorm's backward sums (at most; see _bwd_rows)
+BWD_MIN_ROWS = 32
 MERGE_GROUP = 64         # statistics chunks merged per block in bn_merge_partial
 
 
@@ -140,14 +141,27 @@ class CupyChannelsLastBackend(CupyBackend):
         dx = self.conv.dgrad(dyb, self.conv.pack_dgrad(w), k, stride, pad, hw)
         return self._view(dx)
 
+    def _bwd_rows(self, m):
+        """Rows per partial of bn_bwd_sums_nhwc: BWD_ROWS, halved (down to BWD_MIN_ROWS) while
+        that leaves fewer than 4 blocks an SM: at batch 512 layer4's 8,192 rows made 32 blocks
+        for the H100's 132 SMs. Depends on the shape and the GPU alone, so runs repeat bitwise.
+        ResNet-18 b512 fp16 on the H100 (CUPTI, 2026-12-07): the 20 calls 1.12 -> 0.86 ms a
+        step (BWD_MIN_ROWS 64 the same), the eager step 10.90 -> 10.66 ms; more rows than 256
+        measured slower everywhere (1,024: 2.43 ms)."""
+        rows = BWD_ROWS
+        while rows > BWD_MIN_ROWS and -(-m // rows) < 4 * self._sms:
+            rows //= 2
+        return rows
+
     def _column_sums(self, g, out, accumulate):
         """out[f] (+)= sum of g (M, F) over its rows: a bias gradient."""
         f = g.shape[-1]
         m = g.size // f
-        s = -(-m // BWD_ROWS)
+        rows = self._bwd_rows(m)
+        s = -(-m // rows)
         part = self.xp.empty(f * s, dtype=np.float32)
         self._launch(self._k(g.dtype)("bn_bwd_sums_nhwc"), (s,),
-                     (g, NULL, NULL, NULL, np.int32(m), np.int32(f), np.int32(BWD_ROWS), part, NULL))
+                     (g, NULL, NULL, NULL, np.int32(m), np.int32(f), np.int32(rows), part, NULL))
         self._launch(self._k(np.float32)("sum_partials"), (f,),
                      (part, np.int32(s), np.int32(f), out, np.int32(accumulate)))
 
@@ -211,11 +225,12 @@ class CupyChannelsLastBackend(CupyBackend):
         m = xb.size // c
         dyb = self._nhwc(dy)
         k = self._k(dyb.dtype)
-        s = -(-m // BWD_ROWS)
+        rows = self._bwd_rows(m)
+        s = -(-m // rows)
         p = xp.empty(2 * c * s + 3 * c, dtype=np.float32)
         p1, p2, coef = p[:c * s], p[c * s:2 * c * s], p[2 * c * s:]
         self._launch(k("bn_bwd_sums_nhwc"), (s,),
-                     (dyb, xb, yb if yb is not None else NULL, mean_, np.int32(m), np.int32(c), np.int32(BWD_ROWS), p1,
+                     (dyb, xb, yb if yb is not None else NULL, mean_, np.int32(m), np.int32(c), np.int32(rows), p1,
                       p2))
         coeffs = self._k(np.float32)("bn_grad_coeffs_nhwc")
         self._launch(coeffs, (c,),
