@@ -34,11 +34,12 @@ def find_cblas():
 def pin_one_blas_thread():
     """Set the BLAS that find_cblas() calls to one thread, if anything set it higher. Numba's
     threads each run a whole GEMM on their slice; with a count above one, OpenBLAS (pthreads)
-    hands every call to its own pool from inside numba's OpenMP region: on the 16-core Xeon
-    that printed 'Detect OpenMP Loop' per call and ran ResNet-18 at a quarter of its speed.
-    threadpoolctl's limit does not always reach the library (it ignores calls from a thread
-    other than the first to set a limit), so the library's own count is read and set here,
-    a microsecond per call. Returns the count found."""
+    would hand every call to its own pool from inside numba's OpenMP region. One bench run on
+    the 16-core Xeon (2026-12-07) printed OpenBLAS's 'Detect OpenMP Loop' warning per call and
+    ran ResNet-18 at a quarter of its speed; the runs after it, with this pin, never found the
+    count above one (32,538 pins), so what raised it there is not known. Reading the library's
+    own count costs a microsecond, and threadpoolctl's limit is process-wide only from the
+    thread that set it first. Returns the count found."""
     found = _numpy_blas()
     if found is None or found[1] is None:
         return None
