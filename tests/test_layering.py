@@ -219,7 +219,8 @@ def test_no_private_names_cross_modules():
 
 def test_entry_points_are_thin_and_named():
     assert entry_points(MODS) == sorted(f"experiments.{n}" for n in (
-        "run", "bench", "scaling", "dp_scaling", "study", "compare", "infer_bench", "plots", "gpu_profile"))
+        "run", "bench", "scaling", "dp_scaling", "study", "compare", "infer_bench", "plots", "gpu_profile",
+        "cpu_profile"))
     assert entry_point_problems(MODS) == []
 
 
