@@ -5,6 +5,13 @@ with the rate each reaches, so that a step can be read against what the machine'
     python -m experiments.cpu_profile                                  # numpy, 1 thread, resnet18, batch 64
     python -m experiments.cpu_profile --backend numba --threads 16 --model resnet18
     python -m experiments.cpu_profile --model cnn --steps 10 --no-torch
+    python -m experiments.cpu_profile --convs --backend numba --threads 16   # the choice table, measured here
+
+With --convs, each distinct convolution of the model is timed forward and backward under every
+algorithm the backend can be told to run (numpy: the table's pick, phase planes, channels
+innermost, im2col; numba: the pick, unfused, F(2x2), F(4x4), im2col), beside torch's
+convolution on the same threads: the measurements behind a backend's choice table, on this
+machine.
 
 Times are wall-clock seconds of whole calls on the calling thread (numba's kernels and GEMMs
 wait for their threads before returning); a kernel's time excludes the kernels it calls
@@ -29,6 +36,8 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=5, help="timed steps of each side for the step times (default 5)")
     ap.add_argument("--gemm-size", type=int, default=1024, help="the square GEMM of the ceiling (default 1024)")
     ap.add_argument("--no-torch", action="store_true", help="no torch step beside scratch's")
+    ap.add_argument("--convs", action="store_true",
+                    help="time each convolution under every algorithm the backend can run, instead of a step")
     a = ap.parse_args(argv)
     if a.threads is None:
         a.threads = 1 if a.backend == "numpy" else usable_cores()
@@ -59,6 +68,14 @@ def main(argv=None):
     from .measure import cpu_kernel_profile as P
     from .record.sysinfo import machine_info
 
+    if a.convs:
+        try:
+            lines = P.conv_variants(a.model, a.backend, a.threads, a.batch_size, a.repeats, with_torch=not a.no_torch)
+        except BackendUnavailable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print("\n".join(lines))
+        return 0
     try:
         ad, xb, tad, txb = P.adapters(a.model, a.backend, a.threads, a.batch_size, with_torch=not a.no_torch)
     except BackendUnavailable as e:

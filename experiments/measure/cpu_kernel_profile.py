@@ -143,3 +143,101 @@ def gemm_table(ad, xb, steps, top=14):
         lines.append(f"{m:17s} {str(a):>20s} {str(b):>20s} {1e3 * sec / steps:8.1f} "
                      f"{flops[key] / sec / 1e9:8.0f} {counts[key] / steps:6.1f}")
     return lines
+
+
+# The algorithms a CPU backend can be told to run (constructor options), to measure its
+# per-shape choice table on a machine: "auto" is the table itself.
+CONV_VARIANTS = {
+    "numpy": {"auto": {}, "planes": {"winograd_layout": "planes"}, "channels": {"winograd_layout": "channels"},
+              "im2col": {"winograd": False}},
+    "numba": {"auto": {}, "unfused": {"fused": False}, "F(2x2)": {"winograd": "2x2"}, "F(4x4)": {"winograd": "4x4"},
+              "im2col": {"winograd": "off"}},
+}
+
+
+def model_convolutions(model, batch, seed=0):
+    """The distinct convolutions of a model's forward pass: [(x shape, w shape, stride, pad,
+    has bias, fused ReLU, needs the input gradient)], in the order they first run."""
+    from scratch_nn import backends, models
+
+    be = backends.get("numpy")
+    seen = {}
+    fwd = be.conv2d_forward
+
+    def record(x, w, b, stride, pad, relu=False):
+        seen.setdefault((x.shape, w.shape, stride, pad, b is not None, bool(relu), x.shape[1] != 3), None)
+        return fwd(x, w, b, stride, pad, relu=relu)
+
+    be.conv2d_forward = record
+    net = models.build(model, backend=be, num_classes=10, seed=seed)
+    net.forward(np.random.default_rng(seed).standard_normal((batch, 3, 32, 32)).astype(np.float32))
+    return list(seen)
+
+
+def _best(fn, repeats):
+    fn()
+    return min(_seconds(fn) for _ in range(repeats))
+
+
+def conv_variants(model, backend, threads, batch, repeats=3, with_torch=True):
+    """Lines: each distinct convolution of the model timed forward / backward (ms, best of
+    repeats) under every algorithm the backend can be told to run (runs of the same algorithm
+    measured once), beside torch's convolution on the same threads; '*' marks the default's pick."""
+    from scratch_nn import backends
+
+    if with_torch:
+        from ..train.adapters import set_torch_threads
+
+        set_torch_threads(threads)
+    r = np.random.default_rng(0)
+    bes = {name: backends.get(backend, threads=threads, **opts) for name, opts in CONV_VARIANTS[backend].items()}
+    lines = [f"{model} convolutions, batch {batch}, {backend} on {threads} thread(s), ms forward / backward, "
+             f"best of {repeats}"]
+    for xs, ws, stride, pad, has_b, relu, need_dx in model_convolutions(model, batch):
+        x = r.standard_normal(xs).astype(np.float32)
+        w = (r.standard_normal(ws) * 0.1).astype(np.float32)
+        b = r.standard_normal(ws[0]).astype(np.float32) if has_b else None
+        times, default = {}, None
+        for name, be in bes.items():
+            y, cache = be.conv2d_forward(x, w, b, stride, pad, relu=relu)
+            algo = _algorithm(be, ws, xs, stride, pad)
+            if name == "auto":
+                default = algo
+            if algo in times:
+                continue
+            dy = r.standard_normal(y.shape).astype(np.float32)
+            t_f = _best(lambda: be.conv2d_forward(x, w, b, stride, pad, relu=relu), repeats)
+            t_b = _best(lambda: be.conv2d_backward(dy, cache, w, need_dx=need_dx), repeats)
+            times[algo] = (t_f, t_b)
+        cells = [f"{'*' if a == default else ''}{a}: {1e3 * f:.1f} / {1e3 * bw:.1f}" for a, (f, bw) in times.items()]
+        if with_torch:
+            t_f, t_b = _torch_conv(xs, ws, stride, pad, has_b, need_dx, repeats)
+            cells.append(f"torch: {1e3 * t_f:.1f} / {1e3 * t_b:.1f}")
+        lines.append(f"{ws[1]}->{ws[0]} {ws[2]}x{ws[3]} s{stride} on {xs[2]}x{xs[3]}: " + "; ".join(cells))
+    return lines
+
+
+def _algorithm(be, w_shape, x_shape, stride, pad):
+    f, c, kh, kw = w_shape
+    return be.conv_algorithms()[f"{c}->{f} {kh}x{kw} stride {stride} pad {pad} on {x_shape[2]}x{x_shape[3]}"]
+
+
+def _torch_conv(xs, ws, stride, pad, has_b, need_dx, repeats):
+    """(forward, backward) seconds of torch's convolution (NCHW, float32, autograd) on these shapes."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(xs, generator=g, requires_grad=need_dx)
+    w = (torch.randn(ws, generator=g) * 0.1).requires_grad_()
+    b = torch.randn(ws[0], generator=g).requires_grad_() if has_b else None
+    y = F.conv2d(x, w, b, stride, pad)
+    dy = torch.randn(y.shape, generator=g)
+    inputs = ([x] if need_dx else []) + [w] + ([b] if has_b else [])
+    t_f = _best(lambda: F.conv2d(x, w, b, stride, pad), repeats)
+
+    def backward():
+        out = F.conv2d(x, w, b, stride, pad)
+        torch.autograd.grad(out, inputs, dy)
+    t_fb = _best(backward, repeats)
+    return t_f, max(0.0, t_fb - t_f)

@@ -180,7 +180,7 @@ class NumbaBackend(Backend):
     name = "numba"
     xp = np
 
-    def __init__(self, threads=None, winograd=None, image_columns=True):
+    def __init__(self, threads=None, winograd=None, image_columns=True, fused=True):
         try:
             import numba
         except ImportError as e:
@@ -213,6 +213,7 @@ class NumbaBackend(Backend):
         self._fused = numba_winograd_fused
         self.winograd_mode = _winograd_mode(winograd)
         self.image_columns = bool(image_columns)
+        self.fused = bool(fused)
 
     @property
     def winograd(self):
@@ -232,7 +233,7 @@ class NumbaBackend(Backend):
                                 f">= {WINOGRAD_MIN_CHANNELS} channels, {f4} (F(2x2): >= {WINOGRAD_MIN_SIZE} rows, "
                                 "16 GEMMs per pass, numba_winograd.py; from "
                                 f"{FUSED_MIN_SIZE} rows fused a slice of images at a time where CBLAS is callable, "
-                                "numba_winograd_fused.py)")
+                                "numba_winograd_fused.py)" + ("" if self.fused else "; fusion off (fused=False)"))
         if self.image_columns:
             conv["per_image"] = (f"im2col per image (one GEMM an image, NCHW out) where an image has >= "
                                  f"{IMAGE_COLUMNS_MIN_POSITIONS} output positions, else over the batch")
@@ -446,7 +447,7 @@ class NumbaBackend(Backend):
     def _fused_step(self, tile, n, c, f, h, w, dtype):
         """Images a fused slice takes (numba_winograd_fused.py), or 0 where the passes run
         unfused: F(4x4), small maps, or no CBLAS to call from numba's threads."""
-        if tile != 2 or min(h, w) < FUSED_MIN_SIZE or _fused_winograd(dtype) is None:
+        if not self.fused or tile != 2 or min(h, w) < FUSED_MIN_SIZE or _fused_winograd(dtype) is None:
             return 0
         per_image = self._fused.POSITIONS * max(c, f) * (h * w // 4) * np.dtype(dtype).itemsize
         return max(1, min(n, FUSED_SLICE_BYTES // per_image))

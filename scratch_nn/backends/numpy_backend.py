@@ -31,6 +31,9 @@ PLANES_MIN_CHANNELS = 16
 PLANES_SLICE_BYTES = 5 * 2**19
 BN_SLICE_BYTES = 1 << 20
 WINOGRAD_MAX_SIZE = 8
+# winograd_layout=: "auto" the table above; "planes" or "channels" one layout for every
+# Winograd shape (3x3, stride 1, padding 1, even maps), to measure the table on a machine.
+WINOGRAD_LAYOUTS = ("auto", "planes", "channels")
 WINOGRAD_MIN_CHANNELS = 64
 # im2col per image on the padded-width grid (numpy_per_image.py) for the other stride-1
 # convolutions of at most PER_IMAGE_MAX_FILTERS output channels, one batch-wide im2col GEMM for
@@ -59,7 +62,7 @@ class NumpyBackend(Backend):
     name = "numpy"
     xp = np
 
-    def __init__(self, threads=1, winograd=True, image_columns=True):
+    def __init__(self, threads=1, winograd=True, image_columns=True, winograd_layout="auto"):
         if threads not in (None, 1):
             raise ValueError("the numpy backend is the single-core reference and runs with threads=1; "
                              "use backend 'numba' for several cores")
@@ -73,6 +76,9 @@ class NumpyBackend(Backend):
         self.heap_kept = keep_freed_memory()
         self.winograd = bool(winograd)
         self.image_columns = bool(image_columns)
+        if winograd_layout not in WINOGRAD_LAYOUTS:
+            raise ValueError(f"winograd_layout must be one of {', '.join(WINOGRAD_LAYOUTS)}, not {winograd_layout!r}")
+        self.winograd_layout = winograd_layout
 
     def gemm(self, a, b):
         use_blas_threads(1)   # another backend in this process may have set more
@@ -85,6 +91,10 @@ class NumpyBackend(Backend):
                                 f"{PLANES_MIN_SIZE} rows and >= {PLANES_MIN_CHANNELS} channels on phase planes, image slices in cache "
                                 f"(numpy_winograd_planes.py); of >= {WINOGRAD_MIN_CHANNELS} channels on maps of <= "
                                 f"{WINOGRAD_MAX_SIZE} rows channels innermost (numpy_winograd.py)")
+            if self.winograd_layout != "auto":
+                where = "phase planes" if self.winograd_layout == "planes" else "channels innermost"
+                conv["winograd"] = (f"F(2x2, 3x3) for every 3x3 stride-1 padding-1 convolution on even maps, on "
+                                    f"{where} (winograd_layout={self.winograd_layout!r})")
         if self.image_columns:
             conv["per_image"] = (f"im2col per image on the padded-width grid for the other stride-1 convolutions "
                                  f"of <= {PER_IMAGE_MAX_FILTERS} filters (numpy_per_image.py)")
@@ -149,13 +159,19 @@ class NumpyBackend(Backend):
         return self.winograd and kh == kw == 3 and stride == 1 and pad == 1 and h % 2 == 0 and wd % 2 == 0
 
     def planes_apply(self, w, x_shape, stride, pad):
-        """Winograd on phase planes (numpy_winograd_planes.py): the large maps."""
+        """Winograd on phase planes (numpy_winograd_planes.py): the large maps, or every
+        Winograd shape with winograd_layout="planes"."""
+        if self.winograd_layout != "auto":
+            return self.winograd_layout == "planes" and self._winograd_shape(w, x_shape, stride, pad)
         return (self._winograd_shape(w, x_shape, stride, pad) and w.shape[1] >= PLANES_MIN_CHANNELS
                 and min(x_shape[2], x_shape[3]) >= PLANES_MIN_SIZE)
 
     def winograd_applies(self, w, x_shape, stride, pad):
-        """Winograd with channels innermost (numpy_winograd.py): the small maps."""
+        """Winograd with channels innermost (numpy_winograd.py): the small maps, or every
+        Winograd shape with winograd_layout="channels"."""
         h, wd = x_shape[2], x_shape[3]
+        if self.winograd_layout != "auto":
+            return self.winograd_layout == "channels" and self._winograd_shape(w, x_shape, stride, pad)
         return (self._winograd_shape(w, x_shape, stride, pad) and w.shape[1] >= WINOGRAD_MIN_CHANNELS
                 and 2 <= min(h, wd) and max(h, wd) <= WINOGRAD_MAX_SIZE)
 

@@ -32,3 +32,19 @@ def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
         cpu_profile.main(argv)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_convs_times_every_distinct_convolution_under_each_algorithm_once(capsys):
+    """--convs on the CNN: its two convolutions, each under every algorithm numpy can be told to
+    run with runs of the same algorithm measured once, the table's pick marked."""
+    rc = cpu_profile.main(["--convs", "--model", "cnn", "--batch-size", "4", "--repeats", "1", "--no-torch"])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0 and len(out) == 3
+    for line, shape in zip(out[1:], ("3->16 3x3 s1 on 32x32", "16->32 3x3 s1 on 16x16")):
+        assert line.startswith(shape + ": ")
+        cells = line.split(": ", 1)[1].split("; ")
+        algos = [c.split(": ")[0] for c in cells]
+        assert sum(a.startswith("*") for a in algos) == 1
+        names = [a.lstrip("*") for a in algos]
+        assert len(set(names)) == len(names) == 3     # phase planes, channels innermost, per-image im2col
+        assert all(re.fullmatch(r"[\d.]+ / [\d.]+", c.split(": ")[1]) for c in cells)

@@ -93,3 +93,22 @@ def test_the_table_fuses_f2x2_on_large_maps_only():
     assert auto.conv_algorithms() == {"64->64 3x3 stride 1 pad 1 on 16x16": "Winograd F(2x2, 3x3), fused per image slice",
                                       "64->64 3x3 stride 1 pad 1 on 8x8": "Winograd F(2x2, 3x3)"}
     assert "fused" in auto.describe()["convolution"]["winograd"]
+
+
+def test_fused_false_runs_the_unfused_passes_on_the_large_maps_and_agrees():
+    """fused=False (what the choice table is measured with) keeps F(2x2) but unfused: same
+    results to float64 rounding, the cache says so, describe() too."""
+    n, c, f, h = 3, 16, 8, 16
+    r = np.random.default_rng(5)
+    x, w, dy = r.standard_normal((n, c, h, h)), r.standard_normal((f, c, 3, 3)), r.standard_normal((n, f, h, h))
+    refs = ref_conv3x3(x, w, np.zeros(f), dy, False)
+    fused, unfused = _fused_backend(), backends.get("numba", winograd="2x2", fused=False)
+    outs = []
+    for be in (fused, unfused):
+        y, cache = be.conv2d_forward(x, w, None, 1, 1)
+        assert cache[0] == "winograd" and (cache[-1] > 0) == (be is fused)
+        outs.append((y,) + be.conv2d_backward(dy, cache, w))
+    for a, b, ref in zip(*outs, refs):
+        np.testing.assert_allclose(a, ref, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(b, ref, rtol=1e-10, atol=1e-10)
+    assert "fused=False" in unfused.describe()["convolution"]["winograd"]

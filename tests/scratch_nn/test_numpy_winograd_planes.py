@@ -90,3 +90,25 @@ def test_the_table_picks_the_phase_planes_for_large_maps_of_16_channels_and_more
     assert not off.planes_apply(np.zeros((64, 64, 3, 3)), (2, 64, 32, 32), 1, 1)
     be.conv2d_forward(np.ones((1, 16, 16, 16)), np.ones((8, 16, 3, 3)), None, 1, 1)
     assert be.conv_algorithms() == {"16->8 3x3 stride 1 pad 1 on 16x16": "Winograd F(2x2, 3x3) on phase planes"}
+
+
+@pytest.mark.parametrize("layout", ["planes", "channels"])
+@pytest.mark.parametrize("shape", [(7, 64, 5, (4, 4)), (1, 20, 9, (8, 6)), (3, 16, 32, (32, 32)), (2, 3, 4, (2, 2))])
+def test_one_winograd_layout_forced_everywhere_matches_float64(layout, shape):
+    """winograd_layout="planes" / "channels" (what the choice table is measured with) runs that
+    layout on every Winograd shape, small maps and few channels included, and stays exact."""
+    n, c, f, (h, wd) = shape
+    r = np.random.default_rng(n + c + f + h)
+    x, w, dy = r.standard_normal((n, c, h, wd)), r.standard_normal((f, c, 3, 3)), r.standard_normal((n, f, h, wd))
+    b = r.standard_normal(f)
+    be = backends.get("numpy", winograd_layout=layout)
+    y, cache = be.conv2d_forward(x, w, b, 1, 1, relu=True)
+    assert cache[0] == {"planes": "planes", "channels": "winograd"}[layout]
+    for got, ref in zip((y,) + be.conv2d_backward(dy, cache, w), ref_conv3x3(x, w, b, dy, True)):
+        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+    assert layout in be.describe()["convolution"]["winograd"]
+
+
+def test_an_unknown_winograd_layout_is_refused():
+    with pytest.raises(ValueError, match="winograd_layout must be one of auto, planes, channels"):
+        backends.get("numpy", winograd_layout="nhwc")
