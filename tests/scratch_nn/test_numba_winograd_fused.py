@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scratch_nn import backends
-from tests.helpers import ref_conv3x3
+from tests.helpers import check_conv_exact, ref_conv3x3
 
 pytestmark = pytest.mark.skipif("numba" not in backends.available(), reason="numba is not installed")
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -45,12 +45,7 @@ def test_fused_winograd_matches_float64_in_one_slice_and_in_many(shape, monkeypa
         monkeypatch.setattr(NB, "FUSED_GROUPS", 2 if sliced else 16)
         y, cache = be.conv2d_forward(x, w, b, 1, 1, relu=relu)
         assert cache[0] == "winograd" and cache[2] is None and cache[6] == (1 if sliced else n)
-        got = be.conv2d_backward(dy, cache, w)
-        for g, ref in zip((y,) + got, refs):
-            assert g.shape == ref.shape
-            np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-10)
-        no_dx, dw, db = be.conv2d_backward(dy, cache, w, need_dx=False)
-        assert no_dx is None and (dw == got[1]).all() and (db == got[2]).all()
+        check_conv_exact(be, y, cache, dy, w, refs)
     f32 = [a.astype(np.float32) if a is not None else None for a in (x, w, b, dy)]
     y32, cache32 = be.conv2d_forward(f32[0], f32[1], f32[2], 1, 1, relu=relu)
     for got, ref in zip((y32,) + be.conv2d_backward(f32[3], cache32, f32[1]), refs):
