@@ -86,9 +86,18 @@ WINOGRAD_SLICE_BYTES = 64 * 2**20
 # cache against 48-59 streaming the whole batch; the backward's weight-gradient GEMM (NT, K the
 # slice's tiles) runs at 60-67 either way. Fusing the smaller maps too measured slower: a step
 # 973 ms with 16x16 and up fused, 998 from 8x8, 1,117 from 4x4 (medians of 5, interleaved).
+# Fused only where each thread gets at least FUSED_MIN_SLICES_PER_THREAD slices: a slice's 16
+# GEMMs are small (K = C, N = its tiles), and with few slices a thread the unfused passes, each
+# GEMM whole on one thread over the batch's tiles, measured faster. 16 threads of the 16-core
+# Xeon (H200 host), batch 64, ms forward / backward, best of 3 (cpu_profile --convs, 2026-12-07):
+# 16x16x128 (32 slices, 2 a thread) fused 5.1 / 9.3 against unfused 3.8 / 6.9; 32x32x64 (64
+# slices, 4 a thread) fused 5.1 / 10.2 against 7.2 / 14.7. On 2 threads (16 and 32 slices a
+# thread) fused wins on both (above). So the algorithm, and with it the float32 rounding, of a
+# 16x16 layer at batch 64 depends on the thread count: 2 threads fuse it, 16 do not.
 FUSED_MIN_SIZE = 16
 FUSED_SLICE_BYTES = 1 << 20
 FUSED_GROUPS = 16
+FUSED_MIN_SLICES_PER_THREAD = 4
 # The transformed tiles (V, M and their gradients) are stacks of 16 or 36 position planes of
 # C x T elements, exactly 4 MB on every ResNet-18 layer at batch 64. A transform reads or writes
 # all the planes at once, and planes a power of two apart compete for the same cache sets, so
@@ -232,7 +241,8 @@ class NumbaBackend(Backend):
             conv["winograd"] = (f"mode {self.winograd_mode}: Winograd for 3x3 stride-1 padding-1 convolutions of "
                                 f">= {WINOGRAD_MIN_CHANNELS} channels, {f4} (F(2x2): >= {WINOGRAD_MIN_SIZE} rows, "
                                 "16 GEMMs per pass, numba_winograd.py; from "
-                                f"{FUSED_MIN_SIZE} rows fused a slice of images at a time where CBLAS is callable, "
+                                f"{FUSED_MIN_SIZE} rows fused a slice of images at a time where CBLAS is callable and each "
+                                f"thread gets >= {FUSED_MIN_SLICES_PER_THREAD} slices, "
                                 "numba_winograd_fused.py)" + ("" if self.fused else "; fusion off (fused=False)"))
         if self.image_columns:
             conv["per_image"] = (f"im2col per image (one GEMM an image, NCHW out) where an image has >= "
@@ -446,11 +456,13 @@ class NumbaBackend(Backend):
 
     def _fused_step(self, tile, n, c, f, h, w, dtype):
         """Images a fused slice takes (numba_winograd_fused.py), or 0 where the passes run
-        unfused: F(4x4), small maps, or no CBLAS to call from numba's threads."""
+        unfused: F(4x4), small maps, too few slices a thread, or no CBLAS to call from numba's
+        threads."""
         if not self.fused or tile != 2 or min(h, w) < FUSED_MIN_SIZE or _fused_winograd(dtype) is None:
             return 0
         per_image = self._fused.POSITIONS * max(c, f) * (h * w // 4) * np.dtype(dtype).itemsize
-        return max(1, min(n, FUSED_SLICE_BYTES // per_image))
+        step = max(1, min(n, FUSED_SLICE_BYTES // per_image))
+        return step if -(-n // step) >= FUSED_MIN_SLICES_PER_THREAD * self.threads else 0
 
     def _winograd_backward_fused(self, dy, x, u, relu_out, wk, step, w, dx):
         f, c = w.shape[:2]

@@ -19,6 +19,14 @@ CASES = [(1, 64, 5, (16, 16), False, False), (7, 17, 9, (32, 32), True, True), (
          (5, 8, 64, (18, 16), False, True)]
 
 
+@pytest.fixture
+def any_slice_count(monkeypatch):
+    """Fuse however few slices each thread gets, so that small batches exercise the fused path."""
+    from scratch_nn.backends import numba_backend as NB
+
+    monkeypatch.setattr(NB, "FUSED_MIN_SLICES_PER_THREAD", 0)
+
+
 def _fused_backend(threads=None):
     be = backends.get("numba", winograd="2x2", threads=threads)
     if be._pgemm is None:
@@ -27,7 +35,7 @@ def _fused_backend(threads=None):
 
 
 @pytest.mark.parametrize("shape", CASES)
-def test_fused_winograd_matches_float64_in_one_slice_and_in_many(shape, monkeypatch):
+def test_fused_winograd_matches_float64_in_one_slice_and_in_many(shape, monkeypatch, any_slice_count):
     """Forward, data and weight gradient, bias and fused ReLU against a float64 direct
     convolution to 1e-10: the batch as one slice, then slices of one image in two partials
     (the weight gradient accumulated over runs of slices); float32 within 1e-5 of the largest
@@ -52,7 +60,7 @@ def test_fused_winograd_matches_float64_in_one_slice_and_in_many(shape, monkeypa
         assert got.dtype == np.float32 and np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
-def test_fused_winograd_is_bitwise_the_same_on_one_thread_and_on_every_core(monkeypatch):
+def test_fused_winograd_is_bitwise_the_same_on_one_thread_and_on_every_core(monkeypatch, any_slice_count):
     """Slices and partials follow from the batch and the shape: 1 thread and every core give
     the same bits, outputs poisoned first, on more slices than partials."""
     from scratch_nn.backends import numba_backend as NB
@@ -73,24 +81,28 @@ def test_fused_winograd_is_bitwise_the_same_on_one_thread_and_on_every_core(monk
         assert np.array_equal(a, b_)
 
 
-def test_the_table_fuses_f2x2_on_large_maps_only():
-    be = _fused_backend()
+def test_the_table_fuses_f2x2_on_large_maps_only_with_enough_slices_a_thread():
+    be = _fused_backend(threads=1)
     f32 = np.float32
     assert be._fused_step(2, 64, 64, 64, 32, 32, f32) == 1                # layer1: 1 MB an image
     assert be._fused_step(2, 64, 128, 128, 16, 16, f32) == 2              # layer2
-    assert be._fused_step(2, 3, 128, 128, 16, 16, f32) == 2
-    assert be._fused_step(2, 1, 128, 128, 16, 16, f32) == 1               # never more than the batch
+    assert be._fused_step(2, 8, 128, 128, 16, 16, f32) == 2               # 4 slices: enough for 1 thread
+    assert be._fused_step(2, 6, 128, 128, 16, 16, f32) == 0               # 3 are not
     assert be._fused_step(2, 64, 256, 256, 8, 8, f32) == 0                # layer3: unfused
     assert be._fused_step(4, 64, 16, 32, 16, 16, f32) == 0                # F(4x4) (the CNN's conv2)
-    auto = backends.get("numba")
-    auto.conv2d_forward(np.ones((1, 64, 16, 16)), np.ones((64, 64, 3, 3)), None, 1, 1)
-    auto.conv2d_forward(np.ones((1, 64, 8, 8)), np.ones((64, 64, 3, 3)), None, 1, 1)
+    if CORES > 1:                                                          # the slices a thread count
+        two = _fused_backend(threads=2)
+        assert two._fused_step(2, 8, 128, 128, 16, 16, f32) == 0
+        assert two._fused_step(2, 16, 128, 128, 16, 16, f32) == 2
+    auto = backends.get("numba", threads=1)
+    auto.conv2d_forward(np.ones((8, 64, 16, 16)), np.ones((64, 64, 3, 3)), None, 1, 1)
+    auto.conv2d_forward(np.ones((8, 64, 8, 8)), np.ones((64, 64, 3, 3)), None, 1, 1)
     assert auto.conv_algorithms() == {"64->64 3x3 stride 1 pad 1 on 16x16": "Winograd F(2x2, 3x3), fused per image slice",
                                       "64->64 3x3 stride 1 pad 1 on 8x8": "Winograd F(2x2, 3x3)"}
     assert "fused" in auto.describe()["convolution"]["winograd"]
 
 
-def test_fused_false_runs_the_unfused_passes_on_the_large_maps_and_agrees():
+def test_fused_false_runs_the_unfused_passes_on_the_large_maps_and_agrees(any_slice_count):
     """fused=False (what the choice table is measured with) keeps F(2x2) but unfused: same
     results to float64 rounding, the cache says so, describe() too."""
     n, c, f, h = 3, 16, 8, 16

@@ -192,3 +192,24 @@ def test_winograd_4x4_mode_follows_torch(dtype):
         else:
             floor = rel_err(tsd[k], runs[1][k])
             assert rel_err(v, tsd[k]) < max(1e-3, 2 * floor), k
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_numba_fused_winograd_follows_torch(dtype, monkeypatch):
+    """numba's fused F(2x2) (layer1 and layer2 of ResNet-18) runs at the parity batch of four
+    only where every thread may take few slices, as 16 threads at batch 64 do not: forced here,
+    the same forward and backward bounds as every backend, and five SGD steps as torch's."""
+    from scratch_nn.backends import numba_backend as NB
+
+    if "numba" not in backends.available():
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(NB, "FUSED_MIN_SLICES_PER_THREAD", 0)
+    be = backends.get("numba")
+    if be._fused_step(2, BATCH["resnet18"], 64, 64, 32, 32, np.dtype(dtype)) == 0:
+        pytest.skip("no CBLAS callable from numba's threads here: nothing runs fused")
+    test_forward_backward_match(be, "resnet18", dtype)
+    assert "fused" in be.conv_algorithms()["64->64 3x3 stride 1 pad 1 on 32x32"]
+    if dtype == "float64":
+        test_five_steps_float64(be, "resnet18", "sgd")
+    else:
+        test_five_steps_float32(be, "resnet18", "sgd")
