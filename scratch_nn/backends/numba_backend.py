@@ -129,6 +129,14 @@ PLANE_SKEW = 1040
 #   16x16 ->  8x8, 128 -> 256, 3x3 stride 2 (64 positions): batch 20.0 / 33.4   per image 18.0 / 43.2
 #    8x8  ->  4x4, 256 -> 512, 3x3 stride 2 (16 positions): batch 14.0 / 24.1   per image 21.7 / 92.4
 IMAGE_COLUMNS_MIN_POSITIONS = 256
+# The rest ("batch") build their columns with a row per output position, (tap, channel) inside
+# a row (im2col_positions), where the (C*kh*kw, N*OH*OW) layout's rows are runs of OW strided
+# elements, short on these maps. ms on 2 threads of this EPYC, batch 64, the column kernels
+# alone (2026-12-07, session 19; the GEMM reads the columns transposed at the same speed):
+#   8x8  -> 4x4, 256 ch, 3x3 stride 2: im2col 8.7 -> 0.35   col2im 5.4 -> 0.5
+#   16x16 -> 8x8, 128 ch, 3x3 stride 2: im2col 5.7 -> 1.7    col2im 5.8 -> 1.8
+#   16x16 -> 8x8, 128 ch, 1x1 stride 2: im2col 0.42 -> 0.20  col2im 0.55 -> 0.58
+# (on 32x32 maps with 64 channels the two layouts cost the same, and those run per image).
 
 
 def _planes(positions, rows, cols, dtype):
@@ -189,7 +197,7 @@ class NumbaBackend(Backend):
     name = "numba"
     xp = np
 
-    def __init__(self, threads=None, winograd=None, image_columns=True, fused=True):
+    def __init__(self, threads=None, winograd=None, image_columns=True, fused=True, position_columns=True):
         try:
             import numba
         except ImportError as e:
@@ -223,6 +231,7 @@ class NumbaBackend(Backend):
         self.winograd_mode = _winograd_mode(winograd)
         self.image_columns = bool(image_columns)
         self.fused = bool(fused)
+        self.position_columns = bool(position_columns)
 
     @property
     def winograd(self):
@@ -247,6 +256,9 @@ class NumbaBackend(Backend):
         if self.image_columns:
             conv["per_image"] = (f"im2col per image (one GEMM an image, NCHW out) where an image has >= "
                                  f"{IMAGE_COLUMNS_MIN_POSITIONS} output positions, else over the batch")
+        if self.position_columns:
+            conv["batch_columns"] = ("the other im2col convolutions: columns with a row per output position, "
+                                     "(tap, channel) inside it (im2col_positions)")
         return dict(super().describe(), heap_kept=self.heap_kept, threading_layer=self.threading_layer,
                     gemm=self.gemm_mode, blas_spin_bounded=threads.blas_spin_bounded, convolution=conv)
 
@@ -383,11 +395,55 @@ class NumbaBackend(Backend):
                 self.k.col2im(dcols, True, kh, kw, stride, pad, oh, ow, dx[lo:hi])
         return dx, np.ascontiguousarray(dwb[:, :-1]).reshape(w.shape), dwb[:, -1].copy()
 
+    def _conv_forward_positions(self, x, w, b, stride, pad, relu):
+        f, c, kh, kw = w.shape
+        n, _, h, wd = x.shape
+        oh, ow = self.conv_output_size(h, kh, stride, pad), self.conv_output_size(wd, kw, stride, pad)
+        rows = c * kh * kw
+        x = np.ascontiguousarray(x)
+        wt = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(f, rows)   # the columns' (tap, channel) order
+        out = np.empty((n, f, oh, ow), dtype=x.dtype)
+        slices = self.conv_slices(n, rows, oh * ow, x.dtype.itemsize)
+        cols = None
+        for lo, hi in slices:
+            cols = np.empty(((hi - lo) * oh * ow, rows), dtype=x.dtype)
+            self.k.im2col_positions(x[lo:hi], kh, kw, stride, pad, oh, ow, cols)
+            self._conv_out(self.gemm(wt, cols.T), b, relu, out[lo:hi])
+        kept = cols if len(slices) == 1 else None
+        self.record_conv_algorithm(w, x.shape, stride, pad, "im2col GEMM, a row per position")
+        return out, ("positions", x, kept, wt, stride, pad, oh, ow, out if relu else None)
+
+    def _conv_backward_positions(self, dy, cache, w, need_dx):
+        _, x, kept, wt, stride, pad, oh, ow, relu_out = cache
+        f, c, kh, kw = w.shape
+        n = x.shape[0]
+        rows = c * kh * kw
+        slices = [(0, n)] if kept is not None else self.conv_slices(n, rows, oh * ow, x.dtype.itemsize)
+        dx = np.empty(x.shape, dtype=dy.dtype) if need_dx else None
+        dwt = db = None
+        for lo, hi in slices:
+            dym, dbs = self._conv_grad_rows(dy[lo:hi], relu_out[lo:hi] if relu_out is not None else None)
+            cols = kept
+            if cols is None:
+                cols = np.empty(((hi - lo) * oh * ow, rows), dtype=x.dtype)
+                self.k.im2col_positions(x[lo:hi], kh, kw, stride, pad, oh, ow, cols)
+            if dwt is None:
+                dwt, db = self.gemm(dym, cols), dbs
+            else:
+                dwt += self.gemm(dym, cols)
+                db += dbs
+            del cols
+            if need_dx:
+                self.k.col2im_positions(self.gemm(dym.T, wt), kh, kw, stride, pad, oh, ow, dx[lo:hi])
+        return dx, np.ascontiguousarray(dwt.reshape(f, kh, kw, c).transpose(0, 3, 1, 2)), db
+
     def conv2d_forward(self, x, w, b, stride, pad, relu=False):
         tile = self.winograd_tile(w, x.shape, stride, pad)
         if tile is None:
             if self.per_image_columns(w, x.shape, stride, pad):
                 return self._conv_forward_per_image(x, w, b, stride, pad, relu)
+            if self.position_columns:
+                return self._conv_forward_positions(x, w, b, stride, pad, relu)
             return super().conv2d_forward(x, w, b, stride, pad, relu)
         wk = self._winograd_kernels[tile]
         f, c = w.shape[:2]
@@ -419,6 +475,8 @@ class NumbaBackend(Backend):
         kind = cache[0] if isinstance(cache[0], str) else None
         if kind == "per_image":
             return self._conv_backward_per_image(dy, cache, w, need_dx)
+        if kind == "positions":
+            return self._conv_backward_positions(dy, cache, w, need_dx)
         if kind != "winograd":
             return super().conv2d_backward(dy, cache, w, need_dx)
         _, x, kept, u, relu_out, wk, fused = cache

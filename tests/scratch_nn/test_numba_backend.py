@@ -8,7 +8,7 @@ import pytest
 
 from scratch_nn import backends, losses, models, optim
 
-from tests.helpers import ref_conv, ref_conv3x3
+from tests.helpers import check_conv_exact, ref_conv, ref_conv3x3
 
 pytestmark = pytest.mark.skipif("numba" not in backends.available(), reason="numba is not installed")
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -157,6 +157,65 @@ def test_per_image_convolution_matches_float64_in_one_slice_and_in_many(shape, m
             np.testing.assert_allclose(g_, ref, rtol=1e-10, atol=1e-10)
         no_dx, dw, db = be.conv2d_backward(dy, cache, w, need_dx=False)
         assert no_dx is None and (dw == got[1]).all() and (db == got[2]).all()
+
+
+POSITION_CASES = [  # (n, c, f, h, k, stride, pad, relu, bias): ResNet-18's small-map shapes and odd ones
+    (7, 5, 6, 9, 3, 2, 1, True, True), (1, 3, 4, 8, 3, 2, 1, False, False), (7, 6, 5, 9, 1, 2, 0, True, True),
+    (2, 4, 7, 7, 3, 1, 1, False, True), (3, 9, 10, 6, 3, 1, 0, True, False), (2, 3, 5, 10, 5, 2, 2, False, True)]
+
+
+@pytest.mark.parametrize("shape", POSITION_CASES)
+def test_position_columns_convolution_matches_float64_in_one_slice_and_in_many(shape, monkeypatch):
+    """im2col with a row per output position (forward, data and weight gradient, bias, fused
+    ReLU) against a float64 direct convolution to 1e-10, with the batch whole and in slices of
+    two images (columns rebuilt in backward); float32 within 1e-5 of the largest entry, on 1
+    thread and on every core."""
+    n, c, f, h, k, s, p, relu, bias = shape
+    r = np.random.default_rng(n * 100 + c + k)
+    x, w = r.standard_normal((n, c, h, h)), r.standard_normal((f, c, k, k))
+    b = r.standard_normal(f) if bias else None
+    oh = (h + 2 * p - k) // s + 1
+    dy = r.standard_normal((n, f, oh, oh))
+    refs = ref_conv(x, w, b if bias else np.zeros(f), dy, relu, stride=s, pad=p)
+    be = backends.get("numba", image_columns=False, winograd="off")
+    f32 = [a.astype(np.float32) if a is not None else None for a in (x, w, b, dy)]
+    for threads in sorted({1, CORES}):
+        b32 = backends.get("numba", threads=threads, image_columns=False, winograd="off")
+        y32, cache32 = b32.conv2d_forward(f32[0], f32[1], f32[2], s, p, relu=relu)
+        got = (y32,) + b32.conv2d_backward(f32[3], cache32, f32[1])
+        for g_, ref in zip(got, refs):
+            assert g_.dtype == np.float32 and np.abs(g_ - ref).max() <= 1e-5 * np.abs(ref).max()
+    two = 2 * c * k * k * oh * oh * 8                                      # two images' columns
+    for budget in (None, two):
+        if budget is not None:
+            monkeypatch.setattr(be, "COLS_BYTES", budget)
+        y, cache = be.conv2d_forward(x, w, b, s, p, relu=relu)
+        assert cache[0] == "positions" and (cache[2] is None) == (budget is not None and n > 2)
+        check_conv_exact(be, y, cache, dy, w, refs)
+    assert be.conv_algorithms() == {f"{c}->{f} {k}x{k} stride {s} pad {p} on {h}x{h}": "im2col GEMM, a row per position"}
+    off = backends.get("numba", image_columns=False, winograd="off", position_columns=False)
+    y, cache = off.conv2d_forward(x, w, b, s, p, relu=relu)
+    assert not isinstance(cache[0], str) and "batch_columns" not in off.describe()["convolution"]
+    np.testing.assert_allclose(y, refs[0], rtol=1e-10, atol=1e-10)
+
+
+def test_position_column_kernels_write_every_output():
+    """im2col_positions and col2im_positions, into outputs poisoned with NaN, leave no NaN
+    behind and are each other's adjoints: <im2col(x), d> == <x, col2im(d)>."""
+    from scratch_nn.backends import numba_kernels as K
+
+    r = np.random.default_rng(5)
+    for k, s, p in ((3, 1, 1), (3, 2, 1), (1, 2, 0), (3, 2, 0)):
+        x = r.standard_normal((3, 4, 9, 10))
+        oh, ow = (9 + 2 * p - k) // s + 1, (10 + 2 * p - k) // s + 1
+        cols = np.full((3 * oh * ow, 4 * k * k), np.nan)
+        K.im2col_positions(x, k, k, s, p, oh, ow, cols)
+        assert np.isfinite(cols).all()
+        d = r.standard_normal(cols.shape)
+        dx = np.full(x.shape, np.nan)
+        K.col2im_positions(d, k, k, s, p, oh, ow, dx)
+        assert np.isfinite(dx).all()
+        np.testing.assert_allclose((cols * d).sum(), (x * dx).sum(), rtol=1e-12)
 
 
 def test_per_image_column_kernels_write_every_output():
@@ -332,7 +391,7 @@ def test_winograd_is_chosen_by_the_table_and_can_be_turned_off(monkeypatch):
     assert backends.get("numba").winograd_mode == "4x4"
     # what ran is recorded per shape (a run's summary.json: conv_algorithms)
     x = np.random.default_rng(0).standard_normal((1, 64, 8, 8))
-    for b, algo in ((be, "Winograd F(2x2, 3x3)"), (f4, "Winograd F(4x4, 3x3)"), (off, "im2col GEMM")):
+    for b, algo in ((be, "Winograd F(2x2, 3x3)"), (f4, "Winograd F(4x4, 3x3)"), (off, "im2col GEMM, a row per position")):
         b.conv2d_forward(x, np.ones((64, 64, 3, 3)), None, 1, 1)
         assert b.conv_algorithms() == {"64->64 3x3 stride 1 pad 1 on 8x8": algo}
     monkeypatch.setenv("SCRATCH_NN_WINOGRAD", "6x6")
@@ -351,6 +410,6 @@ def test_per_image_columns_are_chosen_by_positions_and_can_be_turned_off():
     off = backends.get("numba", image_columns=False)
     assert not off.per_image_columns(stem, (2, 3, 32, 32), 1, 1) and "per_image" not in off.describe()["convolution"]
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16))
-    for b, algo in ((be, "im2col GEMM per image"), (off, "im2col GEMM")):
+    for b, algo in ((be, "im2col GEMM per image"), (off, "im2col GEMM, a row per position")):
         b.conv2d_forward(x, np.ones((8, 3, 3, 3)), None, 1, 1)
         assert b.conv_algorithms() == {"3->8 3x3 stride 1 pad 1 on 16x16": algo}
