@@ -14,6 +14,8 @@ num_batches_tracked counters advance.
 
 Memory: capture runs on its own stream; CuPy's pool keeps freed blocks per stream, so the
 graph's temporaries are never handed to code running on the default stream between replays.
+So the backend must allocate from CuPy's pool (allocator="pool"), not CUDA's stream-ordered
+one, whose allocations during capture would belong to the graph (backends/gpu_allocator.py).
 """
 from .layers import BatchNorm2d
 
@@ -22,6 +24,7 @@ class CapturedStep:
     def __init__(self, backend, net, optimizer, step_fn, warmup=2):
         if backend.name != "cupy":
             raise ValueError("CUDA graphs need backend 'cupy'")
+        backend.require_pool_allocator("capturing a training step as a CUDA graph")
         if warmup < 1:
             raise ValueError("capture needs at least one eager warm-up step (kernels compile, SGD's first "
                              "step differs from the rest)")
@@ -44,7 +47,9 @@ class CapturedStep:
         cupy = self.be.xp
         main = cupy.cuda.get_current_stream()
         self.stream.wait_event(main.record())
-        with self.stream:
+        # CuPy's pool even where another backend in this process has since installed the
+        # stream-ordered one (the allocator is process-wide)
+        with self.stream, cupy.cuda.using_allocator(cupy.get_default_memory_pool().malloc):
             out = fn()
         main.wait_event(self.stream.record())
         return out

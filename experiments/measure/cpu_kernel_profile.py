@@ -151,7 +151,7 @@ CONV_VARIANTS = {
     "numpy": {"auto": {}, "planes": {"winograd_layout": "planes"}, "channels": {"winograd_layout": "channels"},
               "im2col": {"winograd": False}},
     "numba": {"auto": {}, "unfused": {"fused": False}, "F(2x2)": {"winograd": "2x2"}, "F(4x4)": {"winograd": "4x4"},
-              "im2col": {"winograd": "off"}},
+              "im2col": {"winograd": "off"}, "channel-major columns": {"position_columns": False}},
 }
 
 

@@ -59,17 +59,18 @@ def bench_sides(args):
 
 class GpuMemory:
     """Peak GPU memory of one side: what its allocator reserved beyond what it held before the
-    side was built (CuPy's pool keeps what it takes, so its size after the warm-up is its
+    side was built (CuPy's pools keep what they take, so their size after the warm-up is their
     peak; torch reports its own high-water mark)."""
 
     def __init__(self, impl):
         self.impl = impl
         if impl == "scratch":
             import cupy
+            from scratch_nn.backends import gpu_allocator
 
-            self.pool = cupy.get_default_memory_pool()
-            self.pool.free_all_blocks()
-            self.base = self.pool.total_bytes()
+            self.held = lambda: gpu_allocator.held_bytes(cupy)
+            gpu_allocator.release_free_blocks(cupy)
+            self.base = self.held()
         else:
             import torch
 
@@ -79,7 +80,7 @@ class GpuMemory:
 
     def peak_mb(self):
         if self.impl == "scratch":
-            return (self.pool.total_bytes() - self.base) / 2**20
+            return (self.held() - self.base) / 2**20
         import torch
 
         return (torch.cuda.max_memory_reserved() - self.base) / 2**20

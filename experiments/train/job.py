@@ -243,7 +243,8 @@ def _pool_fn(a):
         return lambda: torch.cuda.memory_reserved(0)
     if a.impl == "scratch" and a.backend == "cupy":
         import cupy
-        return lambda: cupy.get_default_memory_pool().total_bytes()
+        from scratch_nn.backends import gpu_allocator
+        return lambda: gpu_allocator.held_bytes(cupy)
     return None
 
 

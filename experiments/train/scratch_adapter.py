@@ -26,6 +26,8 @@ class ScratchAdapter:
         opts = {} if threads is None else {"threads": threads}
         if backend == "cupy":
             opts["precision"] = "fp32" if precision == "fp64" else precision
+            if cuda_graph:
+                opts["allocator"] = "pool"      # what a capture needs (scratch_nn/backends/gpu_allocator.py)
             if self.dist is not None:
                 import cupy
 
@@ -140,11 +142,13 @@ class ScratchAdapter:
         return loss, logits
 
     def peak_gpu_mem_mb(self):
-        """High-water mark of the GPU memory this side's allocator holds (CuPy's pool keeps
-        what it has taken, so its size now is its peak), or None off the GPU."""
+        """High-water mark of the GPU memory this side's allocator holds (CuPy's pools keep
+        what they have taken, so their size now is their peak), or None off the GPU."""
         if self.be.name != "cupy":
             return None
-        return self.be.xp.get_default_memory_pool().total_bytes() / 2**20
+        from scratch_nn.backends import gpu_allocator
+
+        return gpu_allocator.held_bytes(self.be.xp) / 2**20
 
     def last_batch_correct(self, y):
         """Correct predictions in the last (global) training batch (reads the device)."""

@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 
+from . import gpu_allocator
 from .base import Backend, BackendUnavailable
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
@@ -137,11 +138,13 @@ class CupyBackend(Backend):
     layout = "cnhw"
     supported_dtypes = ("float32", "float64")
 
-    def __init__(self, threads=None, precision="fp32", device=None, recompute_cols=None):
+    def __init__(self, threads=None, precision="fp32", device=None, recompute_cols=None, allocator="auto"):
         cupy = _import_cupy()
         self.xp = cupy
         self.device_id = cupy.cuda.Device(device).id if device is not None else cupy.cuda.Device().id
         check_precision(precision, cupy, self.device_id)
+        # CUDA's stream-ordered pool unless the step will be captured as a graph (gpu_allocator.py)
+        self.allocator = gpu_allocator.install(cupy, allocator, self.device_id)
         super().__init__(threads=threads)
         self.precision = precision
         self._sms = cupy.cuda.Device(self.device_id).attributes["MultiProcessorCount"]
@@ -187,7 +190,15 @@ class CupyBackend(Backend):
         major, minor = compute_capability(cupy, self.device_id)
         return dict(super().describe(), precision=self.precision, gpu=name, compute_capability=f"{major}.{minor}",
                     cupy=cupy.__version__, cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(),
-                    layout="CNHW behind NCHW views", recompute_cols=self.recompute_cols)
+                    layout="CNHW behind NCHW views", recompute_cols=self.recompute_cols, allocator=self.allocator)
+
+    def require_pool_allocator(self, what):
+        """Refuse `what` (a CUDA-graph capture) on a backend whose arrays come from CUDA's
+        stream-ordered pool: see gpu_allocator.py."""
+        if self.allocator != "pool":
+            raise ValueError(f"{what} needs the backend built with allocator='pool' (this one allocates from CUDA's "
+                             f"stream-ordered pool, whose allocations during a capture would belong to the graph): "
+                             f"backends.get('cupy', ..., allocator='pool'); the experiments do this under --cuda-graph")
 
     def check_dtype(self, dtype):
         if self.mixed and self.xp.dtype(dtype).name != "float32":

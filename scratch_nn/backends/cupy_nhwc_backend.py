@@ -39,10 +39,10 @@ def _padded(c):
 class CupyChannelsLastBackend(CupyBackend):
     layout = "nhwc"
 
-    def __init__(self, threads=None, precision="fp16", device=None, tune=True):
+    def __init__(self, threads=None, precision="fp16", device=None, tune=True, allocator="auto"):
         if precision not in HALF_PRECISIONS:
             raise ValueError(f"the channels-last backend runs precision fp16 or bf16, not {precision!r}")
-        super().__init__(threads=threads, precision=precision, device=device)
+        super().__init__(threads=threads, precision=precision, device=device, allocator=allocator)
         from .conv_igemm import ConvKernels
 
         major, _ = compute_capability(self.xp, self.device_id)
@@ -293,9 +293,11 @@ def make_cupy_backend(threads=None, precision="fp32", device=None, layout="auto"
         raise ValueError(f"layout {layout!r} is not one of: auto, nhwc, cnhw")
     if precision in HALF_PRECISIONS and layout != "cnhw":
         tune = options.pop("tune", True)
+        allocator = options.pop("allocator", "auto")
         if options:
             raise TypeError(f"unexpected options for the channels-last backend: {', '.join(options)}")
-        return CupyChannelsLastBackend(threads=threads, precision=precision, device=device, tune=tune)
+        return CupyChannelsLastBackend(threads=threads, precision=precision, device=device, tune=tune,
+                                       allocator=allocator)
     if layout == "nhwc":
         raise BackendUnavailable(f"the channels-last backend runs fp16 and bf16, not {precision}")
     if precision == "bf16":

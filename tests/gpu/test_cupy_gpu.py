@@ -167,6 +167,34 @@ def test_cuda_graph_replays_the_eager_step(name):
         assert int(graphed["bn1.num_batches_tracked"]) == 6
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_arrays_come_from_cudas_stream_ordered_pool_unless_a_capture_needs_cupys(precision):
+    """allocator 'auto' installs CUDA's stream-ordered pool where the GPU has it (these do) and
+    says so; a CUDA-graph capture refuses such a backend and names the fix; allocator='pool'
+    (what --cuda-graph builds) allocates from CuPy's pool, which the pools' held bytes count."""
+    import cupy
+
+    from scratch_nn.backends import gpu_allocator
+    from scratch_nn.cuda_graph import CapturedStep
+
+    be = backends.get("cupy", precision=precision)
+    assert be.allocator == "async" and be.describe()["allocator"] == "async"
+    before = gpu_allocator.held_bytes(cupy)
+    big = be.xp.empty(64 << 20, dtype=np.uint8)
+    assert isinstance(big.data.mem, cupy.cuda.memory.MemoryAsync)
+    assert gpu_allocator.held_bytes(cupy) >= before + (64 << 20) or before >= 64 << 20
+    net = models.build("cnn", backend=be, seed=0)
+    opt = optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="allocator='pool'"):
+        CapturedStep(be, net, opt, lambda x, y: None)
+    pooled = backends.get("cupy", precision=precision, allocator="pool")
+    assert pooled.allocator == "pool"
+    assert not isinstance(pooled.xp.empty(1024, dtype=np.uint8).data.mem, cupy.cuda.memory.MemoryAsync)
+    with pytest.raises(ValueError, match="not one of: auto, async, pool"):
+        backends.get("cupy", precision=precision, allocator="cudaMalloc")
+    backends.get("cupy")            # the suite's other tests: the default again
+
+
 def test_parameters_live_in_one_arena_per_group():
     be = backends.get("cupy")
     net = models.build("resnet18", backend=be, seed=0)

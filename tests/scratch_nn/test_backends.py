@@ -134,3 +134,10 @@ def test_maxpool_sends_the_gradient_to_the_first_maximum_of_a_tied_window(be, k,
     dx = be.maxpool2d_backward(be.asarray(dy), cache)
     np.testing.assert_array_equal(be.to_host(y), ref_y)
     np.testing.assert_allclose(be.to_host(dx), ref_dx[:, :, p:p + h, p:p + w], rtol=1e-12, atol=1e-12)
+
+
+def test_an_unknown_gpu_allocator_is_refused_before_cupy_is_touched():
+    from scratch_nn.backends import gpu_allocator
+
+    with pytest.raises(ValueError, match="'malloc' is not one of: auto, async, pool"):
+        gpu_allocator.install(None, "malloc", 0)

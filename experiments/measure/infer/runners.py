@@ -17,6 +17,8 @@ class ScratchRunner:
         opts = {"threads": cfg.threads} if cfg.where == "numba" else {}
         if cfg.where == "cupy":
             opts["precision"] = cfg.precision
+            if cfg.engine != "eager":
+                opts["allocator"] = "pool"      # what a capture needs (scratch_nn/backends/gpu_allocator.py)
         self.be = backends.get(cfg.where, **opts)
         dtype = "float64" if cfg.precision == "fp64" else "float32"
         self.net = models.build(cfg.model, backend=self.be, seed=seed, dtype=dtype)
@@ -55,12 +57,13 @@ class ScratchRunner:
         state are primed on that stream; the graph's temporaries stay in that stream's pool, so
         nothing on the default stream reuses them between replays."""
         cupy = self.be.xp
+        self.be.require_pool_allocator("capturing the forward as a CUDA graph")
         self.graph = None
         stream = cupy.cuda.Stream(non_blocking=True)
         main = cupy.cuda.get_current_stream()
         static_x = x.copy()
         stream.wait_event(main.record())
-        with stream:
+        with stream, cupy.cuda.using_allocator(cupy.get_default_memory_pool().malloc):
             for _ in range(warmup):
                 self.net.forward(static_x)
             stream.begin_capture()
