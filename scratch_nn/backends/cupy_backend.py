@@ -138,12 +138,12 @@ class CupyBackend(Backend):
     layout = "cnhw"
     supported_dtypes = ("float32", "float64")
 
-    def __init__(self, threads=None, precision="fp32", device=None, recompute_cols=None, allocator="auto"):
+    def __init__(self, threads=None, precision="fp32", device=None, recompute_cols=None, allocator=None):
         cupy = _import_cupy()
         self.xp = cupy
         self.device_id = cupy.cuda.Device(device).id if device is not None else cupy.cuda.Device().id
         check_precision(precision, cupy, self.device_id)
-        # CUDA's stream-ordered pool unless the step will be captured as a graph (gpu_allocator.py)
+        # CuPy's pool, or CUDA's stream-ordered one (opt-in so far; gpu_allocator.py)
         self.allocator = gpu_allocator.install(cupy, allocator, self.device_id)
         super().__init__(threads=threads)
         self.precision = precision

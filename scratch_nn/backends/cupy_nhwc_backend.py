@@ -39,7 +39,7 @@ def _padded(c):
 class CupyChannelsLastBackend(CupyBackend):
     layout = "nhwc"
 
-    def __init__(self, threads=None, precision="fp16", device=None, tune=True, allocator="auto"):
+    def __init__(self, threads=None, precision="fp16", device=None, tune=True, allocator=None):
         if precision not in HALF_PRECISIONS:
             raise ValueError(f"the channels-last backend runs precision fp16 or bf16, not {precision!r}")
         super().__init__(threads=threads, precision=precision, device=device, allocator=allocator)
@@ -293,7 +293,7 @@ def make_cupy_backend(threads=None, precision="fp32", device=None, layout="auto"
         raise ValueError(f"layout {layout!r} is not one of: auto, nhwc, cnhw")
     if precision in HALF_PRECISIONS and layout != "cnhw":
         tune = options.pop("tune", True)
-        allocator = options.pop("allocator", "auto")
+        allocator = options.pop("allocator", None)
         if options:
             raise TypeError(f"unexpected options for the channels-last backend: {', '.join(options)}")
         return CupyChannelsLastBackend(threads=threads, precision=precision, device=device, tune=tune,

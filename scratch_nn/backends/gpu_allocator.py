@@ -12,12 +12,21 @@ channels-last's 2,829, the eager step from 13.4 to 11.1 ms (H100, 2026-12-07,
 release threshold is the maximum), so what it holds after a step is the step's peak, as with
 CuPy's pool; the allocator is process-wide, as CuPy's `set_allocator` is.
 
+The default is still CuPy's pool ("pool"): the stream-ordered one was measured on the eager
+step above, but the GPU test suite has not yet run with it (the device could not be had in the
+session that wrote this). `allocator="async"` (or "auto": async where the GPU has it), or
+SCRATCH_NN_GPU_ALLOCATOR=async for every backend built without the argument, turns it on.
+
 A CUDA graph replays the addresses of its capture, and capture here relies on CuPy's pool
 keeping the capture stream's freed blocks for that stream (scratch_nn.cuda_graph), where an
 async allocation made during capture would belong to the graph: a backend that will be
 captured is built with allocator="pool" (the experiments do so under --cuda-graph).
 """
+import os
+
 ALLOCATORS = ("auto", "async", "pool")
+ENV = "SCRATCH_NN_GPU_ALLOCATOR"   # the allocator of backends built without allocator=
+DEFAULT = "pool"
 _MEMORY_POOLS_SUPPORTED = 115      # cudaDevAttrMemoryPoolsSupported
 _async_pool = None
 
@@ -29,9 +38,11 @@ def async_supported(cupy, device_id):
 
 
 def install(cupy, kind, device_id):
-    """Make `kind` ("auto": async where the GPU and driver have it, else pool) the allocator of
-    every CuPy array allocated from now on; returns the kind installed."""
+    """Make `kind` ("auto": async where the GPU and driver have it, else pool; None: $ENV, else
+    DEFAULT) the allocator of every CuPy array allocated from now on; returns the kind installed."""
     global _async_pool
+    if kind is None:
+        kind = os.environ.get(ENV) or DEFAULT
     if kind not in ALLOCATORS:
         raise ValueError(f"allocator {kind!r} is not one of: {', '.join(ALLOCATORS)}")
     if kind == "auto":

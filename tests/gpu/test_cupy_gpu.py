@@ -168,17 +168,18 @@ def test_cuda_graph_replays_the_eager_step(name):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_arrays_come_from_cudas_stream_ordered_pool_unless_a_capture_needs_cupys(precision):
-    """allocator 'auto' installs CUDA's stream-ordered pool where the GPU has it (these do) and
-    says so; a CUDA-graph capture refuses such a backend and names the fix; allocator='pool'
-    (what --cuda-graph builds) allocates from CuPy's pool, which the pools' held bytes count."""
+def test_arrays_come_from_cudas_stream_ordered_pool_where_asked_and_captures_need_cupys(precision):
+    """allocator='async' installs CUDA's stream-ordered pool and says so; a CUDA-graph capture
+    refuses such a backend and names the fix; allocator='pool' (what --cuda-graph builds)
+    allocates from CuPy's pool; the pools' held bytes count both."""
     import cupy
 
     from scratch_nn.backends import gpu_allocator
     from scratch_nn.cuda_graph import CapturedStep
 
-    be = backends.get("cupy", precision=precision)
+    be = backends.get("cupy", precision=precision, allocator="async")
     assert be.allocator == "async" and be.describe()["allocator"] == "async"
+    assert backends.get("cupy", precision=precision, allocator="auto").allocator == "async"   # these GPUs have it
     before = gpu_allocator.held_bytes(cupy)
     big = be.xp.empty(64 << 20, dtype=np.uint8)
     assert isinstance(big.data.mem, cupy.cuda.memory.MemoryAsync)

@@ -141,3 +141,12 @@ def test_an_unknown_gpu_allocator_is_refused_before_cupy_is_touched():
 
     with pytest.raises(ValueError, match="'malloc' is not one of: auto, async, pool"):
         gpu_allocator.install(None, "malloc", 0)
+
+
+def test_the_gpu_allocator_of_the_environment_is_checked_too(monkeypatch):
+    from scratch_nn.backends import gpu_allocator
+
+    monkeypatch.setenv(gpu_allocator.ENV, "unified")
+    with pytest.raises(ValueError, match="'unified' is not one of: auto, async, pool"):
+        gpu_allocator.install(None, None, 0)
+    assert gpu_allocator.DEFAULT == "pool"
