@@ -28,7 +28,7 @@ ALLOCATORS = ("auto", "async", "pool")
 ENV = "SCRATCH_NN_GPU_ALLOCATOR"   # the allocator of backends built without allocator=
 DEFAULT = "pool"
 _MEMORY_POOLS_SUPPORTED = 115      # cudaDevAttrMemoryPoolsSupported
-_async_pool = None
+_async_pool = _async_malloc = None
 
 
 def async_supported(cupy, device_id):
@@ -39,8 +39,9 @@ def async_supported(cupy, device_id):
 
 def install(cupy, kind, device_id):
     """Make `kind` ("auto": async where the GPU and driver have it, else pool; None: $ENV, else
-    DEFAULT) the allocator of every CuPy array allocated from now on; returns the kind installed."""
-    global _async_pool
+    DEFAULT) the allocator of every CuPy array allocated from now on; returns the kind installed.
+    "pool" replaces only the async pool, not an allocator the user installed."""
+    global _async_pool, _async_malloc
     if kind is None:
         kind = os.environ.get(ENV) or DEFAULT
     if kind not in ALLOCATORS:
@@ -55,8 +56,11 @@ def install(cupy, kind, device_id):
                                      "and driver that have it), which this one lacks: use allocator='pool'")
         if _async_pool is None:
             _async_pool = cupy.cuda.MemoryAsyncPool()
-        cupy.cuda.set_allocator(_async_pool.malloc)
-    else:
+            _async_malloc = _async_pool.malloc
+        cupy.cuda.set_allocator(_async_malloc)
+    elif _async_pool is not None and cupy.cuda.get_allocator() is _async_malloc:
+        # back from the async pool; otherwise leave the allocator as it is (CuPy's pool, or one
+        # the user installed), so the default changes nothing
         cupy.cuda.set_allocator(cupy.get_default_memory_pool().malloc)
     return kind
 
