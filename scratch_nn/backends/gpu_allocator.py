@@ -27,14 +27,12 @@ import os
 ALLOCATORS = ("auto", "async", "pool")
 ENV = "SCRATCH_NN_GPU_ALLOCATOR"   # the allocator of backends built without allocator=
 DEFAULT = "pool"
-_MEMORY_POOLS_SUPPORTED = 115      # cudaDevAttrMemoryPoolsSupported
 _async_pool = _async_malloc = None
 
 
 def async_supported(cupy, device_id):
     rt = cupy.cuda.runtime
-    return bool(rt.deviceGetAttribute(getattr(rt, "cudaDevAttrMemoryPoolsSupported", _MEMORY_POOLS_SUPPORTED),
-                                      device_id))
+    return bool(rt.deviceGetAttribute(rt.cudaDevAttrMemoryPoolsSupported, device_id))
 
 
 def install(cupy, kind, device_id):
@@ -46,10 +44,12 @@ def install(cupy, kind, device_id):
         kind = os.environ.get(ENV) or DEFAULT
     if kind not in ALLOCATORS:
         raise ValueError(f"allocator {kind!r} is not one of: {', '.join(ALLOCATORS)}")
-    if kind == "auto":
-        kind = "async" if async_supported(cupy, device_id) else "pool"
+    if kind != "pool":
+        supported = async_supported(cupy, device_id)
+        if kind == "auto":
+            kind = "async" if supported else "pool"
     if kind == "async":
-        if not async_supported(cupy, device_id):
+        if not supported:
             from .base import BackendUnavailable
 
             raise BackendUnavailable("allocator 'async' needs CUDA's stream-ordered allocator (CUDA 11.2+ on a GPU "
