@@ -15,7 +15,9 @@ On compute capability 9.0 (H100, H200) the forward, data-gradient and weight-gra
 whose channels are a multiple of 64 run cuda/conv_wgmma.cu instead (warpgroup mma, compiled
 for sm_90a): the family follows from the GPU and the shape alone, never from a measurement, so
 that a run repeats bitwise (the two families round differently); SCRATCH_NN_NO_WGMMA=1 (and
-the sm_75 switch) keeps mma.sync.
+the sm_75 switch) keeps mma.sync. Among those, the 3x3 stride-1 convolutions (forward and data
+gradient) whose tile's input fits shared memory run conv_halo, which copies each tile's input
+rows once into shared memory for all nine taps (SCRATCH_NN_NO_HALO=1 keeps conv_wgmma).
 """
 import contextlib
 import os
@@ -50,7 +52,12 @@ WGMMA_CONFIGS = [("wg", 64, 1, 4), ("wg", 64, 2, 3), ("wg", 128, 1, 3), ("wg", 1
 WGRAD_WG_CONFIGS = [("wgw", 64, 64, 4), ("wgw", 64, 128, 4), ("wgw", 64, 192, 3), ("wgw", 128, 64, 4),
                     ("wgw", 128, 128, 3), ("wgw", 128, 128, 4), ("wgw", 128, 192, 3)]
 WGMMA_BK = 64                  # channels a conv_wgmma K step (one 128-byte swizzled row), positions a conv_wgrad_wg one
+# conv_halo tiles ("halo", BN, WG, STAGES): 128 * WG output positions (whole image rows) by BN
+# channels, the 3x3 stride-1 convolutions over 64 channels; STAGES cp.async stages of weights
+HALO_CONFIGS = [("halo", 64, 1, 4), ("halo", 64, 2, 3), ("halo", 64, 2, 4), ("halo", 128, 1, 3), ("halo", 128, 2, 3)]
+HALO_MAX_SMEM = 227 * 1024     # the most shared memory a Hopper block may take
 NO_WGMMA_ENV = "SCRATCH_NN_NO_WGMMA"
+NO_HALO_ENV = "SCRATCH_NN_NO_HALO"   # =1: conv_halo's convolutions run conv_wgmma (for A/B measurements)
 # conv_wgrad tiles (BM, BN, WM, WN, STAGES): BM output channels by BN of the taps * C columns
 WGRAD_CONFIGS = [(128, 128, 2, 2, 4), (128, 256, 2, 4, 3), (128, 64, 2, 2, 4), (64, 64, 2, 2, 4), (64, 128, 2, 2, 4),
                  (64, 192, 2, 2, 3), (64, 48, 2, 1, 4), (64, 16, 2, 1, 4), (32, 48, 2, 1, 4), (32, 32, 2, 1, 4),
@@ -113,8 +120,49 @@ def wgrad_wg_candidates(f, k_cols):
     return out
 
 
+def halo_name(kind, cfg):
+    _, bn, wg, stages = cfg
+    return f"conv_halo<{kind}, {bn}, {wg}, {stages}>"
+
+
+def halo_geometry(bm, h, w):
+    """(rows a tile takes of each image, images a tile) of conv_halo's BM = bm positions over
+    h x w images: whole rows of one image, or whole images; None where neither fits."""
+    if bm <= h * w:
+        return (bm // w, 1) if bm % w == 0 and (h * w) % bm == 0 else None
+    return (h, bm // (h * w)) if bm % (h * w) == 0 else None
+
+
+def halo_smem(cfg, h, w, c):
+    """Dynamic shared memory of a conv_halo tile over h x w images of c channels: 1024
+    (alignment), the halo (per image, its rows and one more each side, w + 2 positions of 2c +
+    16 bytes) rounded up to 1024, the weight stages; at least the epilogue's output tile."""
+    _, bn, wg, stages = cfg
+    bm = 128 * wg
+    tr, ni = halo_geometry(bm, h, w)
+    halo = ni * (tr + 2) * (w + 2) * (2 * c + 16)
+    return 1024 + max(-(-halo // 1024) * 1024 + stages * bn * 128, bm * (bn + PAD) * 2)
+
+
+def halo_static_smem(cfg):
+    """conv_halo's own __shared__ arrays: the tap tables, out_row, red_s."""
+    _, bn, wg, _ = cfg
+    return 4 * 9 * 4 + 8 + 8 * 128 * wg + wg * 2 * 4 * bn * 4
+
+
+def halo_candidates(h, w, c, f, k, s, p):
+    """The conv_halo tiles that can run a k x k convolution (stride s, padding p) of f output
+    channels over h x w inputs of c channels: 3x3, stride 1, padding 1, c a multiple of 64,
+    tiles of whole rows or whole images whose halo fits shared memory; [] otherwise."""
+    if (k, s, p) != (3, 1, 1) or c % WGMMA_BK or f % 8:
+        return []
+    return [cfg for cfg in HALO_CONFIGS if halo_geometry(128 * cfg[2], h, w) is not None
+            and cfg[1] <= max(64, -(-f // 64) * 64) and halo_smem(cfg, h, w, c) + halo_static_smem(cfg) <= HALO_MAX_SMEM]
+
+
 def wgmma_names(kind):
-    return [wgmma_name(kind, cfg) for cfg in WGMMA_CONFIGS] + [wgrad_wg_name(kind, cfg) for cfg in WGRAD_WG_CONFIGS]
+    return ([wgmma_name(kind, cfg) for cfg in WGMMA_CONFIGS] + [wgrad_wg_name(kind, cfg) for cfg in WGRAD_WG_CONFIGS]
+            + [halo_name(kind, cfg) for cfg in HALO_CONFIGS])
 
 
 def wgmma_available(cupy, device_id=None):
@@ -220,7 +268,7 @@ def igemm_candidates(f, c, async_copy=True):
 def _stats_rows(cfg):
     """Output positions per BatchNorm-statistics chunk: a conv_igemm tile's BM, a conv_wgmma
     warpgroup's 128."""
-    return 128 if cfg[0] == "wg" else cfg[0]
+    return 128 if cfg[0] in ("wg", "halo") else cfg[0]
 
 
 def stats_tiles(cands):
@@ -274,6 +322,7 @@ class ConvKernels:
         self.module = compile_module(cupy, source(files=CONV_FILES), self._names)
         # the warpgroup kernels: sm_90a code, what an H100 / H200 runs for the wide layers
         self.wgmma = bool(async_copy) and (wgmma_available(cupy) if wgmma is None else bool(wgmma))
+        self.halo = os.environ.get(NO_HALO_ENV) != "1"
         self.wg_module = None
         if self.wgmma:
             self.wg_module = compile_module(cupy, source(files=WGMMA_FILES), wgmma_names(self.kind),
@@ -288,7 +337,7 @@ class ConvKernels:
     def _kernel(self, name, smem=0):
         fn = self._fn.get(name)
         if fn is None:
-            module = self.wg_module if name.startswith(("conv_wgmma<", "conv_wgrad_wg<")) else self.module
+            module = self.wg_module if name.startswith(("conv_wgmma<", "conv_wgrad_wg<", "conv_halo<")) else self.module
             fn = self._fn[name] = module.get_function(name)
         if fn.max_dynamic_shared_size_bytes < smem:     # static + dynamic over 48 KB needs the opt-in
             fn.max_dynamic_shared_size_bytes = smem
@@ -395,6 +444,22 @@ class ConvKernels:
              bias if bias is not None else NULL, np.int32(relu), stats if stats is not None else NULL),
             shared_mem=smem)
 
+    def _halo(self, cfg, x, wp, y, table, f, bias, relu, stats):
+        """conv_halo: grid (ceil(N * H * W / (128 WG)), ceil(f / BN)) of WG warpgroups; x (N, H, W, C)."""
+        n, h, w, c = x.shape
+        _, bn, wg, _ = cfg
+        smem = halo_smem(cfg, h, w, c)
+        self._kernel(halo_name(self.kind, cfg), smem)(
+            (-(-n * h * w // (128 * wg)), -(-f // bn)), (128 * wg,),
+            (x, wp, y, table, np.int32(n), np.int32(h), np.int32(w), np.int32(c), np.int32(f),
+             bias if bias is not None else NULL, np.int32(relu), stats if stats is not None else NULL), shared_mem=smem)
+
+    def _halo_takes(self, x, c, f, k, s, p):
+        """conv_halo's tiles for this GEMM where the GPU runs the warpgroup kernels, else []."""
+        if not (self.halo and self._wgmma_takes(x, c, f)):
+            return []
+        return halo_candidates(x.shape[1], x.shape[2], c, f, k, s, p)
+
     def forward(self, x, wp, k, s, p, bias=None, relu=False, stats=False, out=None):
         """y (N, OH, OW, F) = conv(x (N, H, W, C), wp (F, k*k, C)) (+ bias, ReLU). With stats,
         returns (y, st, rows): st (tiles, 2, F) float32 holds each tile of `rows` output positions'
@@ -407,12 +472,19 @@ class ConvKernels:
         m = n * oh * ow
         holder = {}
 
+        halo = self._halo_takes(x, c, f, k, s, p)
+
         def run(cfg):
             st = self.xp.empty((-(-m // _stats_rows(cfg)), 2, f), dtype=np.float32) if stats else None
-            self._igemm(cfg, x, wp, y, table, f, (oh, ow), s, (oh, ow), 1, bias, relu, st)
+            if cfg[0] == "halo":
+                self._halo(cfg, x, wp, y, table, f, bias, relu, st)
+            else:
+                self._igemm(cfg, x, wp, y, table, f, (oh, ow), s, (oh, ow), 1, bias, relu, st)
             holder["st"] = st
 
         def options():
+            if halo:        # conv_halo and conv_wgmma add the same products in the same order: timed together
+                return halo + wgmma_candidates(f, c), halo[-1]
             if self._wgmma_takes(x, c, f):
                 cands = wgmma_candidates(f, c)
                 return cands, cands[-1]
@@ -445,10 +517,17 @@ class ConvKernels:
                 raise ValueError("the stride-2 data gradient needs even input sizes")
             grid_hw, os_ = (h // 2, w // 2), 2
 
+        halo = self._halo_takes(dy, f, c, k, s, p)
+
         def run(cfg):
-            self._igemm(cfg, dy, wd, dx, table, c, grid_hw, 1, (h, w), os_, None, False, None)
+            if cfg[0] == "halo":
+                self._halo(cfg, dy, wd, dx, table, c, None, False, None)
+            else:
+                self._igemm(cfg, dy, wd, dx, table, c, grid_hw, 1, (h, w), os_, None, False, None)
 
         def options():
+            if halo:
+                return halo + wgmma_candidates(c, f), halo[-1]
             if self._wgmma_takes(dy, f, c):
                 cands = wgmma_candidates(c, f)
                 return cands, cands[-1]

@@ -12,10 +12,9 @@ channels-last's 2,829, the eager step from 13.4 to 11.1 ms (H100, 2026-12-07,
 release threshold is the maximum), so what it holds after a step is the step's peak, as with
 CuPy's pool; the allocator is process-wide, as CuPy's `set_allocator` is.
 
-The default is still CuPy's pool ("pool"): the stream-ordered one was measured on the eager
-step above, but the GPU test suite has not yet run with it (the device could not be had in the
-session that wrote this). `allocator="async"` (or "auto": async where the GPU has it), or
-SCRATCH_NN_GPU_ALLOCATOR=async for every backend built without the argument, turns it on.
+The default is "auto": the stream-ordered pool where the GPU and driver have it, CuPy's pool
+elsewhere (the GPU suite passed with it on the H100, 2026-12-07). `allocator="pool"`, or
+SCRATCH_NN_GPU_ALLOCATOR=pool for every backend built without the argument, keeps CuPy's.
 
 A CUDA graph replays the addresses of its capture, and capture here relies on CuPy's pool
 keeping the capture stream's freed blocks for that stream (scratch_nn.cuda_graph), where an
@@ -26,7 +25,7 @@ import os
 
 ALLOCATORS = ("auto", "async", "pool")
 ENV = "SCRATCH_NN_GPU_ALLOCATOR"   # the allocator of backends built without allocator=
-DEFAULT = "pool"
+DEFAULT = "auto"
 _async_pool = _async_malloc = None
 
 

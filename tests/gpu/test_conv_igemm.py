@@ -45,8 +45,12 @@ def _kernels(storage, async_copy, wgmma):
     return _CACHE[key]
 
 
-def _gemm_tiles(K, f, c, x, stats=False):
-    """The tiles a forward (or data gradient) GEMM of f channels over c may take on K's path."""
+def _gemm_tiles(K, f, c, x, ksp, stats=False):
+    """The tiles a forward (or data gradient) GEMM of f channels over c, of a convolution
+    ksp = (k, s, p), may take on K's path."""
+    halo = K._halo_takes(x, c, f, *ksp)
+    if halo:
+        return halo + G.wgmma_candidates(f, c)
     if K._wgmma_takes(x, c, f):
         return G.wgmma_candidates(f, c)
     cands = G.igemm_candidates(f, c, K.async_copy)
@@ -176,7 +180,8 @@ def test_forward_dgrad_wgrad_match_float64(shape, storage, async_copy, wgmma):
 
 # small shapes that every compiled tile can take as a candidate of (F wide enough, C a K-step multiple)
 TILE_SHAPES = [(7, 16, 16, 8, 3, 1, 1), (7, 32, 32, 8, 3, 1, 1), (7, 64, 64, 8, 3, 1, 1),
-               (5, 128, 256, 8, 3, 2, 1), (3, 256, 256, 4, 3, 1, 1), (3, 64, 128, 8, 1, 2, 0)]
+               (5, 128, 256, 8, 3, 2, 1), (3, 256, 256, 4, 3, 1, 1), (3, 64, 128, 8, 1, 2, 0),
+               (3, 64, 64, 16, 3, 1, 1), (3, 64, 128, 16, 3, 1, 1)]       # the last two: conv_halo's
 
 
 @pytest.mark.parametrize("storage,async_copy,wgmma", MODES)
@@ -193,7 +198,7 @@ def test_every_compiled_tile_matches_float64(storage, async_copy, wgmma):
         ty, tdx, tdw = torch_autocast_errors(xq, wq, dyq, s, p, storage, ref_y, ref_dx, ref_dw)
         xd, dyd, wd32 = cupy.asarray(to_bits(x, storage)), cupy.asarray(to_bits(dy, storage)), cupy.asarray(w)
         wp, wdg = K.pack_forward(wd32, cp=cp), K.pack_dgrad(wd32)
-        for cfg in _gemm_tiles(K, f, c, xd):
+        for cfg in _gemm_tiles(K, f, c, xd, (k, s, p)):
             with K.pinned(cfg):
                 y = cupy.full((n, oh, oh, f), POISON, np.uint16)
                 K.forward(xd, wp, k, s, p, out=y)
@@ -201,19 +206,24 @@ def test_every_compiled_tile_matches_float64(storage, async_copy, wgmma):
             ran.add(("igemm", cfg))
         # the forward that writes BatchNorm statistics gives the same bits on every tile it may take
         seen = []
-        for cfg in _gemm_tiles(K, f, c, xd, stats=True):
+        for cfg in _gemm_tiles(K, f, c, xd, (k, s, p), stats=True):
             with K.pinned(cfg):
                 y = cupy.full((n, oh, oh, f), POISON, np.uint16)
                 _, st, _ = K.forward(xd, wp, k, s, p, stats=True, out=y)
             seen.append((cfg, cupy.asnumpy(y), cupy.asnumpy(st)))
         for cfg, yv, sv in seen[1:]:
             assert np.array_equal(yv, seen[0][1]) and np.array_equal(sv, seen[0][2]), (cfg, seen[0][0], shape)
-        for cfg in _gemm_tiles(K, c, f, dyd):
+        seen = []
+        for cfg in _gemm_tiles(K, c, f, dyd, (k, s, p)):
             with K.pinned(cfg):
                 dx = cupy.full((n, h, h, c), POISON, np.uint16)
                 K.dgrad(dyd, wdg, k, s, p, (h, h), out=dx)
             assert rel(from_bits(dx, storage), ref_dx) <= 2 * tdx + 1e-6, (cfg, shape)
             ran.add(("igemm", cfg))
+            seen.append((cfg, cupy.asnumpy(dx)))
+        if K.wgmma:     # conv_halo and conv_wgmma are timed against each other: they must agree bitwise
+            for cfg, dv in seen[1:]:
+                assert np.array_equal(dv, seen[0][1]), (cfg, seen[0][0], shape)
         wgrad_tiles = G.wgrad_wg_candidates(f, k * k * c) if K._wgmma_takes(xd, c, f) else \
             G.wgrad_candidates(f, k * k * c, async_copy)
         for cfg in wgrad_tiles:
@@ -225,6 +235,7 @@ def test_every_compiled_tile_matches_float64(storage, async_copy, wgmma):
     compiled = {("igemm", cfg) for cfg in G.IGEMM_CONFIGS
                 if G.igemm_name(K.kind, cfg, async_copy) in G.name_expressions(K.kind, async_copy)}
     if K.wgmma:     # every warpgroup tile; the mma.sync ones are the other modes' to cover
-        compiled = {("igemm", cfg) for cfg in G.WGMMA_CONFIGS} | {("wgrad", cfg) for cfg in G.WGRAD_WG_CONFIGS}
+        compiled = {("igemm", cfg) for cfg in G.WGMMA_CONFIGS + G.HALO_CONFIGS} | \
+            {("wgrad", cfg) for cfg in G.WGRAD_WG_CONFIGS}
     missing = compiled - ran
     assert not missing, f"compiled tiles no shape here exercised: {sorted(missing)}"

@@ -149,4 +149,4 @@ def test_the_gpu_allocator_of_the_environment_is_checked_too(monkeypatch):
     monkeypatch.setenv(gpu_allocator.ENV, "unified")
     with pytest.raises(ValueError, match="'unified' is not one of: auto, async, pool"):
         gpu_allocator.install(None, None, 0)
-    assert gpu_allocator.DEFAULT == "pool"
+    assert gpu_allocator.DEFAULT == "auto"

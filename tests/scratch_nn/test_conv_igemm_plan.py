@@ -128,3 +128,62 @@ def test_fast_division_is_exact():
         ns = np.concatenate([r.integers(0, 2**31, 2000), np.arange(0, 3 * d), [2**31 - 1, 2**31 - d]])
         for n in ns.tolist():
             assert (n * mul) >> sh == n // d and n * mul < 2**64, (d, n)
+
+
+def halo_conv(x, wp, table, bm):
+    """conv_halo (cuda/conv_wgmma.cu), index for index: each tile of bm output positions copies
+    its halo (per image, its rows and one more each side, w + 2 wide; zeros outside the image and
+    past the batch) and reads tap (dh, dw) of row r at halo position
+    i * HI + (tr + 1 + dh) * HC + col + 1 + dw."""
+    n, h, w, c = x.shape
+    f = wp.shape[0]
+    tr_, ni = G.halo_geometry(bm, h, w)
+    hc, hi = w + 2, (tr_ + 2) * (w + 2)
+    m = n * h * w
+    y = np.full((m + bm, f), np.nan)
+    for m0 in range(0, m, bm):
+        n0, r0 = m0 // (h * w), (m0 % (h * w)) // w
+        halo = np.zeros((ni * hi, c))
+        for pos in range(ni * hi):
+            i, hp = divmod(pos, hi)
+            hr, hcol = divmod(hp, hc)
+            nn, ih, iw = n0 + i, r0 - 1 + hr, hcol - 1
+            if nn < n and 0 <= ih < h and 0 <= iw < w:
+                halo[pos] = x[nn, ih, iw]
+        acc = np.zeros((bm, f))
+        for t in range(table[0, 0]):
+            dh, dw, idx = table[0, 1 + 3 * t:4 + 3 * t]
+            for r in range(bm):
+                i, rr = divmod(r, tr_ * w)
+                tr, col = divmod(rr, w)
+                acc[r] += halo[i * hi + (tr + 1 + dh) * hc + col + 1 + dw] @ wp[:, idx, :].T
+        y[m0:m0 + bm] = acc
+    return y[:m].reshape(n, h, w, f)
+
+
+@pytest.mark.parametrize("n,h,bm", [(2, 8, 16), (3, 4, 32), (1, 8, 64), (3, 4, 64)])
+def test_halo_tiles_read_what_the_gather_reads(n, h, bm):
+    """conv_halo's halo indexing gives conv_igemm's convolution, forward and stride-1 data
+    gradient, for tiles of image rows and of whole images, a partial last tile included."""
+    r = np.random.default_rng(n * 100 + h + bm)
+    c, f = 8, 8
+    x = r.standard_normal((n, h, h, c))
+    w = r.standard_normal((f, c, 3, 3))
+    ref = igemm(x, pack(w, False), G.taps_forward(3, 1, 1), (h, h), 1, (h, h), 1)
+    np.testing.assert_allclose(halo_conv(x, pack(w, False), G.taps_forward(3, 1, 1), bm), ref, rtol=1e-12, atol=1e-12)
+    dy = r.standard_normal((n, h, h, f))
+    ref = igemm(dy, pack(w, True), G.taps_dgrad(3, 1, 1), (h, h), 1, (h, h), 1)
+    np.testing.assert_allclose(halo_conv(dy, pack(w, True), G.taps_dgrad(3, 1, 1), bm), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_halo_takes_resnet18s_stride_one_layers_that_fit_shared_memory():
+    cands = {(h, c): G.halo_candidates(h, h, c, c, 3, 1, 1) for h, c in ((32, 64), (16, 128), (8, 256), (4, 512))}
+    assert all(cands[(h, c)] for h, c in ((32, 64), (16, 128), (8, 256)))
+    assert cands[(4, 512)] == []                     # 8 images of 512 channels a tile: 300 KB of halo
+    for (h, c), cs in cands.items():
+        for cfg in cs:
+            assert G.halo_smem(cfg, h, h, c) + G.halo_static_smem(cfg) <= G.HALO_MAX_SMEM
+    assert G.halo_candidates(32, 32, 64, 128, 3, 2, 1) == [] and G.halo_candidates(32, 32, 64, 64, 1, 1, 0) == []
+    assert G.halo_candidates(32, 32, 32, 32, 3, 1, 1) == []          # channels not a multiple of 64
+    assert G.halo_geometry(128, 32, 32) == (4, 1) and G.halo_geometry(128, 8, 8) == (8, 2)
+    assert G.halo_geometry(128, 12, 12) is None and G.halo_geometry(256, 16, 16) == (16, 1)

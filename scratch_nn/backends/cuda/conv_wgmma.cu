@@ -79,6 +79,113 @@ __device__ __forceinline__ void wgmma_tile(float (&d)[BN / 2], unsigned long lon
     else wgmma_n192<KIND, TR>(d, da, db);
 }
 
+// d (64 x N fp32) += A (64 x 16 from registers: each warp's 16 rows as ldmatrix_x4 leaves them,
+// the layout of mma.sync m16n8k16's A) * B (16 x N, K-major descriptor db)
+#define WGMMA_RS_ASM(N, TY, R, D, A, DB, SC)                                                              \
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, " SC ", 0;\n"                                            \
+                 "wgmma.mma_async.sync.aligned.m64n" N "k16.f32." TY "." TY " {" R "}, {" A "}, " DB       \
+                 ", p, 1, 1, 0; }\n" : D : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1))
+template <int KIND, int BN>
+__device__ __forceinline__ void wgmma_rs_tile(float (&d)[BN / 2], const unsigned (&a)[4], unsigned long long db) {
+    static_assert(BN == 64 || BN == 128, "register-A wgmma tiles of 64 or 128 columns");
+    if constexpr (BN == 64) {
+        if constexpr (KIND == 0) WGMMA_RS_ASM("64", "f16", WG_R32, WG_D32(0), "%32, %33, %34, %35", "%36", "%37");
+        else WGMMA_RS_ASM("64", "bf16", WG_R32, WG_D32(0), "%32, %33, %34, %35", "%36", "%37");
+    } else {
+        if constexpr (KIND == 0) WGMMA_RS_ASM("128", "f16", WG_R64, WG_D64, "%64, %65, %66, %67", "%68", "%69");
+        else WGMMA_RS_ASM("128", "bf16", WG_R64, WG_D64, "%64, %65, %66, %67", "%68", "%69");
+    }
+}
+__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+// ------------------------------------------------------------------ the warpgroup kernels' epilogue
+// What conv_wgmma and conv_halo do once their K loop is done (every operand copy waited for and
+// the CTA synchronised, so the output tile may reuse the operand buffers at smem): + bias, ReLU,
+// rounded to 16 bits, staged in shared memory and stored 16 bytes a thread to the rows'
+// offsets out_row; with stats, each warpgroup's 128 rows also write one chunk of per-channel
+// mean and squared deviations of the rounded outputs (chunk blockIdx.x * WG + wg).
+template <int KIND, int BN, int WG>
+__device__ __forceinline__ void wg_epilogue(float (&acc)[2][BN / 2], unsigned char* smem, const long long* out_row,
+                                            float (&red_s)[WG][2][4][BN], u16* __restrict__ y, int m0, int M, int f0,
+                                            int F, const float* __restrict__ bias, int relu, float* __restrict__ stats) {
+    constexpr int NTHR = 128 * WG, BM = 128 * WG, NT = BN / 8, LDO = BN + IG_PAD;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wg = warp >> 2, wl = warp & 3;
+    // thread (warp wl of warpgroup wg, lane g * 4 + t4) holds, for half a and n8 block b,
+    // rows 128 wg + 64 a + 16 wl + g (+ 8) and columns 8 b + 2 t4 (+ 1): acc[a][4 b + 2 h + e]
+    u16* Cs = reinterpret_cast<u16*>(smem);           // [BM][LDO]
+    const int g = lane >> 2, t4 = lane & 3;
+    float csum[NT][2];
+#pragma unroll
+    for (int b = 0; b < NT; ++b) csum[b][0] = csum[b][1] = 0.f;
+#pragma unroll
+    for (int a = 0; a < 2; ++a) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            int r = wg * 128 + a * 64 + wl * 16 + g + h * 8;
+            bool live = m0 + r < M;
+#pragma unroll
+            for (int b = 0; b < NT; ++b) {
+                int col = b * 8 + 2 * t4, f = f0 + col;
+                float v0 = acc[a][4 * b + 2 * h], v1 = acc[a][4 * b + 2 * h + 1];
+                u16 h0, h1;
+                ig_stage_pair<KIND>(v0, v1, bias, f, F, relu, Cs + r * LDO + col, h0, h1);
+                if (live) { csum[b][0] += u16_to_f<KIND>(h0); csum[b][1] += u16_to_f<KIND>(h1); }
+            }
+        }
+    }
+    __syncthreads();
+    ig_store_tile<BM, BN, NTHR>(Cs, out_row, y, f0, F, tid);
+    if (stats == nullptr) return;
+    // per warpgroup (one 128-row chunk): mean and squared deviations per channel of the rounded
+    // outputs of its live rows, in a fixed order; the deviations re-read the staged tile
+    const int rows_wg = max(0, min(128, M - m0 - wg * 128));
+    column_sums_to_shared<NT>(csum, red_s[wg][0][wl], lane);
+    __syncthreads();
+    float mean[NT][2];
+#pragma unroll
+    for (int b = 0; b < NT; ++b)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            int col = b * 8 + 2 * t4 + e;
+            float s_ = 0.f;
+#pragma unroll
+            for (int q = 0; q < 4; ++q) s_ += red_s[wg][0][q][col];
+            mean[b][e] = s_ / max(rows_wg, 1);
+            csum[b][e] = 0.f;
+        }
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            int r = wg * 128 + a * 64 + wl * 16 + g + h * 8;
+            if (m0 + r >= M) continue;
+#pragma unroll
+            for (int b = 0; b < NT; ++b) {
+                unsigned pair = *reinterpret_cast<const unsigned*>(Cs + r * LDO + b * 8 + 2 * t4);
+                float d0 = u16_to_f<KIND>((u16)(pair & 0xffffu)) - mean[b][0];
+                float d1 = u16_to_f<KIND>((u16)(pair >> 16)) - mean[b][1];
+                csum[b][0] += d0 * d0;
+                csum[b][1] += d1 * d1;
+            }
+        }
+    column_sums_to_shared<NT>(csum, red_s[wg][1][wl], lane);
+    __syncthreads();
+    if (rows_wg == 0) return;
+    const int chunk = blockIdx.x * WG + wg;
+    for (int col = tid & 127; col < BN; col += 128) {
+        int f = f0 + col;
+        if (f >= F) continue;
+        float s1 = 0.f, s2 = 0.f;
+        for (int q = 0; q < 4; ++q) { s1 += red_s[wg][0][q][col]; s2 += red_s[wg][1][q][col]; }
+        stats[(long long)(chunk * 2) * F + f] = s1 / rows_wg;
+        stats[(long long)(chunk * 2 + 1) * F + f] = s2;
+    }
+}
+
 // grid: (ceil(M / BM), ceil(F / BN), classes); block: 128 * WG threads; dynamic shared
 // memory: 1024 (alignment) + max(STAGES * (BM + BN) * 128, BM * (BN + IG_PAD) * 2) bytes.
 template <int KIND, int BN, int WG, int STAGES>
@@ -90,8 +197,7 @@ conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
     constexpr int A_BYTES = BM * 128, B_BYTES = BN * 128, STAGE = A_BYTES + B_BYTES;
     constexpr int RSTEP = NTHR / 8;                   // rows between one thread's chunks
     constexpr int A_PER = BM / RSTEP, B_PER = (BN + RSTEP - 1) / RSTEP;
-    constexpr int NT = BN / 8, NACC = BN / 2;
-    constexpr int LDO = BN + IG_PAD;
+    constexpr int NACC = BN / 2;
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const unsigned raw = smem_addr(smem_raw);
@@ -102,8 +208,8 @@ conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
     __shared__ long long out_row[BM];
     __shared__ float red_s[WG][2][4][BN];
 
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wg = warp >> 2, wl = warp & 3;
+    const int tid = threadIdx.x, warp = tid >> 5;
+    const int wg = warp >> 2;
     const int z = blockIdx.z, ph = z >> 1, pw = z & 1;
     const int M = N * OHc * OWc;
     const int m0 = blockIdx.x * BM, f0 = blockIdx.y * BN;
@@ -192,77 +298,134 @@ conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
     cp_async_wait<0>();
     __syncthreads();        // every warp is done with the operand buffers: they take the output tile
 
-    // ---------------------------------------------------------------- epilogue
-    // thread (warp wl of warpgroup wg, lane g * 4 + t4) holds, for half a and n8 block b,
-    // rows 128 wg + 64 a + 16 wl + g (+ 8) and columns 8 b + 2 t4 (+ 1): acc[a][4 b + 2 h + e]
-    u16* Cs = reinterpret_cast<u16*>(smem);           // [BM][LDO]
-    const int g = lane >> 2, t4 = lane & 3;
-    float csum[NT][2];
+    wg_epilogue<KIND, BN, WG>(acc, smem, out_row, red_s, y, m0, M, f0, F, bias, relu, stats);
+}
+
+// ------------------------------------------------------------------ conv_halo (3x3, stride 1)
+// conv_wgmma's GEMM for a 3x3 convolution of stride 1 and padding 1 (the forward, and the data
+// gradient of such a convolution, whose taps are the same nine shifts) over C channels, a
+// multiple of 64. A CTA's BM = 128 * WG output positions are either TR = BM / W whole rows of
+// one image or NI = BM / (H * W) whole images, so the input they read is, per image, those
+// rows and one more above and below, W + 2 columns wide (zeros outside the image and past the
+// batch). That halo, NI x (TR + 2) x (W + 2) positions of C channels, is copied into shared
+// memory once (a position's 2C bytes and 16 of padding, so that ldmatrix's 8 rows fall on
+// distinct banks), and each K step, a tap (dh, dw) and 64 of the channels, reads it shifted by
+// (dh, dw): A comes from registers (ldmatrix from the halo), B (the step's BN x 64 weights, as
+// conv_wgmma's B) through a STAGES-deep cp.async ring. conv_wgmma gathers every tap's rows
+// from L2 again: 9 times the input a tile reads, against the halo's (TR + 2) (W + 2) / (TR W)
+// (1.4 for layer1's 4 rows of 32). The K steps come in conv_wgmma's order (tap, then channel
+// block), with its epilogue and statistics chunks: the two give the same bits.
+// grid: (ceil(M / BM), ceil(F / BN)); block 128 * WG; dynamic shared memory (halo_smem() in
+// conv_igemm.py): 1024 (alignment) + the halo rounded up to 1024 + STAGES * BN * 128, at least
+// the output tile.
+template <int KIND, int BN, int WG, int STAGES>
+__global__ void __launch_bounds__(128 * WG)
+conv_halo(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restrict__ y, const int* __restrict__ taps,
+          int N, int H, int W, int C, int F, const float* __restrict__ bias, int relu, float* __restrict__ stats) {
+    constexpr int NTHR = 128 * WG, BM = 128 * WG, BK = 64;
+    constexpr int RSTEP = NTHR / 8, B_PER = (BN + RSTEP - 1) / RSTEP, NACC = BN / 2;
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const unsigned raw = smem_addr(smem_raw);
+    const unsigned base = (raw + 1023u) & ~1023u;
+    unsigned char* smem = smem_raw + (base - raw);
+    __shared__ int tap_off[9], tap_w[9], tap_dh[9], tap_dw[9];
+    __shared__ int ntaps_s, wrow_s;
+    __shared__ long long out_row[BM];
+    __shared__ float red_s[WG][2][4][BN];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wg = warp >> 2, wl = warp & 3;
+    const int HW = H * W, M = N * HW;
+    const int m0 = blockIdx.x * BM, f0 = blockIdx.y * BN;
+    ig_setup<BM, NTHR>(taps, tap_off, tap_w, tap_dh, tap_dw, &ntaps_s, &wrow_s, out_row, tid, m0, M, W, C, F, H, W, H,
+                       W, 1, 0, 0);
+    const int TR = min(H, BM / W), HC = W + 2, HI = (TR + 2) * HC;   // rows a tile's image; halo columns, positions an image
+    const int NI = BM / (TR * W), CH = C / 8, PITCH = 2 * C + 16;     // images a tile; 16-byte chunks, bytes a position
+    const unsigned halo = base, bring = base + ((NI * HI * PITCH + 1023) & ~1023);
+
+    // the halo: position (i, hr, hc) is input (n0 + i, r0 - 1 + hr, hc - 1)
+    const int n0 = m0 / HW, r0 = (m0 - n0 * HW) / W;
+    for (int q = tid; q < NI * HI * CH; q += NTHR) {
+        const int pos = q / CH, ch = q - pos * CH, i = pos / HI, hp = pos - i * HI, hr = hp / HC, hc = hp - hr * HC;
+        const int n = n0 + i, ih = r0 - 1 + hr, iw = hc - 1;
+        const bool ok = n < N && ih >= 0 && ih < H && iw >= 0 && iw < W;
+        cp_async16(halo + pos * PITCH + ch * 16, ok ? x + (((long long)n * H + ih) * W + iw) * C + ch * 8 : x,
+                   ok ? 16 : 0);
+    }
+    __syncthreads();                                     // the tap tables (ig_setup)
+    const int CB = C / BK, KT = ntaps_s * CB;
+
+    // B: this thread's chunk kc of output-channel rows rb0 + RSTEP * i, swizzled as conv_wgmma's
+    const int kc = tid & 7, rb0 = tid >> 3;
+    const unsigned dst0 = (unsigned)(rb0 * 128 + ((kc ^ (rb0 & 7)) << 4));
+    int b_off[B_PER];
 #pragma unroll
-    for (int b = 0; b < NT; ++b) csum[b][0] = csum[b][1] = 0.f;
+    for (int i = 0; i < B_PER; ++i) {
+        int rr = rb0 + i * RSTEP, f = f0 + rr;
+        b_off[i] = (rr < BN && f < F) ? f * wrow_s + kc * 8 : -1;
+    }
+    auto load_b = [&](int kt, int buf) {                 // step kt = tap kt / CB, channel block kt % CB
+        const unsigned sb = bring + buf * (BN * 128);
+        const int t = kt / CB, woff = tap_w[t] + (kt - t * CB) * BK;
 #pragma unroll
-    for (int a = 0; a < 2; ++a) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            int r = wg * 128 + a * 64 + wl * 16 + g + h * 8;
-            bool live = m0 + r < M;
-#pragma unroll
-            for (int b = 0; b < NT; ++b) {
-                int col = b * 8 + 2 * t4, f = f0 + col;
-                float v0 = acc[a][4 * b + 2 * h], v1 = acc[a][4 * b + 2 * h + 1];
-                u16 h0, h1;
-                ig_stage_pair<KIND>(v0, v1, bias, f, F, relu, Cs + r * LDO + col, h0, h1);
-                if (live) { csum[b][0] += u16_to_f<KIND>(h0); csum[b][1] += u16_to_f<KIND>(h1); }
+        for (int i = 0; i < B_PER; ++i) {
+            if (rb0 + i * RSTEP < BN) {
+                bool ok = b_off[i] >= 0;
+                cp_async16(sb + dst0 + i * RSTEP * 128, ok ? wp + (b_off[i] + woff) : wp, ok ? 16 : 0);
             }
         }
+    };
+    load_b(0, 0);
+    cp_async_commit();                                   // group 0: the halo and step 0's weights
+#pragma unroll
+    for (int st = 1; st < STAGES - 1; ++st) {
+        if (st < KT) load_b(st, st);
+        cp_async_commit();
     }
-    __syncthreads();
-    ig_store_tile<BM, BN, NTHR>(Cs, out_row, y, f0, F, tid);
-    if (stats == nullptr) return;
-    // per warpgroup (one 128-row chunk): mean and squared deviations per channel of the rounded
-    // outputs of its live rows, in a fixed order; the deviations re-read the staged tile
-    const int rows_wg = max(0, min(128, M - m0 - wg * 128));
-    column_sums_to_shared<NT>(csum, red_s[wg][0][wl], lane);
-    __syncthreads();
-    float mean[NT][2];
+
+    // A: this lane's ldmatrix row of each m64 half at tap (0, 0), channel block 0; k half (lane >> 4) * 8
+    unsigned a_addr[2];
 #pragma unroll
-    for (int b = 0; b < NT; ++b)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            int col = b * 8 + 2 * t4 + e;
-            float s_ = 0.f;
-#pragma unroll
-            for (int q = 0; q < 4; ++q) s_ += red_s[wg][0][q][col];
-            mean[b][e] = s_ / max(rows_wg, 1);
-            csum[b][e] = 0.f;
-        }
+    for (int a = 0; a < 2; ++a) {
+        const int r = wg * 128 + a * 64 + wl * 16 + (lane & 15), i = r / (TR * W), rr = r - i * TR * W;
+        const int tr = rr / W, col = rr - tr * W;
+        a_addr[a] = halo + (i * HI + (tr + 1) * HC + col + 1) * PITCH + (lane >> 4) * 16;
+    }
+
+    float acc[2][NACC];
 #pragma unroll
     for (int a = 0; a < 2; ++a)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            int r = wg * 128 + a * 64 + wl * 16 + g + h * 8;
-            if (m0 + r >= M) continue;
+        for (int c = 0; c < NACC; ++c) acc[a][c] = 0.f;
+
+    for (int kt = 0; kt < KT; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        fence_async_shared();
+        __syncthreads();           // the halo and step kt's weights landed; step kt - 1's buffer is free
+        const unsigned sb = bring + (kt % STAGES) * (BN * 128);
+        const int t = kt / CB;
+        const int shift = (tap_dh[t] * HC + tap_dw[t]) * PITCH + (kt - t * CB) * (BK * 2);
+        unsigned af[2][4][4];
 #pragma unroll
-            for (int b = 0; b < NT; ++b) {
-                unsigned pair = *reinterpret_cast<const unsigned*>(Cs + r * LDO + b * 8 + 2 * t4);
-                float d0 = u16_to_f<KIND>((u16)(pair & 0xffffu)) - mean[b][0];
-                float d1 = u16_to_f<KIND>((u16)(pair >> 16)) - mean[b][1];
-                csum[b][0] += d0 * d0;
-                csum[b][1] += d1 * d1;
-            }
+        for (int a = 0; a < 2; ++a)
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) ldsm_x4(af[a][kk], a_addr[a] + shift + kk * 32);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            wgmma_rs_tile<KIND, BN>(acc[0], af[0][kk], wg_desc(sb + kk * 32));
+            wgmma_rs_tile<KIND, BN>(acc[1], af[1][kk], wg_desc(sb + kk * 32));
         }
-    column_sums_to_shared<NT>(csum, red_s[wg][1][wl], lane);
-    __syncthreads();
-    if (rows_wg == 0) return;
-    const int chunk = blockIdx.x * WG + wg;
-    for (int col = tid & 127; col < BN; col += 128) {
-        int f = f0 + col;
-        if (f >= F) continue;
-        float s1 = 0.f, s2 = 0.f;
-        for (int q = 0; q < 4; ++q) { s1 += red_s[wg][0][q][col]; s2 += red_s[wg][1][q][col]; }
-        stats[(long long)(chunk * 2) * F + f] = s1 / rows_wg;
-        stats[(long long)(chunk * 2 + 1) * F + f] = s2;
+        wg_commit();
+        if (kt + STAGES - 1 < KT) load_b(kt + STAGES - 1, (kt + STAGES - 1) % STAGES);
+        cp_async_commit();
+        wg_wait<0>();
     }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    wg_epilogue<KIND, BN, WG>(acc, smem, out_row, red_s, y, m0, M, f0, F, bias, relu, stats);
 }
 
 // ------------------------------------------------------------------ conv_wgrad_wg (weight gradient)
