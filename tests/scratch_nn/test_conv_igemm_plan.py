@@ -187,3 +187,6 @@ def test_halo_takes_resnet18s_stride_one_layers_that_fit_shared_memory():
     assert G.halo_candidates(32, 32, 32, 32, 3, 1, 1) == []          # channels not a multiple of 64
     assert G.halo_geometry(128, 32, 32) == (4, 1) and G.halo_geometry(128, 8, 8) == (8, 2)
     assert G.halo_geometry(128, 12, 12) is None and G.halo_geometry(256, 16, 16) == (16, 1)
+    # untuned (a capture before any eager step): the halo kernel where it measured faster, layer1's 64 channels
+    assert G.halo_default(cands[(32, 64)], G.wgmma_candidates(64, 64), 64) == ("halo", 64, 2, 4)
+    assert G.halo_default(cands[(16, 128)], G.wgmma_candidates(128, 128), 128)[0] == "wg"
