@@ -15,9 +15,11 @@ On compute capability 9.0 (H100, H200) the forward, data-gradient and weight-gra
 whose channels are a multiple of 64 run cuda/conv_wgmma.cu instead (warpgroup mma, compiled
 for sm_90a): the family follows from the GPU and the shape alone, never from a measurement, so
 that a run repeats bitwise (the two families round differently); SCRATCH_NN_NO_WGMMA=1 (and
-the sm_75 switch) keeps mma.sync. Among those, the 3x3 stride-1 convolutions (forward and data
-gradient) whose tile's input fits shared memory run conv_halo, which copies each tile's input
-rows once into shared memory for all nine taps (SCRATCH_NN_NO_HALO=1 keeps conv_wgmma).
+the sm_75 switch) keeps mma.sync. For the 3x3 stride-1 convolutions (forward and data gradient)
+whose tile's input fits shared memory, conv_halo, which copies each tile's input rows once into
+shared memory for all nine taps, is timed against conv_wgmma like another tile: the two add the
+same products in the same order, so either gives the same bits (SCRATCH_NN_NO_HALO=1 leaves
+conv_halo out).
 """
 import contextlib
 import os
@@ -52,8 +54,8 @@ WGMMA_CONFIGS = [("wg", 64, 1, 4), ("wg", 64, 2, 3), ("wg", 128, 1, 3), ("wg", 1
 WGRAD_WG_CONFIGS = [("wgw", 64, 64, 4), ("wgw", 64, 128, 4), ("wgw", 64, 192, 3), ("wgw", 128, 64, 4),
                     ("wgw", 128, 128, 3), ("wgw", 128, 128, 4), ("wgw", 128, 192, 3)]
 WGMMA_BK = 64                  # channels a conv_wgmma K step (one 128-byte swizzled row), positions a conv_wgrad_wg one
-# conv_halo tiles ("halo", BN, WG, STAGES): 128 * WG output positions (whole image rows) by BN
-# channels, the 3x3 stride-1 convolutions over 64 channels; STAGES cp.async stages of weights
+# conv_halo tiles ("halo", BN, WG, STAGES): 128 * WG output positions (whole rows of one image, or
+# whole images) by BN channels of a 3x3 stride-1 convolution; STAGES cp.async stages of weights
 HALO_CONFIGS = [("halo", 64, 1, 4), ("halo", 64, 2, 3), ("halo", 64, 2, 4), ("halo", 128, 1, 3), ("halo", 128, 2, 3)]
 HALO_MAX_SMEM = 227 * 1024     # the most shared memory a Hopper block may take
 NO_WGMMA_ENV = "SCRATCH_NN_NO_WGMMA"
@@ -479,8 +481,6 @@ class ConvKernels:
         m = n * oh * ow
         holder = {}
 
-        halo = self._halo_takes(x, c, f, k, s, p)
-
         def run(cfg):
             st = self.xp.empty((-(-m // _stats_rows(cfg)), 2, f), dtype=np.float32) if stats else None
             if cfg[0] == "halo":
@@ -490,6 +490,7 @@ class ConvKernels:
             holder["st"] = st
 
         def options():
+            halo = self._halo_takes(x, c, f, k, s, p)
             if halo:        # conv_halo and conv_wgmma add the same products in the same order: timed together
                 return halo + wgmma_candidates(f, c), halo_default(halo, wgmma_candidates(f, c), c)
             if self._wgmma_takes(x, c, f):
@@ -524,8 +525,6 @@ class ConvKernels:
                 raise ValueError("the stride-2 data gradient needs even input sizes")
             grid_hw, os_ = (h // 2, w // 2), 2
 
-        halo = self._halo_takes(dy, f, c, k, s, p)
-
         def run(cfg):
             if cfg[0] == "halo":
                 self._halo(cfg, dy, wd, dx, table, c, None, False, None)
@@ -533,6 +532,7 @@ class ConvKernels:
                 self._igemm(cfg, dy, wd, dx, table, c, grid_hw, 1, (h, w), os_, None, False, None)
 
         def options():
+            halo = self._halo_takes(dy, f, c, k, s, p)
             if halo:
                 return halo + wgmma_candidates(c, f), halo_default(halo, wgmma_candidates(c, f), f)
             if self._wgmma_takes(dy, f, c):
