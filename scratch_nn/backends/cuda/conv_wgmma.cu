@@ -96,10 +96,6 @@ __device__ __forceinline__ void wgmma_rs_tile(float (&d)[BN / 2], const unsigned
         else WGMMA_RS_ASM("128", "bf16", WG_R64, WG_D64, "%64, %65, %66, %67", "%68", "%69");
     }
 }
-__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], unsigned addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
 
 // ------------------------------------------------------------------ the warpgroup kernels' epilogue
 // What conv_wgmma and conv_halo do once their K loop is done (every operand copy waited for and
@@ -410,7 +406,7 @@ conv_halo(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restrict
 #pragma unroll
         for (int a = 0; a < 2; ++a)
 #pragma unroll
-            for (int kk = 0; kk < 4; ++kk) ldsm_x4(af[a][kk], a_addr[a] + shift + kk * 32);
+            for (int kk = 0; kk < 4; ++kk) ldmatrix_x4(af[a][kk], a_addr[a] + shift + kk * 32);
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {

@@ -35,6 +35,11 @@ __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int sr
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N)); }
+// four 8x8 16-bit matrices from shared memory, lanes 8j..8j+7 giving matrix j's row addresses
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
 
 
 // A warp's per-thread column values v[b][e] (column b*8 + 2*(lane&3) + e of its NT n8 tiles)
