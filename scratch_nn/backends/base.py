@@ -10,6 +10,12 @@ Conventions follow PyTorch: NCHW activations, (out, in, kh, kw) conv weights.
 import math
 
 
+def check_dx_add(add, need_dx):
+    """conv2d_backward_into's add goes into the input gradient, which must then be computed."""
+    if add is not None and not need_dx:
+        raise ValueError("conv2d_backward_into adds to the input gradient: it needs need_dx=True")
+
+
 class BackendUnavailable(RuntimeError):
     """The backend cannot run on this machine; the message says what to install or use."""
 
@@ -191,14 +197,17 @@ class Backend:
                     dx[lo:hi] = dxs
         return dx, dw.reshape(w.shape), db
 
-    def conv2d_backward_into(self, dy, cache, w, wgrad, bgrad, need_dx=True):
+    def conv2d_backward_into(self, dy, cache, w, wgrad, bgrad, need_dx=True, add=None):
         """conv2d_backward that adds dw (and db) into the parameters' gradient buffers and
-        returns dx: what the layers call, so a backend can accumulate inside its GEMM."""
+        returns dx: what the layers call, so a backend can accumulate inside its GEMM. With
+        add (dx's shape), returns dx + add (a residual block's other input gradient), which a
+        backend may add in the data-gradient kernel itself."""
+        check_dx_add(add, need_dx)
         dx, dw, db = self.conv2d_backward(dy, cache, w, need_dx=need_dx)
         wgrad += dw
         if bgrad is not None:
             bgrad += db
-        return dx
+        return self.add_(dx, add) if add is not None else dx
 
     # ------------------------------------------------------------------ linear
     def linear_forward(self, x, w, b, relu=False):

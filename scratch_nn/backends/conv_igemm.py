@@ -48,11 +48,12 @@ IGEMM_CONFIGS = [(128, 128, 32, 2, 2, 4), (128, 128, 32, 2, 4, 4), (128, 256, 32
 # conv_wgmma tiles ("wg", BN, WG, STAGES): 128 * WG output positions (WG warpgroups) by BN channels,
 # 64 channels a K step, STAGES cp.async stages
 WGMMA_CONFIGS = [("wg", 64, 1, 4), ("wg", 64, 2, 3), ("wg", 128, 1, 3), ("wg", 128, 1, 4), ("wg", 128, 2, 3),
-                 ("wg", 128, 2, 4)]
+                 ("wg", 64, 2, 5), ("wg", 128, 1, 5), ("wg", 128, 2, 4)]
 # conv_wgrad_wg tiles ("wgw", BM, BN, STAGES): BM output channels by BN of the taps * C columns,
 # 64 positions a stage, one warpgroup
 WGRAD_WG_CONFIGS = [("wgw", 64, 64, 4), ("wgw", 64, 128, 4), ("wgw", 64, 192, 3), ("wgw", 128, 64, 4),
-                    ("wgw", 128, 128, 3), ("wgw", 128, 128, 4), ("wgw", 128, 192, 3)]
+                    ("wgw", 128, 128, 3), ("wgw", 128, 128, 4), ("wgw", 128, 192, 3), ("wgw", 64, 192, 4),
+                    ("wgw", 128, 192, 4)]
 WGMMA_BK = 64                  # channels a conv_wgmma K step (one 128-byte swizzled row), positions a conv_wgrad_wg one
 # conv_halo tiles ("halo", BN, WG, STAGES): 128 * WG output positions (whole rows of one image, or
 # whole images) by BN channels of a 3x3 stride-1 convolution; STAGES cp.async stages of weights
@@ -60,11 +61,22 @@ HALO_CONFIGS = [("halo", 64, 1, 4), ("halo", 64, 2, 3), ("halo", 64, 2, 4), ("ha
 HALO_MAX_SMEM = 227 * 1024     # the most shared memory a Hopper block may take
 NO_WGMMA_ENV = "SCRATCH_NN_NO_WGMMA"
 NO_HALO_ENV = "SCRATCH_NN_NO_HALO"   # =1: conv_halo's convolutions run conv_wgmma (for A/B measurements)
+# =1: conv_wgmma and conv_wgrad_wg keep one K step's wgmma group running across the next step's
+# barrier instead of waiting for it (cuda/conv_wgmma.cu; measured slower on the H100: off)
+INFLIGHT_ENV = "SCRATCH_NN_WGMMA_INFLIGHT"
 # conv_wgrad tiles (BM, BN, WM, WN, STAGES): BM output channels by BN of the taps * C columns
 WGRAD_CONFIGS = [(128, 128, 2, 2, 4), (128, 256, 2, 4, 3), (128, 64, 2, 2, 4), (64, 64, 2, 2, 4), (64, 128, 2, 2, 4),
                  (64, 192, 2, 2, 3), (64, 48, 2, 1, 4), (64, 16, 2, 1, 4), (32, 48, 2, 1, 4), (32, 32, 2, 1, 4),
                  (32, 16, 2, 1, 4), (16, 48, 1, 1, 4), (16, 16, 1, 1, 4), (16, 32, 1, 1, 4),
                  (64, 192, 2, 4, 3), (128, 192, 2, 4, 3)]
+
+
+def wgmma_inflight():
+    """WG_INFLIGHT for the warpgroup kernels' compile, from SCRATCH_NN_WGMMA_INFLIGHT (default 0)."""
+    v = os.environ.get(INFLIGHT_ENV, "0")
+    if v not in ("0", "1"):
+        raise ValueError(f"{INFLIGHT_ENV} is 0 or 1, not {v!r}")
+    return int(v)
 
 
 def _stages(cfg, async_copy):
@@ -333,9 +345,11 @@ class ConvKernels:
         self.wgmma = bool(async_copy) and (wgmma_available(cupy) if wgmma is None else bool(wgmma))
         self.halo = os.environ.get(NO_HALO_ENV) != "1"
         self.wg_module = None
+        self.inflight = None
         if self.wgmma:
+            self.inflight = wgmma_inflight()
             self.wg_module = compile_module(cupy, source(files=WGMMA_FILES), wgmma_names(self.kind),
-                                            options=("--std=c++17", "-arch=sm_90a"))
+                                            options=("--std=c++17", "-arch=sm_90a", f"-DWG_INFLIGHT={self.inflight}"))
         self._fn = {}
         self._tables = {}
         self.choices = {}           # (pass, shape...) -> tile

@@ -27,7 +27,7 @@ import os
 import numpy as np
 
 from . import gpu_allocator
-from .base import Backend, BackendUnavailable
+from .base import Backend, BackendUnavailable, check_dx_add
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 HALF_PRECISIONS = ("fp16", "bf16")     # 16-bit activations, fp32 masters
@@ -395,8 +395,10 @@ class CupyBackend(Backend):
         dx = self._conv_backward(dy, cache, w, dw, db, need_dx, accumulate=False)
         return dx, dw, db
 
-    def conv2d_backward_into(self, dy, cache, w, wgrad, bgrad, need_dx=True):
-        return self._conv_backward(dy, cache, w, wgrad, bgrad, need_dx, accumulate=True)
+    def conv2d_backward_into(self, dy, cache, w, wgrad, bgrad, need_dx=True, add=None):
+        check_dx_add(add, need_dx)
+        dx = self._conv_backward(dy, cache, w, wgrad, bgrad, need_dx, accumulate=True)
+        return self.add_(dx, add) if add is not None else dx
 
     def _conv_backward(self, dy, cache, w, wgrad, bgrad, need_dx, accumulate):
         """dx (or None); dw and db written, or added, into wgrad and bgrad by the GEMMs."""

@@ -15,7 +15,9 @@ Per layer:
   a convolution without them (every ResNet one, each followed by a BatchNorm) also writes its
   output's per-tile mean and squared deviations, which the BatchNorm after it merges instead
   of reading its input once more. The weight gradient lands in the fp32 gradient buffer.
-- BatchNorm2d: apply (+ residual, ReLU) and backward as per-element kernels over (M, C).
+- BatchNorm2d: apply (+ residual, ReLU) and backward as per-element kernels over (M, C); without
+  a residual the backward recomputes the ReLU's mask from the input (bit for bit the forward's
+  test) instead of reading the output.
 - MaxPool2d 2x2 and the global average pool: channels-last kernels (cuda/nhwc.cu).
 """
 import os
@@ -56,7 +58,7 @@ class CupyChannelsLastBackend(CupyBackend):
         d.update(layout="NHWC behind NCHW views", convolution="implicit GEMM on tensor cores ("
                  + ("wgmma (sm_90a) for 64-channel multiples, mma.sync otherwise, " if self.conv.wgmma else "mma.sync, ")
                  + ("cp.async pipeline" if self.async_copy else "sm_75 register-staged") + ")",
-                 sm75_variant=os.environ.get(SM75_ENV) == "1")
+                 sm75_variant=os.environ.get(SM75_ENV) == "1", wgmma_groups_in_flight=self.conv.inflight)
         d.pop("recompute_cols", None)
         return d
 
@@ -161,7 +163,7 @@ class CupyChannelsLastBackend(CupyBackend):
         s = -(-m // rows)
         part = self.xp.empty(f * s, dtype=np.float32)
         self._launch(self._k(g.dtype)("bn_bwd_sums_nhwc"), (s,),
-                     (g, NULL, NULL, NULL, np.int32(m), np.int32(f), np.int32(rows), part, NULL))
+                     (g, NULL, NULL, NULL, NULL, NULL, np.int32(m), np.int32(f), np.int32(rows), part, NULL))
         self._launch(self._k(np.float32)("sum_partials"), (f,),
                      (part, np.int32(s), np.int32(f), out, np.int32(accumulate)))
 
@@ -203,7 +205,9 @@ class CupyChannelsLastBackend(CupyBackend):
         self._launch(self._k(xb.dtype)("bn_apply_nhwc"), grid1(xb.size // 8),
                      (xb, res if res is not None else NULL, scale, shift, yb, np.int64(xb.size), np.int32(c),
                       np.int32(relu)))
-        return self._view(yb), bmean, bvar, (xb, mean_, invstd_, gamma, yb if relu else None, residual is not None)
+        # the backward's ReLU mask: from y after a residual add, else recomputed from x (one read fewer)
+        mask = (yb, None) if relu and residual is not None else (None, (scale, shift)) if relu else (None, None)
+        return self._view(yb), bmean, bvar, (xb, mean_, invstd_, gamma, mask, residual is not None)
 
     def batchnorm_forward_eval(self, x, gamma, beta, running_mean, running_var, eps, relu=False, residual=None):
         xp = self.xp
@@ -220,7 +224,8 @@ class CupyChannelsLastBackend(CupyBackend):
 
     def _bn_backward(self, dy, cache, dgamma, dbeta, accumulate):
         xp = self.xp
-        xb, mean_, invstd_, gamma, yb, has_res = cache
+        xb, mean_, invstd_, gamma, (yb, affine), has_res = cache
+        relu_args = (yb if yb is not None else NULL,) + (affine if affine is not None else (NULL, NULL))
         c = xb.shape[3]
         m = xb.size // c
         dyb = self._nhwc(dy)
@@ -230,8 +235,7 @@ class CupyChannelsLastBackend(CupyBackend):
         p = xp.empty(2 * c * s + 3 * c, dtype=np.float32)
         p1, p2, coef = p[:c * s], p[c * s:2 * c * s], p[2 * c * s:]
         self._launch(k("bn_bwd_sums_nhwc"), (s,),
-                     (dyb, xb, yb if yb is not None else NULL, mean_, np.int32(m), np.int32(c), np.int32(rows), p1,
-                      p2))
+                     (dyb, xb) + relu_args + (mean_, np.int32(m), np.int32(c), np.int32(rows), p1, p2))
         coeffs = self._k(np.float32)("bn_grad_coeffs_nhwc")
         self._launch(coeffs, (c,),
                      (p1, p2, np.int32(c), np.int32(s), np.int32(m), gamma, mean_, invstd_, dgamma, dbeta, coef,
@@ -241,8 +245,7 @@ class CupyChannelsLastBackend(CupyBackend):
         dx = xp.empty_like(xb)
         dres = xp.empty_like(xb) if has_res else None
         self._launch(k("bn_bwd_apply_nhwc"), grid1(xb.size // 8),
-                     (dyb, xb, yb if yb is not None else NULL, coef, dx, dres if has_res else NULL, np.int64(xb.size),
-                      np.int32(c)))
+                     (dyb, xb) + relu_args + (coef, dx, dres if has_res else NULL, np.int64(xb.size), np.int32(c)))
         return self._view(dx), (self._view(dres) if has_res else None)
 
     # ------------------------------------------------------------------ pooling

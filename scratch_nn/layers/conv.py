@@ -27,10 +27,13 @@ class Conv2d(Module):
         self._cache = cache if self.training else None   # eval keeps nothing (cached columns are large)
         return y
 
-    def backward(self, dy, input_grad=True):
+    def backward(self, dy, input_grad=True, add=None):
+        """The input gradient, plus add where given (a residual block's other input gradient,
+        which a backend may sum in the same kernel)."""
         if self._cache is None:
             raise RuntimeError("Conv2d.backward needs a training-mode forward first")
         dx = self.be.conv2d_backward_into(dy, self._cache, self.weight.data, self.weight.grad,
-                                          self.bias.grad if self.bias is not None else None, need_dx=input_grad)
+                                          self.bias.grad if self.bias is not None else None, need_dx=input_grad,
+                                          add=add)
         self._cache = None
         return dx

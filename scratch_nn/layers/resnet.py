@@ -32,5 +32,7 @@ class BasicBlock(Module):
 
     def backward(self, dy, input_grad=True):
         d, dshortcut = self.bn2.backward(dy)
-        dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(d)))
-        return self.be.add_(dx, self.downsample.backward(dshortcut) if self.downsample is not None else dshortcut)
+        if self.downsample is not None:
+            dshortcut = self.downsample.backward(dshortcut)
+        # the two input gradients summed by conv1's backward (where a backend may fuse the sum)
+        return self.conv1.backward(self.bn1.backward(self.conv2.backward(d)), add=dshortcut)

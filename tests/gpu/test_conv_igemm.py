@@ -239,3 +239,42 @@ def test_every_compiled_tile_matches_float64(storage, async_copy, wgmma):
             {("wgrad", cfg) for cfg in G.WGRAD_WG_CONFIGS}
     missing = compiled - ran
     assert not missing, f"compiled tiles no shape here exercised: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("storage", ["float16", "bfloat16"])
+def test_wgmma_groups_in_flight_change_no_bits(storage, monkeypatch):
+    """The default (each K step's wgmma group waited for before the next barrier) and
+    SCRATCH_NN_WGMMA_INFLIGHT=1 (one group left running across it) issue the same products in
+    the same order: every warpgroup tile gives the same bits both ways."""
+    base = _kernels(storage, True, True)
+    assert base.inflight == 0
+    monkeypatch.setenv(G.INFLIGHT_ENV, "1")
+    K1f = G.ConvKernels(cupy, storage, True, base.sms, wgmma=True)
+    assert K1f.inflight == 1
+    for shape in [(3, 64, 64, 16, 3, 1, 1), (5, 128, 256, 8, 3, 2, 1), (3, 256, 256, 4, 3, 1, 1)]:
+        n, c, f, h, k, s, p = shape
+        x, w, dy, _, _, _, cp, oh = _case(shape, storage, seed=sum(shape) + 1)
+        xd, dyd, wd32 = cupy.asarray(to_bits(x, storage)), cupy.asarray(to_bits(dy, storage)), cupy.asarray(w)
+        outs = []
+        for K in (base, K1f):
+            wp, wdg = K.pack_forward(wd32, cp=cp), K.pack_dgrad(wd32)
+            got = []
+            for cfg in _gemm_tiles(K, f, c, xd, (k, s, p), stats=True):
+                with K.pinned(cfg):
+                    y = cupy.full((n, oh, oh, f), POISON, np.uint16)
+                    _, st, _ = K.forward(xd, wp, k, s, p, stats=True, out=y)
+                got += [cupy.asnumpy(y), cupy.asnumpy(st)]
+            for cfg in _gemm_tiles(K, c, f, dyd, (k, s, p)):
+                with K.pinned(cfg):
+                    dx = cupy.full((n, h, h, c), POISON, np.uint16)
+                    K.dgrad(dyd, wdg, k, s, p, (h, h), out=dx)
+                got.append(cupy.asnumpy(dx))
+            for cfg in G.wgrad_wg_candidates(f, k * k * c):
+                with K.pinned(cfg):
+                    dw = cupy.full((f, c, k, k), np.nan, np.float32)
+                    K.wgrad(dyd, xd, k, s, p, dw)
+                got.append(cupy.asnumpy(dw))
+            outs.append(got)
+        assert len(outs[0]) == len(outs[1])
+        for a, b in zip(*outs):
+            assert a.tobytes() == b.tobytes(), shape

@@ -567,6 +567,36 @@ def test_batchnorm_takes_the_convolution_statistics_only_right_after_it():
         assert rel_err(be.to_host(m), tm) < 1e-4 and rel_err(be.to_host(v), tv) < 1e-4
 
 
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_batchnorm_relu_backward_recomputes_the_mask_bit_for_bit(precision):
+    """Without a residual the channels-last BatchNorm + ReLU backward tests x * scale + shift,
+    rounded as the forward stored it, instead of reading y: the same gradients bit for bit as
+    from y's mask, here with a channel whose outputs sit at the rounding edge of zero."""
+    be = _half_backend(precision)
+    r = np.random.default_rng(5)
+    c = 64
+    x = be._view(be.conv.to_nhwc(be.asarray(r.standard_normal((8, c, 8, 8)).astype(np.float32)), c))
+    gamma = be.asarray(r.uniform(0.5, 1.5, c).astype(np.float32))
+    gamma[0] = 2e-8                                # outputs of order 1e-8: fp16 rounds many to zero
+    beta = be.asarray((0.3 * r.standard_normal(c)).astype(np.float32))
+    beta[0] = 0.0
+    dy = be.conv.to_nhwc(be.asarray(r.standard_normal((8, c, 8, 8)).astype(np.float32)), c)
+    y, _, _, cache = be.batchnorm_forward_train(x, gamma, beta, 1e-5, relu=True)
+    assert cache[4][0] is None and cache[4][1] is not None       # no y kept for the mask
+    yb = be._nhwc(y)
+    from_y = cache[:4] + ((yb, None),) + cache[5:]
+    out = []
+    for cch in (cache, from_y):
+        dg, db = be.xp.full(c, np.nan, np.float32), be.xp.full(c, np.nan, np.float32)
+        dx, _ = be._bn_backward(be._view(dy), cch, dg, db, False)
+        out.append((be.to_host(dx), be.to_host(dg), be.to_host(db)))
+    for a, b in zip(*out):
+        assert np.isfinite(a.astype(np.float32)).all()
+        assert a.tobytes() == b.tobytes()
+    y0 = be.to_host(y)[:, 0].astype(np.float32)
+    assert (y0 == 0).any() and (y0 > 0).any()
+
+
 def test_fp16_needs_float32_master_weights():
     be = backends.get("cupy", precision="fp16")
     with pytest.raises(ValueError, match="float32 master"):

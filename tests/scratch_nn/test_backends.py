@@ -150,3 +150,23 @@ def test_the_gpu_allocator_of_the_environment_is_checked_too(monkeypatch):
     with pytest.raises(ValueError, match="'unified' is not one of: auto, async, pool"):
         gpu_allocator.install(None, None, 0)
     assert gpu_allocator.DEFAULT == "auto"
+
+
+def test_conv_backward_into_adds_the_other_input_gradient(be):
+    """conv2d_backward_into(..., add=a) returns dx + a (a residual block's two input gradients,
+    which the GPU sums in the data-gradient kernel) and leaves a as it was; without the input
+    gradient there is nothing to add to."""
+    r = np.random.default_rng(3)
+    x, w = r.standard_normal((3, 4, 6, 6)), r.standard_normal((5, 4, 3, 3))
+    dy, other = r.standard_normal((3, 5, 6, 6)), r.standard_normal((3, 4, 6, 6))
+    _, ref_dx, ref_dw, _ = ref_conv(x, w, np.zeros(5), dy, stride=1, pad=1)
+    y, cache = be.conv2d_forward(be.asarray(x), be.asarray(w), None, 1, 1)
+    wgrad = be.asarray(np.zeros_like(w))
+    a = be.asarray(other)
+    dx = be.conv2d_backward_into(be.asarray(dy), cache, be.asarray(w), wgrad, None, add=a)
+    np.testing.assert_allclose(be.to_host(dx), ref_dx + other, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(be.to_host(wgrad), ref_dw, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(be.to_host(a), other)
+    y, cache = be.conv2d_forward(be.asarray(x), be.asarray(w), None, 1, 1)
+    with pytest.raises(ValueError, match="need_dx=True"):
+        be.conv2d_backward_into(be.asarray(dy), cache, be.asarray(w), wgrad, None, need_dx=False, add=a)

@@ -190,3 +190,15 @@ def test_halo_takes_resnet18s_stride_one_layers_that_fit_shared_memory():
     # untuned (a capture before any eager step): the halo kernel where it measured faster, layer1's 64 channels
     assert G.halo_default(cands[(32, 64)], G.wgmma_candidates(64, 64), 64) == ("halo", 64, 2, 4)
     assert G.halo_default(cands[(16, 128)], G.wgmma_candidates(128, 128), 128)[0] == "wg"
+
+
+def test_the_wgmma_in_flight_switch_is_off_by_default_and_checked(monkeypatch):
+    """SCRATCH_NN_WGMMA_INFLIGHT picks the warpgroup kernels' WG_INFLIGHT: 0 unless set, and a
+    value other than 0 or 1 is an error, not a silent default."""
+    monkeypatch.delenv(G.INFLIGHT_ENV, raising=False)
+    assert G.wgmma_inflight() == 0
+    monkeypatch.setenv(G.INFLIGHT_ENV, "1")
+    assert G.wgmma_inflight() == 1
+    monkeypatch.setenv(G.INFLIGHT_ENV, "yes")
+    with pytest.raises(ValueError, match="0 or 1"):
+        G.wgmma_inflight()

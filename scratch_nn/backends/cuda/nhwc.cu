@@ -124,6 +124,14 @@ template <class T> __device__ __forceinline__ void store8(T* p, const float (&v)
     *reinterpret_cast<uint4*>(p) = u;
 }
 
+// Whether a BatchNorm's ReLU passes x: bn_apply_nhwc's value before the residual, rounded to T
+// as it stores it, is positive. Without a residual the backward recomputes the ReLU's mask
+// from x with this instead of reading y (one 16-bit read fewer per value, the same bits).
+template <class T> __device__ __forceinline__ float bn_affine(float x, float sc, float sh) { return __fmaf_rn(x, sc, sh); }
+template <class T> __device__ __forceinline__ bool relu_passes(float x, float sc, float sh) {
+    return to_a(from_a_t<T>(bn_affine<T>(x, sc, sh))) > 0.f;
+}
+
 // y = relu?(x*scale[c] + shift[c] + residual?) over (M, C), C % 8 == 0, fewer than 2^31
 // values: a thread takes 8 consecutive ones (one 16-byte load of each operand).
 template <class T, class P>
@@ -137,7 +145,7 @@ __global__ void bn_apply_nhwc(const T* __restrict__ x, const T* __restrict__ res
         if (res) load8(res + q, r);
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
-            float t = a[i] * (float)scale[c + i] + (float)shift[c + i];
+            float t = bn_affine<T>(a[i], (float)scale[c + i], (float)shift[c + i]);
             if (res) t += r[i];
             if (relu) t = t > 0.f ? t : (t != t ? t : 0.f);
             a[i] = t;
@@ -162,13 +170,15 @@ __global__ void add_nhwc(T* __restrict__ a, const T* __restrict__ b, long long t
 
 // ------------------------------------------------------------------ BatchNorm backward
 // Per chunk of rows: part1[c * S + i] = sum g, part2[c * S + i] = sum g * (x - mean[c]), with
-// g = relu ? dy * (y > 0) : dy (the layout bn_grad_coeffs_nhwc reads). x may be null (a bias
-// gradient: part1 only). C % 8 == 0. grid: (S); block 256: a thread takes 8 channels (16-byte
+// g = relu ? dy * (y > 0) : dy (the layout bn_grad_coeffs_nhwc reads); with sc (scale) and sh
+// (shift) instead of y, the mask is relu_passes(x) (a BatchNorm + ReLU without a residual).
+// x may be null (a bias gradient: part1 only). C % 8 == 0. grid: (S); block 256: a thread takes 8 channels (16-byte
 // loads) of every R-th row, R = 256 / (C / 8) rows in flight (channel groups beyond 256 * 8 in
 // further rounds); the R row lanes are then added in order through shared memory.
 template <class T>
 __global__ void __launch_bounds__(256)
 bn_bwd_sums_nhwc(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ y,
+                 const float* __restrict__ sc, const float* __restrict__ sh_,
                  const float* __restrict__ mean, int M, int C, int rows, float* __restrict__ part1,
                  float* __restrict__ part2) {
     constexpr int NT = 256;
@@ -182,24 +192,30 @@ bn_bwd_sums_nhwc(const T* __restrict__ dy, const T* __restrict__ x, const T* __r
 #pragma unroll
         for (int i = 0; i < 8; ++i) s1[i] = s2[i] = 0.f;
         if (r < R && v < V) {
-            float mu[8];
+            float mu[8], a_[8], b_[8];
 #pragma unroll
-            for (int i = 0; i < 8; ++i) mu[i] = x ? mean[c0 + i] : 0.f;
+            for (int i = 0; i < 8; ++i) {
+                mu[i] = x ? mean[c0 + i] : 0.f;
+                a_[i] = sc ? sc[c0 + i] : 0.f;
+                b_[i] = sc ? sh_[c0 + i] : 0.f;
+            }
             for (int m = lo + r; m < hi; m += R) {
                 const long long q = (long long)m * C + c0;
-                float g[8];
+                float g[8], xv[8];
                 load8(dy + q, g);
+                if (x) load8(x + q, xv);
                 if (y) {
                     float yv[8];
                     load8(y + q, yv);
 #pragma unroll
                     for (int i = 0; i < 8; ++i) if (!(yv[i] > 0.f)) g[i] = 0.f;
+                } else if (sc) {
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) if (!relu_passes<T>(xv[i], a_[i], b_[i])) g[i] = 0.f;
                 }
 #pragma unroll
                 for (int i = 0; i < 8; ++i) s1[i] += g[i];
                 if (x) {
-                    float xv[8];
-                    load8(x + q, xv);
 #pragma unroll
                     for (int i = 0; i < 8; ++i) s2[i] += g[i] * (xv[i] - mu[i]);
                 }
@@ -220,10 +236,11 @@ bn_bwd_sums_nhwc(const T* __restrict__ dy, const T* __restrict__ x, const T* __r
     }
 }
 
-// dx = a*g + b*x + d (coef[3c..3c+2] from bn_grad_coeffs), g = relu ? dy*(y > 0) : dy;
-// dres = g where the forward added a residual. 8 values a thread, as bn_apply_nhwc.
+// dx = a*g + b*x + d (coef[3c..3c+2] from bn_grad_coeffs), g = relu ? dy*(y > 0) : dy (or,
+// with sc and sh instead of y, dy where relu_passes(x)); dres = g where the forward added a residual. 8 values a thread, as bn_apply_nhwc.
 template <class T>
 __global__ void bn_bwd_apply_nhwc(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ y,
+                                  const float* __restrict__ sc, const float* __restrict__ sh,
                                   const float* __restrict__ coef, T* __restrict__ dx, T* __restrict__ dres,
                                   long long total, int C) {
     const int vecs = (int)(total >> 3);
@@ -236,6 +253,9 @@ __global__ void bn_bwd_apply_nhwc(const T* __restrict__ dy, const T* __restrict_
             load8(y + q, yv);
 #pragma unroll
             for (int i = 0; i < 8; ++i) if (!(yv[i] > 0.f)) g[i] = 0.f;
+        } else if (sc) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) if (!relu_passes<T>(xv[i], sc[c + i], sh[c + i])) g[i] = 0.f;
         }
         if (dres) store8(dres + q, g);
 #pragma unroll
