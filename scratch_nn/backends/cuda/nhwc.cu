@@ -127,9 +127,9 @@ template <class T> __device__ __forceinline__ void store8(T* p, const float (&v)
 // Whether a BatchNorm's ReLU passes x: bn_apply_nhwc's value before the residual, rounded to T
 // as it stores it, is positive. Without a residual the backward recomputes the ReLU's mask
 // from x with this instead of reading y (one 16-bit read fewer per value, the same bits).
-template <class T> __device__ __forceinline__ float bn_affine(float x, float sc, float sh) { return __fmaf_rn(x, sc, sh); }
+__device__ __forceinline__ float bn_affine(float x, float sc, float sh) { return __fmaf_rn(x, sc, sh); }
 template <class T> __device__ __forceinline__ bool relu_passes(float x, float sc, float sh) {
-    return to_a(from_a_t<T>(bn_affine<T>(x, sc, sh))) > 0.f;
+    return to_a(from_a_t<T>(bn_affine(x, sc, sh))) > 0.f;
 }
 
 // y = relu?(x*scale[c] + shift[c] + residual?) over (M, C), C % 8 == 0, fewer than 2^31
@@ -145,7 +145,7 @@ __global__ void bn_apply_nhwc(const T* __restrict__ x, const T* __restrict__ res
         if (res) load8(res + q, r);
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
-            float t = bn_affine<T>(a[i], (float)scale[c + i], (float)shift[c + i]);
+            float t = bn_affine(a[i], (float)scale[c + i], (float)shift[c + i]);
             if (res) t += r[i];
             if (relu) t = t > 0.f ? t : (t != t ? t : 0.f);
             a[i] = t;
@@ -178,7 +178,7 @@ __global__ void add_nhwc(T* __restrict__ a, const T* __restrict__ b, long long t
 template <class T>
 __global__ void __launch_bounds__(256)
 bn_bwd_sums_nhwc(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ y,
-                 const float* __restrict__ sc, const float* __restrict__ sh_,
+                 const float* __restrict__ sc, const float* __restrict__ sh,
                  const float* __restrict__ mean, int M, int C, int rows, float* __restrict__ part1,
                  float* __restrict__ part2) {
     constexpr int NT = 256;
@@ -197,7 +197,7 @@ bn_bwd_sums_nhwc(const T* __restrict__ dy, const T* __restrict__ x, const T* __r
             for (int i = 0; i < 8; ++i) {
                 mu[i] = x ? mean[c0 + i] : 0.f;
                 a_[i] = sc ? sc[c0 + i] : 0.f;
-                b_[i] = sc ? sh_[c0 + i] : 0.f;
+                b_[i] = sc ? sh[c0 + i] : 0.f;
             }
             for (int m = lo + r; m < hi; m += R) {
                 const long long q = (long long)m * C + c0;
