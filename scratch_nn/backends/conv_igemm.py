@@ -49,11 +49,12 @@ IGEMM_CONFIGS = [(128, 128, 32, 2, 2, 4), (128, 128, 32, 2, 4, 4), (128, 256, 32
 # 64 channels a K step, STAGES cp.async stages
 WGMMA_CONFIGS = [("wg", 64, 1, 4), ("wg", 64, 2, 3), ("wg", 128, 1, 3), ("wg", 128, 1, 4), ("wg", 128, 2, 3),
                  ("wg", 64, 2, 5), ("wg", 128, 1, 5), ("wg", 128, 2, 4)]
-# conv_wgrad_wg tiles ("wgw", BM, BN, STAGES): BM output channels by BN of the taps * C columns,
-# 64 positions a stage, one warpgroup
-WGRAD_WG_CONFIGS = [("wgw", 64, 64, 4), ("wgw", 64, 128, 4), ("wgw", 64, 192, 3), ("wgw", 128, 64, 4),
-                    ("wgw", 128, 128, 3), ("wgw", 128, 128, 4), ("wgw", 128, 192, 3), ("wgw", 64, 192, 4),
-                    ("wgw", 128, 192, 4)]
+# conv_wgrad_wg tiles ("wgw", BM, BN, STAGES, WG): BM output channels by BN of the taps * C columns,
+# 64 positions a stage, WG warpgroups (each over BM / WG of the channels)
+WGRAD_WG_CONFIGS = [("wgw", 64, 64, 4, 1), ("wgw", 64, 128, 4, 1), ("wgw", 64, 192, 3, 1), ("wgw", 128, 64, 4, 1),
+                    ("wgw", 128, 128, 3, 1), ("wgw", 128, 128, 4, 1), ("wgw", 128, 192, 3, 1), ("wgw", 64, 192, 4, 1),
+                    ("wgw", 128, 192, 4, 2), ("wgw", 256, 128, 4, 2), ("wgw", 256, 192, 3, 2),
+                    ("wgw", 256, 192, 4, 2), ("wgw", 128, 192, 4, 1)]
 WGMMA_BK = 64                  # channels a conv_wgmma K step (one 128-byte swizzled row), positions a conv_wgrad_wg one
 # conv_halo tiles ("halo", BN, WG, STAGES): 128 * WG output positions (whole rows of one image, or
 # whole images) by BN channels of a 3x3 stride-1 convolution; STAGES cp.async stages of weights
@@ -117,12 +118,12 @@ def wgmma_candidates(f, c):
 
 
 def wgrad_wg_name(kind, cfg):
-    _, bm, bn, stages = cfg
-    return f"conv_wgrad_wg<{kind}, {bm}, {bn}, {stages}>"
+    _, bm, bn, stages, wg = cfg
+    return f"conv_wgrad_wg<{kind}, {bm}, {bn}, {stages}, {wg}>"
 
 
 def wgrad_wg_smem(cfg):
-    _, bm, bn, stages = cfg
+    _, bm, bn, stages, _ = cfg
     return 1024 + stages * (bm + bn) * 128
 
 
@@ -447,7 +448,7 @@ class ConvKernels:
         return out
 
     # -------------------------------------------------------------- the gathered GEMM
-    def _igemm(self, cfg, x, wp, y, table, f, grid_hw, s, out_hw, os_, bias, relu, stats):
+    def _igemm(self, cfg, x, wp, y, table, f, grid_hw, s, out_hw, os_, bias, relu, stats, add=None):
         """grid: (ceil(M / BM), ceil(f / BN), classes) of WM * WN warps."""
         n, h, w, c = x.shape
         ohc, owc = grid_hw
@@ -464,10 +465,11 @@ class ConvKernels:
             grid, (threads,),
             (x, wp, y, table, np.int32(n), np.int32(h), np.int32(w), np.int32(c), np.int32(f), np.int32(ohc),
              np.int32(owc), np.int32(s), np.int32(out_hw[0]), np.int32(out_hw[1]), np.int32(os_),
-             bias if bias is not None else NULL, np.int32(relu), stats if stats is not None else NULL),
+             bias if bias is not None else NULL, np.int32(relu), stats if stats is not None else NULL,
+             add if add is not None else NULL),
             shared_mem=smem)
 
-    def _halo(self, cfg, x, wp, y, table, f, bias, relu, stats):
+    def _halo(self, cfg, x, wp, y, table, f, bias, relu, stats, add=None):
         """conv_halo: grid (ceil(N * H * W / (128 WG)), ceil(f / BN)) of WG warpgroups; x (N, H, W, C)."""
         n, h, w, c = x.shape
         _, bn, wg, _ = cfg
@@ -475,7 +477,8 @@ class ConvKernels:
         self._kernel(halo_name(self.kind, cfg), smem)(
             (-(-n * h * w // (128 * wg)), -(-f // bn)), (128 * wg,),
             (x, wp, y, table, np.int32(n), np.int32(h), np.int32(w), np.int32(c), np.int32(f),
-             bias if bias is not None else NULL, np.int32(relu), stats if stats is not None else NULL), shared_mem=smem)
+             bias if bias is not None else NULL, np.int32(relu), stats if stats is not None else NULL,
+             add if add is not None else NULL), shared_mem=smem)
 
     def _halo_takes(self, x, c, f, k, s, p):
         """conv_halo's tiles for this GEMM where the GPU runs the warpgroup kernels, else []."""
@@ -525,12 +528,16 @@ class ConvKernels:
         of its K step, and offsets that fit its 32-bit arithmetic."""
         return self.wgmma and c % WGMMA_BK == 0 and f % 8 == 0 and x.size < 2**31
 
-    def dgrad(self, dy, wd, k, s, p, hw, out=None):
-        """dx (N, H, W, C) of a convolution (k, s, p) from dy (N, OH, OW, F) and wd (C, k*k, F)."""
+    def dgrad(self, dy, wd, k, s, p, hw, out=None, add=None):
+        """dx (N, H, W, C) of a convolution (k, s, p) from dy (N, OH, OW, F) and wd (C, k*k, F);
+        with add (N, H, W, C), dx + add (each rounded sum as add_nhwc's), added in the epilogue."""
         n, oh, ow, f = dy.shape
         c = wd.shape[0]
         h, w = hw
         dx = out if out is not None else self.xp.empty((n, h, w, c), dtype=self.dtype)
+        if add is not None and (add.shape != dx.shape or add.dtype != dx.dtype or not add.flags.c_contiguous
+                                or add.data.ptr == dx.data.ptr):
+            raise ValueError(f"dgrad adds a separate contiguous {dx.shape} {dx.dtype} array, not {add.shape} {add.dtype}")
         table = self._table(("d", k, s, p), lambda: taps_dgrad(k, s, p))
         if s == 1:
             grid_hw, os_ = (h, w), 1
@@ -541,9 +548,9 @@ class ConvKernels:
 
         def run(cfg):
             if cfg[0] == "halo":
-                self._halo(cfg, dy, wd, dx, table, c, None, False, None)
+                self._halo(cfg, dy, wd, dx, table, c, None, False, None, add)
             else:
-                self._igemm(cfg, dy, wd, dx, table, c, grid_hw, 1, (h, w), os_, None, False, None)
+                self._igemm(cfg, dy, wd, dx, table, c, grid_hw, 1, (h, w), os_, None, False, None, add)
 
         def options():
             halo = self._halo_takes(dy, f, c, k, s, p)
@@ -607,9 +614,9 @@ class ConvKernels:
         holder = {}
 
         def run(cfg):
-            if cfg[0] == "wgw":     # one warpgroup a CTA
-                _, bm, bn, _ = cfg
-                threads, smem, name = 128, wgrad_wg_smem(cfg), wgrad_wg_name(self.kind, cfg)
+            if cfg[0] == "wgw":     # WG warpgroups a CTA
+                _, bm, bn, _, wg = cfg
+                threads, smem, name = 128 * wg, wgrad_wg_smem(cfg), wgrad_wg_name(self.kind, cfg)
             else:
                 bm, bn, wm, wn, _ = cfg
                 threads, smem, name = wm * wn * 32, wgrad_smem(cfg, self.async_copy), wgrad_name(self.kind, cfg, self.async_copy)

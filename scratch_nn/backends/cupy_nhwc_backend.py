@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from .base import BackendUnavailable
+from .base import BackendUnavailable, check_dx_add
 from .cupy_backend import (HALF_PRECISIONS, NULL, SM75_ENV, CupyBackend, grid1, compute_capability)
 
 STEM_CHANNELS = 16        # input channels are padded to a multiple of this (the smallest K step)
@@ -124,8 +124,20 @@ class CupyChannelsLastBackend(CupyBackend):
         cache = (xb, c, kh, stride, pad, out if relu else None, b is not None, (h, wd))
         return self._view(out), cache
 
-    # conv2d_backward and conv2d_backward_into are CupyBackend's: both caches hold has_bias at [6]
-    def _conv_backward(self, dy, cache, w, wgrad, bgrad, need_dx, accumulate):
+    # conv2d_backward is CupyBackend's: both caches hold has_bias at [6]
+    def conv2d_backward_into(self, dy, cache, w, wgrad, bgrad, need_dx=True, add=None):
+        """CupyBackend's, with add summed into dx by the data-gradient kernel's store where it
+        is a view of an NHWC buffer of the activation dtype (a residual block's shortcut
+        gradient always is): no add_nhwc pass."""
+        check_dx_add(add, need_dx)
+        addb = None
+        if add is not None and add.dtype == self.half and add.ndim == 4:
+            t = add.transpose(self.BUFFER_AXES)
+            addb = t if t.flags.c_contiguous else None
+        dx = self._conv_backward(dy, cache, w, wgrad, bgrad, need_dx, accumulate=True, add=addb)
+        return self.add_(dx, add) if add is not None and addb is None else dx
+
+    def _conv_backward(self, dy, cache, w, wgrad, bgrad, need_dx, accumulate, add=None):
         xb, c, k, stride, pad, relu_out, has_bias, hw = cache
         dyb = self._nhwc(dy)
         if relu_out is not None:
@@ -140,7 +152,7 @@ class CupyChannelsLastBackend(CupyBackend):
             return None
         if c % STEM_CHANNELS:
             raise ValueError(f"no input gradient for a {c}-channel input (the network's): pass input_grad=False")
-        dx = self.conv.dgrad(dyb, self.conv.pack_dgrad(w), k, stride, pad, hw)
+        dx = self.conv.dgrad(dyb, self.conv.pack_dgrad(w), k, stride, pad, hw, add=add)
         return self._view(dx)
 
     def _bwd_rows(self, m):

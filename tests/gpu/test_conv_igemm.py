@@ -167,6 +167,13 @@ def test_forward_dgrad_wgrad_match_float64(shape, storage, async_copy, wgmma):
         got_dx = from_bits(dx, storage)
         assert np.all(np.isfinite(got_dx))
         assert rel(got_dx, ref_dx) <= 2 * tdx + 1e-6, (rel(got_dx, ref_dx), tdx)
+        # with add (a residual block's other input gradient): each value dx + add, summed in
+        # fp32 and rounded, as add_nhwc would
+        addv = to_bits(np.random.default_rng(1).standard_normal(dx.shape), storage)
+        dx2 = cupy.full((n, h, h, c), POISON, np.uint16)
+        K.dgrad(dyd, wdg, k, s, p, (h, h), out=dx2, add=cupy.asarray(addv))
+        want = to_bits((got_dx.astype(np.float32) + from_bits(addv, storage).astype(np.float32)), storage)
+        np.testing.assert_array_equal(cupy.asnumpy(dx2), want)
 
     dw = cupy.full((f, c, k, k), np.nan, np.float32)
     K.wgrad(dyd, xd, k, s, p, dw, creal=c)

@@ -62,14 +62,16 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], 
 // channel block) with two counters, so a 16-byte chunk costs an add and a mask test.
 // Epilogue: + bias[f] (fp32, may be null), ReLU if relu, rounded to 16 bits, staged through
 // shared memory and stored 16 bytes a thread at (n, i * os + ph, j * os + pw) of the
-// (N, OHo, OWo, F) output; with stats non-null (forward, one class), each CTA also writes the
+// (N, OHo, OWo, F) output (plus add's value there, where add is not null: a data gradient
+// summed with the residual block's other one); with stats non-null (forward, one class), each CTA also writes the
 // mean and the sum of squared deviations of its rows' rounded outputs per channel:
 // stats[(blockIdx.x * 2 + {0, 1}) * F + f].
 template <int KIND, int BM, int BN, int BK, int WM, int WN, int STAGES, bool ASYNC>
 __global__ void __launch_bounds__(WM * WN * 32)
 conv_igemm(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restrict__ y,
            const int* __restrict__ taps, int N, int H, int W, int C, int F, int OHc, int OWc, int s,
-           int OHo, int OWo, int os, const float* __restrict__ bias, int relu, float* __restrict__ stats) {
+           int OHo, int OWo, int os, const float* __restrict__ bias, int relu, float* __restrict__ stats,
+           const u16* __restrict__ add) {
     constexpr int NTHR = WM * WN * 32;
     constexpr int LDS = BK + IG_PAD;                  // halves per operand row in shared memory
     constexpr int LDO = BN + IG_PAD;                  // halves per output-tile row
@@ -261,7 +263,7 @@ conv_igemm(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
         }
     }
     __syncthreads();
-    ig_store_tile<BM, BN, NTHR>(Cs, out_row, y, f0, F, tid);
+    ig_store_tile<KIND, BM, BN, NTHR>(Cs, out_row, y, f0, F, tid, add);
     if (stats == nullptr) return;
     // per-channel mean and squared deviations of this CTA's rows, in a fixed order: lanes of
     // one column (same t4) by shuffles, then the WM warp rows through shared memory

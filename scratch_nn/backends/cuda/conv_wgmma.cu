@@ -125,12 +125,14 @@ __device__ __forceinline__ void wgmma_rs_tile(float (&d)[BN / 2], const unsigned
 // What conv_wgmma and conv_halo do once their K loop is done (every operand copy waited for and
 // the CTA synchronised, so the output tile may reuse the operand buffers at smem): + bias, ReLU,
 // rounded to 16 bits, staged in shared memory and stored 16 bytes a thread to the rows'
-// offsets out_row; with stats, each warpgroup's 128 rows also write one chunk of per-channel
+// offsets out_row (plus add's values there where add is not null, as conv_igemm's); with
+// stats, each warpgroup's 128 rows also write one chunk of per-channel
 // mean and squared deviations of the rounded outputs (chunk blockIdx.x * WG + wg).
 template <int KIND, int BN, int WG>
 __device__ __forceinline__ void wg_epilogue(float (&acc)[2][BN / 2], unsigned char* smem, const long long* out_row,
                                             float (&red_s)[WG][2][4][BN], u16* __restrict__ y, int m0, int M, int f0,
-                                            int F, const float* __restrict__ bias, int relu, float* __restrict__ stats) {
+                                            int F, const float* __restrict__ bias, int relu, float* __restrict__ stats,
+                                            const u16* __restrict__ add) {
     constexpr int NTHR = 128 * WG, BM = 128 * WG, NT = BN / 8, LDO = BN + IG_PAD;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wg = warp >> 2, wl = warp & 3;
@@ -158,7 +160,7 @@ __device__ __forceinline__ void wg_epilogue(float (&acc)[2][BN / 2], unsigned ch
         }
     }
     __syncthreads();
-    ig_store_tile<BM, BN, NTHR>(Cs, out_row, y, f0, F, tid);
+    ig_store_tile<KIND, BM, BN, NTHR>(Cs, out_row, y, f0, F, tid, add);
     if (stats == nullptr) return;
     // per warpgroup (one 128-row chunk): mean and squared deviations per channel of the rounded
     // outputs of its live rows, in a fixed order; the deviations re-read the staged tile
@@ -212,7 +214,8 @@ template <int KIND, int BN, int WG, int STAGES>
 __global__ void __launch_bounds__(128 * WG)
 conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restrict__ y,
            const int* __restrict__ taps, int N, int H, int W, int C, int F, int OHc, int OWc, int s,
-           int OHo, int OWo, int os, const float* __restrict__ bias, int relu, float* __restrict__ stats) {
+           int OHo, int OWo, int os, const float* __restrict__ bias, int relu, float* __restrict__ stats,
+           const u16* __restrict__ add) {
     constexpr int NTHR = 128 * WG, BM = 128 * WG, BK = 64;
     constexpr int A_BYTES = BM * 128, B_BYTES = BN * 128, STAGE = A_BYTES + B_BYTES;
     constexpr int RSTEP = NTHR / 8;                   // rows between one thread's chunks
@@ -324,7 +327,7 @@ conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
     cp_async_wait<0>();
     __syncthreads();        // every warp is done with the operand buffers: they take the output tile
 
-    wg_epilogue<KIND, BN, WG>(acc, smem, out_row, red_s, y, m0, M, f0, F, bias, relu, stats);
+    wg_epilogue<KIND, BN, WG>(acc, smem, out_row, red_s, y, m0, M, f0, F, bias, relu, stats, add);
 }
 
 // ------------------------------------------------------------------ conv_halo (3x3, stride 1)
@@ -347,7 +350,8 @@ conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
 template <int KIND, int BN, int WG, int STAGES>
 __global__ void __launch_bounds__(128 * WG)
 conv_halo(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restrict__ y, const int* __restrict__ taps,
-          int N, int H, int W, int C, int F, const float* __restrict__ bias, int relu, float* __restrict__ stats) {
+          int N, int H, int W, int C, int F, const float* __restrict__ bias, int relu, float* __restrict__ stats,
+          const u16* __restrict__ add) {
     constexpr int NTHR = 128 * WG, BM = 128 * WG, BK = 64;
     constexpr int RSTEP = NTHR / 8, B_PER = (BN + RSTEP - 1) / RSTEP, NACC = BN / 2;
 
@@ -456,7 +460,7 @@ conv_halo(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restrict
     cp_async_wait<0>();
     __syncthreads();
 
-    wg_epilogue<KIND, BN, WG>(acc, smem, out_row, red_s, y, m0, M, f0, F, bias, relu, stats);
+    wg_epilogue<KIND, BN, WG>(acc, smem, out_row, red_s, y, m0, M, f0, F, bias, relu, stats, add);
 }
 
 // ------------------------------------------------------------------ conv_wgrad_wg (weight gradient)
@@ -465,22 +469,27 @@ conv_halo(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restrict
 // the positions, so both operands sit in shared memory MN-major (transposed for the mma): per
 // stage 64 positions, each a 128-byte swizzled row of one 64-wide atom of f (A) or of columns
 // (B); atoms 8 KB apart (the descriptors' leading offset), 8-position groups 1024 bytes apart.
-// C % 64 == 0, so a 64-column atom never straddles two taps. One warpgroup per CTA over BM
-// channels (BM / 64 m64 halves) by BN columns.
-// grid: (ceil(F / BM), K / BN, chunks); block 128; dynamic shared memory
+// C % 64 == 0, so a 64-column atom never straddles two taps. A CTA computes BM channels by BN
+// columns with WG warpgroups, each over BM / WG of the channels (BM / (64 WG) m64 halves) and
+// all BN columns, so the B atoms a stage copies (the gathered input, 9 times the input for a
+// 3x3) serve WG times the channels: fewer bytes from L2 per FLOP than one warpgroup's tile.
+// grid: (ceil(F / BM), K / BN, chunks); block 128 * WG; dynamic shared memory
 // 1024 + STAGES * (BM + BN) * 128 bytes.
 template <int BYTES> __device__ __forceinline__ unsigned long long wg_desc_mn(unsigned addr) {
     return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)(BYTES >> 4) << 16) | (64ull << 32) |
            (1ull << 62);
 }
 
-template <int KIND, int BM, int BN, int STAGES>
-__global__ void __launch_bounds__(128)
+template <int KIND, int BM, int BN, int STAGES, int WG>
+__global__ void __launch_bounds__(128 * WG)
 conv_wgrad_wg(const u16* __restrict__ dy, const u16* __restrict__ x, float* __restrict__ ws, int N, int H, int W,
               int C, int F, int OH, int OW, int KW, int s, int p, int chunk, int K,
               unsigned long long mul_hw, int sh_hw, unsigned long long mul_w, int sh_w) {
     constexpr int BK = 64, ATOM = 64 * 128;           // positions a stage; bytes per 64-wide atom
     constexpr int MA = BM / 64, NA = BN / 64;         // atoms of A (m64 halves) and of B
+    constexpr int MW = MA / WG;                       // A atoms (m64 halves) a warpgroup multiplies
+    constexpr int NTHR = 128 * WG, RSTEP = NTHR / 8, RPER = BK / RSTEP;    // a thread's rows: r0 + RSTEP i
+    static_assert(MW * WG == MA && RPER * RSTEP == BK, "BM a multiple of 64 WG");
     constexpr int A_BYTES = BM * 128, STAGE = (BM + BN) * 128;
     constexpr int NACC = BN / 2;
 
@@ -488,13 +497,14 @@ conv_wgrad_wg(const u16* __restrict__ dy, const u16* __restrict__ x, float* __re
     const unsigned raw = smem_addr(smem_raw);
     const unsigned base = (raw + 1023u) & ~1023u;
 
-    const int tid = threadIdx.x, lane = tid & 31, wl = tid >> 5;
+    const int tid = threadIdx.x, lane = tid & 31, wl = (tid >> 5) & 3, wg = tid >> 7;
     const int M = N * OH * OW, HWo = OH * OW;
     const int f0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     const int mlo = blockIdx.z * chunk, mhi = min(M, mlo + chunk);
     const int KT = mhi > mlo ? (mhi - mlo + BK - 1) / BK : 0;
 
-    // this thread's 16-byte chunk kc of rows (positions) r0 + 16 i, i < 4, in every atom
+    // this thread's 16-byte chunk kc of rows (positions) r0 + RSTEP i, i < RPER, in every atom
+    // (RSTEP a multiple of 8: one swizzled offset serves them all)
     const int kc = tid & 7, r0 = tid >> 3;
     const unsigned dst0 = (unsigned)(r0 * 128 + ((kc ^ (r0 & 7)) << 4));
     int b_kh[NA], b_kw[NA], b_c[NA];
@@ -506,9 +516,9 @@ conv_wgrad_wg(const u16* __restrict__ dy, const u16* __restrict__ x, float* __re
         b_kw[j] = t - b_kh[j] * KW;
     }
 
-    float acc[MA][NACC];
+    float acc[MW][NACC];
 #pragma unroll
-    for (int a = 0; a < MA; ++a)
+    for (int a = 0; a < MW; ++a)
 #pragma unroll
         for (int c = 0; c < NACC; ++c) acc[a][c] = 0.f;
     wg_fence_regs(acc);
@@ -516,14 +526,14 @@ conv_wgrad_wg(const u16* __restrict__ dy, const u16* __restrict__ x, float* __re
     auto load = [&](int buf, int kt) {
         const unsigned sa = base + buf * STAGE, sb = sa + A_BYTES;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int r = r0 + 16 * i, m = mlo + kt * BK + r;
+        for (int i = 0; i < RPER; ++i) {
+            const int r = r0 + RSTEP * i, m = mlo + kt * BK + r;
             const bool live = m < mhi;
 #pragma unroll
             for (int j = 0; j < MA; ++j) {
                 const int f = f0 + j * 64 + kc * 8;
                 const bool ok = live && f < F;
-                cp_async16(sa + j * ATOM + dst0 + i * 16 * 128, ok ? dy + ((long long)m * F + f) : dy, ok ? 16 : 0);
+                cp_async16(sa + j * ATOM + dst0 + i * RSTEP * 128, ok ? dy + ((long long)m * F + f) : dy, ok ? 16 : 0);
             }
             int n = 0, oh = 0, ow = 0;
             if (live) { n = fdiv(m, mul_hw, sh_hw); int rem = m - n * HWo; oh = fdiv(rem, mul_w, sh_w); ow = rem - oh * OW; }
@@ -531,7 +541,7 @@ conv_wgrad_wg(const u16* __restrict__ dy, const u16* __restrict__ x, float* __re
             for (int j = 0; j < NA; ++j) {
                 const int ih = oh * s - p + b_kh[j], iw = ow * s - p + b_kw[j];
                 const bool ok = live && ih >= 0 && ih < H && iw >= 0 && iw < W;
-                cp_async16(sb + j * ATOM + dst0 + i * 16 * 128,
+                cp_async16(sb + j * ATOM + dst0 + i * RSTEP * 128,
                            ok ? x + ((long long)((n * H + ih) * W + iw) * C + b_c[j]) : x, ok ? 16 : 0);
             }
         }
@@ -553,8 +563,8 @@ conv_wgrad_wg(const u16* __restrict__ dy, const u16* __restrict__ x, float* __re
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk)          // 16 positions: two 8-row groups, 2048 bytes
 #pragma unroll
-            for (int a = 0; a < MA; ++a)
-                wgmma_tile<KIND, BN, 1>(acc[a], wg_desc_mn<ATOM>(sa + a * ATOM + kk * 2048),
+            for (int a = 0; a < MW; ++a)
+                wgmma_tile<KIND, BN, 1>(acc[a], wg_desc_mn<ATOM>(sa + (wg * MW + a) * ATOM + kk * 2048),
                                         wg_desc_mn<ATOM>(sb + kk * 2048));
         wg_commit();
         if (kt + AHEAD < KT) load((kt + AHEAD) % STAGES, kt + AHEAD);
@@ -566,15 +576,15 @@ conv_wgrad_wg(const u16* __restrict__ dy, const u16* __restrict__ x, float* __re
     wg_fence_regs(acc);
     cp_async_wait<0>();
 
-    // partials: thread (warp wl, lane g * 4 + t4) holds rows (f) 64 a + 16 wl + g (+ 8),
-    // columns 8 b + 2 t4 (+ 1)
+    // partials: thread (warp wl of warpgroup wg, lane g * 4 + t4) holds rows (f)
+    // 64 (wg MW + a) + 16 wl + g (+ 8), columns 8 b + 2 t4 (+ 1)
     const int g = lane >> 2, t4 = lane & 3;
     float* out = ws + (long long)blockIdx.z * F * K;
 #pragma unroll
-    for (int a = 0; a < MA; ++a)
+    for (int a = 0; a < MW; ++a)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const int f = f0 + a * 64 + wl * 16 + g + h * 8;
+            const int f = f0 + (wg * MW + a) * 64 + wl * 16 + g + h * 8;
             if (f >= F) continue;
 #pragma unroll
             for (int b = 0; b < BN / 8; ++b) {

@@ -97,15 +97,26 @@ __device__ __forceinline__ void ig_setup(const int* __restrict__ tz, int* tap_of
 
 // The epilogue's store: the staged BM x BN output tile (rows of BN + IG_PAD halves) to its
 // rows' offsets in y, 16 bytes a thread, channels past F and rows past M (offset -1) skipped.
-template <int BM, int BN, int NTHR>
+// With add (the same layout as y; may be null) each value is y + add, added in fp32 and rounded
+// again: a residual block's two input gradients summed as add_nhwc would, without its pass.
+template <int KIND, int BM, int BN, int NTHR>
 __device__ __forceinline__ void ig_store_tile(const u16* Cs, const long long* out_row, u16* __restrict__ y, int f0,
-                                              int F, int tid) {
+                                              int F, int tid, const u16* __restrict__ add) {
     constexpr int OCH = BN / 8, LDO = BN + IG_PAD;
     for (int q = tid; q < BM * OCH; q += NTHR) {
         int r = q / OCH, cc = q - r * OCH, f = f0 + cc * 8;
         long long o = out_row[r];
-        if (o >= 0 && f < F)
-            *reinterpret_cast<uint4*>(y + o + f) = *reinterpret_cast<const uint4*>(Cs + r * LDO + cc * 8);
+        if (o >= 0 && f < F) {
+            uint4 v = *reinterpret_cast<const uint4*>(Cs + r * LDO + cc * 8);
+            if (add) {
+                uint4 a = *reinterpret_cast<const uint4*>(add + o + f);
+                u16* pv = reinterpret_cast<u16*>(&v);
+                const u16* pa = reinterpret_cast<const u16*>(&a);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) pv[e] = f_to_u16<KIND>(u16_to_f<KIND>(pv[e]) + u16_to_f<KIND>(pa[e]));
+            }
+            *reinterpret_cast<uint4*>(y + o + f) = v;
+        }
     }
 }
 
