@@ -55,13 +55,20 @@ WGRAD_WG_CONFIGS = [("wgw", 64, 64, 4, 1), ("wgw", 64, 128, 4, 1), ("wgw", 64, 1
                     ("wgw", 128, 128, 3, 1), ("wgw", 128, 128, 4, 1), ("wgw", 128, 192, 3, 1), ("wgw", 64, 192, 4, 1),
                     ("wgw", 128, 192, 4, 2), ("wgw", 256, 128, 4, 2), ("wgw", 256, 192, 3, 2),
                     ("wgw", 256, 192, 4, 2), ("wgw", 128, 192, 4, 1)]
+# conv_wgrad_tma tiles ("wgt", BM, BN, STAGES, WG): conv_wgrad_wg's, with operands loaded by the copy engine
+WGRAD_TMA_CONFIGS = [("wgt",) + cfg[1:] for cfg in WGRAD_WG_CONFIGS]
 WGMMA_BK = 64                  # channels a conv_wgmma K step (one 128-byte swizzled row), positions a conv_wgrad_wg one
 # conv_halo tiles ("halo", BN, WG, STAGES): 128 * WG output positions (whole rows of one image, or
 # whole images) by BN channels of a 3x3 stride-1 convolution; STAGES cp.async stages of weights
 HALO_CONFIGS = [("halo", 64, 1, 4), ("halo", 64, 2, 3), ("halo", 64, 2, 4), ("halo", 128, 1, 3), ("halo", 128, 2, 3)]
 HALO_MAX_SMEM = 227 * 1024     # the most shared memory a Hopper block may take
+# conv_tma tiles ("tma", BN, WG, STAGES): conv_wgmma's, with operands loaded by the copy engine
+# (stride-1 convolutions whose padding keeps the size: forward and data gradient)
+TMA_CONFIGS = [("tma", 64, 1, 4), ("tma", 128, 1, 4), ("tma", 128, 1, 6), ("tma", 64, 2, 5), ("tma", 128, 2, 3),
+               ("tma", 128, 2, 4)]
 NO_WGMMA_ENV = "SCRATCH_NN_NO_WGMMA"
 NO_HALO_ENV = "SCRATCH_NN_NO_HALO"   # =1: conv_halo's convolutions run conv_wgmma (for A/B measurements)
+NO_TMA_ENV = "SCRATCH_NN_NO_TMA"     # =1: conv_tma is left out (for A/B measurements)
 # =1: conv_wgmma and conv_wgrad_wg keep one K step's wgmma group running across the next step's
 # barrier instead of waiting for it (cuda/conv_wgmma.cu; measured slower on the H100: off)
 INFLIGHT_ENV = "SCRATCH_NN_WGMMA_INFLIGHT"
@@ -101,9 +108,22 @@ def wgmma_name(kind, cfg):
     return f"conv_wgmma<{kind}, {bn}, {wg}, {stages}>"
 
 
+def tma_name(kind, cfg):
+    _, bn, wg, stages = cfg
+    return f"conv_tma<{kind}, {bn}, {wg}, {stages}>"
+
+
+def tma_candidates(f, c, k, s, p):
+    """conv_tma tiles for a k x k convolution (stride s, padding p) of f output channels over c
+    gathered channels: stride 1, padding (k - 1) / 2, c a multiple of 64; [] otherwise."""
+    if s != 1 or 2 * p != k - 1 or c % WGMMA_BK or f % 8:
+        return []
+    return [cfg for cfg in TMA_CONFIGS if cfg[1] <= max(64, -(-f // 64) * 64)]
+
+
 def wgmma_smem(cfg):
-    """Dynamic shared memory of a conv_wgmma tile: STAGES (A, B) stages of 128-byte rows, or the
-    output tile, whichever is larger, and 1024 bytes to align the swizzled stages."""
+    """Dynamic shared memory of a conv_wgmma (or conv_tma) tile: STAGES (A, B) stages of 128-byte
+    rows, or the output tile, whichever is larger, and 1024 bytes to align the swizzled stages."""
     _, bn, wg, stages = cfg
     bm = 128 * wg
     return 1024 + max(stages * (bm + bn) * 128, bm * (bn + PAD) * 2)
@@ -119,7 +139,8 @@ def wgmma_candidates(f, c):
 
 def wgrad_wg_name(kind, cfg):
     _, bm, bn, stages, wg = cfg
-    return f"conv_wgrad_wg<{kind}, {bm}, {bn}, {stages}, {wg}>"
+    family = "conv_wgrad_tma" if cfg[0] == "wgt" else "conv_wgrad_wg"
+    return f"{family}<{kind}, {bm}, {bn}, {stages}, {wg}>"
 
 
 def wgrad_wg_smem(cfg):
@@ -184,7 +205,8 @@ def halo_default(halo, wgmma, c):
 
 def wgmma_names(kind):
     return ([wgmma_name(kind, cfg) for cfg in WGMMA_CONFIGS] + [wgrad_wg_name(kind, cfg) for cfg in WGRAD_WG_CONFIGS]
-            + [halo_name(kind, cfg) for cfg in HALO_CONFIGS])
+            + [halo_name(kind, cfg) for cfg in HALO_CONFIGS] + [tma_name(kind, cfg) for cfg in TMA_CONFIGS]
+            + [wgrad_wg_name(kind, cfg) for cfg in WGRAD_TMA_CONFIGS])
 
 
 def wgmma_available(cupy, device_id=None):
@@ -290,7 +312,7 @@ def igemm_candidates(f, c, async_copy=True):
 def _stats_rows(cfg):
     """Output positions per BatchNorm-statistics chunk: a conv_igemm tile's BM, a conv_wgmma
     warpgroup's 128."""
-    return 128 if cfg[0] in ("wg", "halo") else cfg[0]
+    return 128 if cfg[0] in ("wg", "halo", "tma") else cfg[0]
 
 
 def stats_tiles(cands):
@@ -345,6 +367,10 @@ class ConvKernels:
         # the warpgroup kernels: sm_90a code, what an H100 / H200 runs for the wide layers
         self.wgmma = bool(async_copy) and (wgmma_available(cupy) if wgmma is None else bool(wgmma))
         self.halo = os.environ.get(NO_HALO_ENV) != "1"
+        self.maps = None            # tensor maps for conv_tma (tensor_maps.py), where it runs
+        if self.wgmma and os.environ.get(NO_TMA_ENV) != "1":
+            from .tensor_maps import TensorMaps
+            self.maps = TensorMaps(cupy)
         self.wg_module = None
         self.inflight = None
         if self.wgmma:
@@ -361,7 +387,9 @@ class ConvKernels:
     def _kernel(self, name, smem=0):
         fn = self._fn.get(name)
         if fn is None:
-            module = self.wg_module if name.startswith(("conv_wgmma<", "conv_wgrad_wg<", "conv_halo<")) else self.module
+            module = self.wg_module if name.startswith(("conv_wgmma<", "conv_wgrad_wg<", "conv_halo<", "conv_tma<",
+                                                        "conv_wgrad_tma<")) \
+                else self.module
             fn = self._fn[name] = module.get_function(name)
         if fn.max_dynamic_shared_size_bytes < smem:     # static + dynamic over 48 KB needs the opt-in
             fn.max_dynamic_shared_size_bytes = smem
@@ -480,6 +508,31 @@ class ConvKernels:
              bias if bias is not None else NULL, np.int32(relu), stats if stats is not None else NULL,
              add if add is not None else NULL), shared_mem=smem)
 
+    def _tma(self, cfg, x, wp, y, table, f, p, bias, relu, stats, add=None):
+        """conv_tma: grid (ceil(N * H * W / (128 WG)), ceil(f / BN)) of WG warpgroups; x (N, H, W, C),
+        wp (f, k*k, C), tensor maps for both (kept per address)."""
+        n, h, w, c = x.shape
+        _, bn, wg, _ = cfg
+        smem = wgmma_smem(cfg)
+        self._kernel(tma_name(self.kind, cfg), smem)(
+            (-(-n * h * w // (128 * wg)), -(-f // bn)), (128 * wg,),
+            (self.maps.im2col(x, 2 * p + 1, 1, p), self.maps.rows(wp.reshape(wp.shape[0], -1), bn), y, table,
+             np.int32(n), np.int32(h), np.int32(w), np.int32(c), np.int32(f), np.int32(p),
+             bias if bias is not None else NULL, np.int32(relu), stats if stats is not None else NULL,
+             add if add is not None else NULL), shared_mem=smem)
+
+    def _tma_takes(self, x, c, f, k, s, p):
+        """conv_tma's tiles for this GEMM where the GPU runs the warpgroup kernels and tensor maps, else []."""
+        if self.maps is None or not self._wgmma_takes(x, c, f) or x.data.ptr % 16:
+            return []
+        return tma_candidates(f, c, k, s, p)
+
+    def _wgrad_tma_takes(self, dy, x, wg_cands):
+        """conv_wgrad_tma's twins of the conv_wgrad_wg tiles wg_cands, where tensor maps run, else []."""
+        if self.maps is None or dy.data.ptr % 16 or x.data.ptr % 16:
+            return []
+        return [("wgt",) + cfg[1:] for cfg in wg_cands]
+
     def _halo_takes(self, x, c, f, k, s, p):
         """conv_halo's tiles for this GEMM where the GPU runs the warpgroup kernels, else []."""
         if not (self.halo and self._wgmma_takes(x, c, f)):
@@ -502,17 +555,20 @@ class ConvKernels:
             st = self.xp.empty((-(-m // _stats_rows(cfg)), 2, f), dtype=np.float32) if stats else None
             if cfg[0] == "halo":
                 self._halo(cfg, x, wp, y, table, f, bias, relu, st)
+            elif cfg[0] == "tma":
+                self._tma(cfg, x, wp, y, table, f, p, bias, relu, st)
             else:
                 self._igemm(cfg, x, wp, y, table, f, (oh, ow), s, (oh, ow), 1, bias, relu, st)
             holder["st"] = st
 
         def options():
-            halo = self._halo_takes(x, c, f, k, s, p)
-            if halo:        # conv_halo and conv_wgmma add the same products in the same order: timed together
-                return halo + wgmma_candidates(f, c), halo_default(halo, wgmma_candidates(f, c), c)
+            # conv_halo, conv_tma and conv_wgmma add the same products in the same order: timed together
+            halo, tma = self._halo_takes(x, c, f, k, s, p), self._tma_takes(x, c, f, k, s, p)
+            if halo:
+                return halo + tma + wgmma_candidates(f, c), halo_default(halo, wgmma_candidates(f, c), c)
             if self._wgmma_takes(x, c, f):
                 cands = wgmma_candidates(f, c)
-                return cands, cands[-1]
+                return tma + cands, cands[-1]
             cands = igemm_candidates(f, c, self.async_copy)
             if stats:
                 cands = stats_tiles(cands)
@@ -549,16 +605,18 @@ class ConvKernels:
         def run(cfg):
             if cfg[0] == "halo":
                 self._halo(cfg, dy, wd, dx, table, c, None, False, None, add)
+            elif cfg[0] == "tma":
+                self._tma(cfg, dy, wd, dx, table, c, p, None, False, None, add)
             else:
                 self._igemm(cfg, dy, wd, dx, table, c, grid_hw, 1, (h, w), os_, None, False, None, add)
 
         def options():
-            halo = self._halo_takes(dy, f, c, k, s, p)
+            halo, tma = self._halo_takes(dy, f, c, k, s, p), self._tma_takes(dy, f, c, k, s, p)
             if halo:
-                return halo + wgmma_candidates(c, f), halo_default(halo, wgmma_candidates(c, f), f)
+                return halo + tma + wgmma_candidates(c, f), halo_default(halo, wgmma_candidates(c, f), f)
             if self._wgmma_takes(dy, f, c):
                 cands = wgmma_candidates(c, f)
-                return cands, cands[-1]
+                return tma + cands, cands[-1]
             return igemm_candidates(c, f, self.async_copy), igemm_default(c, f, self.async_copy)
 
         cfg = self._pick(("dgrad", n, oh, ow, f, c, k, s, p), options, run)
@@ -614,6 +672,17 @@ class ConvKernels:
         holder = {}
 
         def run(cfg):
+            if cfg[0] == "wgt":     # conv_wgrad_tma: WG warpgroups a CTA, operands by tensor maps
+                _, bm, bn, _, wg = cfg
+                smem = wgrad_wg_smem(cfg)
+                ws = self._workspace(chunks * f * kcols).reshape(chunks, f, kcols)
+                self._kernel(wgrad_wg_name(self.kind, cfg), smem)(
+                    (-(-f // bm), kcols // bn, chunks), (128 * wg,),
+                    (self.maps.rows(dy.reshape(-1, f), 64), self.maps.im2col(x, k, s, p, pixels=WGMMA_BK), ws,
+                     np.int32(n), np.int32(c), np.int32(f), np.int32(oh), np.int32(ow), np.int32(k), np.int32(s),
+                     np.int32(p), np.int32(chunk), np.int32(kcols)), shared_mem=smem)
+                holder["ws"] = ws
+                return
             if cfg[0] == "wgw":     # WG warpgroups a CTA
                 _, bm, bn, _, wg = cfg
                 threads, smem, name = 128 * wg, wgrad_wg_smem(cfg), wgrad_wg_name(self.kind, cfg)
@@ -629,9 +698,9 @@ class ConvKernels:
             holder["ws"] = ws
 
         def options():
-            if warpgroup:
+            if warpgroup:       # conv_wgrad_tma and conv_wgrad_wg give the same bits: timed together
                 cands = wgrad_wg_candidates(f, kcols)
-                return cands, cands[-1]
+                return self._wgrad_tma_takes(dy, x, cands) + cands, cands[-1]
             return wgrad_candidates(f, kcols, self.async_copy), wgrad_default(f, kcols, self.async_copy)
 
         cfg = self._pick(key, options, run)

@@ -48,11 +48,11 @@ def _kernels(storage, async_copy, wgmma):
 def _gemm_tiles(K, f, c, x, ksp, stats=False):
     """The tiles a forward (or data gradient) GEMM of f channels over c, of a convolution
     ksp = (k, s, p), may take on K's path."""
-    halo = K._halo_takes(x, c, f, *ksp)
+    halo, tma = K._halo_takes(x, c, f, *ksp), K._tma_takes(x, c, f, *ksp)
     if halo:
-        return halo + G.wgmma_candidates(f, c)
+        return halo + tma + G.wgmma_candidates(f, c)
     if K._wgmma_takes(x, c, f):
-        return G.wgmma_candidates(f, c)
+        return tma + G.wgmma_candidates(f, c)
     cands = G.igemm_candidates(f, c, K.async_copy)
     return G.stats_tiles(cands) if stats else cands
 
@@ -228,22 +228,29 @@ def test_every_compiled_tile_matches_float64(storage, async_copy, wgmma):
             assert rel(from_bits(dx, storage), ref_dx) <= 2 * tdx + 1e-6, (cfg, shape)
             ran.add(("igemm", cfg))
             seen.append((cfg, cupy.asnumpy(dx)))
-        if K.wgmma:     # conv_halo and conv_wgmma are timed against each other: they must agree bitwise
+        if K.wgmma:     # conv_halo, conv_tma and conv_wgmma are timed against each other: they must agree bitwise
             for cfg, dv in seen[1:]:
                 assert np.array_equal(dv, seen[0][1]), (cfg, seen[0][0], shape)
-        wgrad_tiles = G.wgrad_wg_candidates(f, k * k * c) if K._wgmma_takes(xd, c, f) else \
-            G.wgrad_candidates(f, k * k * c, async_copy)
+        wgrad_tiles = G.wgrad_candidates(f, k * k * c, async_copy)
+        if K._wgmma_takes(xd, c, f):
+            wgrad_tiles = G.wgrad_wg_candidates(f, k * k * c)
+            wgrad_tiles = K._wgrad_tma_takes(dyd, xd, wgrad_tiles) + wgrad_tiles
+        got = {}
         for cfg in wgrad_tiles:
             with K.pinned(cfg):
                 dw = cupy.full((f, c, k, k), np.nan, np.float32)
                 K.wgrad(dyd, xd, k, s, p, dw)
             assert rel(cupy.asnumpy(dw), ref_dw) <= 2 * tdw + 1e-6, (cfg, shape)
             ran.add(("wgrad", cfg))
+            got[cfg] = cupy.asnumpy(dw)
+        for cfg, dv in got.items():     # conv_wgrad_tma and its conv_wgrad_wg twin: the same bits
+            if cfg[0] == "wgt":
+                assert np.array_equal(dv, got[("wgw",) + cfg[1:]]), (cfg, shape)
     compiled = {("igemm", cfg) for cfg in G.IGEMM_CONFIGS
                 if G.igemm_name(K.kind, cfg, async_copy) in G.name_expressions(K.kind, async_copy)}
     if K.wgmma:     # every warpgroup tile; the mma.sync ones are the other modes' to cover
-        compiled = {("igemm", cfg) for cfg in G.WGMMA_CONFIGS + G.HALO_CONFIGS} | \
-            {("wgrad", cfg) for cfg in G.WGRAD_WG_CONFIGS}
+        compiled = {("igemm", cfg) for cfg in G.WGMMA_CONFIGS + G.HALO_CONFIGS + G.TMA_CONFIGS} | \
+            {("wgrad", cfg) for cfg in G.WGRAD_WG_CONFIGS + G.WGRAD_TMA_CONFIGS}
     missing = compiled - ran
     assert not missing, f"compiled tiles no shape here exercised: {sorted(missing)}"
 

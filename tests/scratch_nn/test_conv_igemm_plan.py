@@ -176,6 +176,106 @@ def test_halo_tiles_read_what_the_gather_reads(n, h, bm):
     np.testing.assert_allclose(halo_conv(dy, pack(w, True), G.taps_dgrad(3, 1, 1), bm), ref, rtol=1e-12, atol=1e-12)
 
 
+def tma_conv(x, wp, table, p, bm=128):
+    """conv_tma (cuda/conv_wgmma.cu) as the copy engine's im2col mode is documented (PTX ISA,
+    tensor im2col mode; cuTensorMapEncodeIm2col): each tile's load starts at filter base
+    (j - p, i - p) of image n of its first output position and walks bm bases, W fastest, then
+    H, then images, inside the box [-p, H-1-p] x [-p, W-1-p] given by the corners (-p, -p) and
+    (-p, -p), reading the base + the tap's offsets (dh + p, dw + p), zeros outside the image
+    and past the batch."""
+    n, h, w, c = x.shape
+    f = wp.shape[0]
+    m = n * h * w
+    y = np.zeros((-(-m // bm) * bm, f))
+    for m0 in range(0, m, bm):
+        nn, rem = divmod(m0, h * w)
+        i, j = divmod(rem, w)
+        acc = np.zeros((bm, f))
+        for t in range(table[0, 0]):
+            dh, dw, idx = table[0, 1 + 3 * t:4 + 3 * t]
+            oh, ow = dh + p, dw + p
+            assert 0 <= oh <= 2 * p and 0 <= ow <= 2 * p          # the offsets are unsigned
+            a = np.zeros((bm, c))
+            bn_, bh, bw = nn, i - p, j - p
+            for r in range(bm):
+                ih, iw = bh + oh, bw + ow
+                if bn_ < n and 0 <= ih < h and 0 <= iw < w:
+                    a[r] = x[bn_, ih, iw]
+                bw += 1
+                if bw > w - 1 - p:
+                    bw, bh = -p, bh + 1
+                    if bh > h - 1 - p:
+                        bh, bn_ = -p, bn_ + 1
+            acc += a @ wp[:, idx, :].T
+        y[m0:m0 + bm] = acc
+    return y[:m].reshape(n, h, w, f)
+
+
+@pytest.mark.parametrize("n,h,bm", [(2, 8, 16), (3, 4, 32), (1, 8, 128), (3, 6, 16)])
+def test_tma_im2col_loads_read_what_the_gather_reads(n, h, bm):
+    """conv_tma's coordinates and offsets give conv_igemm's convolution, forward and stride-1
+    data gradient, for tiles that start mid-row, span images and run past the batch."""
+    r = np.random.default_rng(n * 1000 + h + bm)
+    c, f = 8, 8
+    x = r.standard_normal((n, h, h, c))
+    w = r.standard_normal((f, c, 3, 3))
+    ref = igemm(x, pack(w, False), G.taps_forward(3, 1, 1), (h, h), 1, (h, h), 1)
+    np.testing.assert_allclose(tma_conv(x, pack(w, False), G.taps_forward(3, 1, 1), 1, bm), ref, rtol=1e-12, atol=1e-12)
+    dy = r.standard_normal((n, h, h, f))
+    ref = igemm(dy, pack(w, True), G.taps_dgrad(3, 1, 1), (h, h), 1, (h, h), 1)
+    np.testing.assert_allclose(tma_conv(dy, pack(w, True), G.taps_dgrad(3, 1, 1), 1, bm), ref, rtol=1e-12, atol=1e-12)
+
+
+def im2col_walk(x, k, s, p, n0, oh0, ow0, off_h, off_w, pixels):
+    """What one im2col load reads, as documented: from filter base (ow0*s - p, oh0*s - p) of
+    image n0, `pixels` bases stepping s along W, then H, then images, inside the box from -p
+    to H-1+p-(k-1) (the corners -p and p-(k-1)), each read at base + offsets, zeros outside."""
+    n, h, w, c = x.shape
+    out = np.zeros((pixels, c))
+    bn_, bh, bw = n0, oh0 * s - p, ow0 * s - p
+    hi_h, hi_w = h - 1 + p - (k - 1), w - 1 + p - (k - 1)
+    for r in range(pixels):
+        ih, iw = bh + off_h, bw + off_w
+        if bn_ < n and 0 <= ih < h and 0 <= iw < w:
+            out[r] = x[bn_, ih, iw]
+        bw += s
+        if bw > hi_w:
+            bw, bh = -p, bh + s
+            if bh > hi_h:
+                bh, bn_ = -p, bn_ + 1
+    return out
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 8, 3, 1, 1), (3, 8, 8, 8, 3, 2, 1), (2, 8, 8, 8, 1, 2, 0), (1, 8, 8, 6, 3, 2, 1)])
+def test_tma_wgrad_loads_read_what_the_gather_reads(shape):
+    """conv_wgrad_tma: per stage of 16 positions (64 on the GPU), dY's rows as a tiled load and
+    each tap's input rows as an im2col load (the convolution's stride as the traversal stride)
+    give conv_wgrad's weight gradient, stages past the batch included."""
+    n, c, f, h, k, s, p = shape
+    r = np.random.default_rng(sum(shape))
+    x = r.standard_normal((n, h, h, c))
+    oh = (h + 2 * p - k) // s + 1
+    dy = r.standard_normal((n, oh, oh, f))
+    m, bk = n * oh * oh, 16
+    dyf = np.vstack([dy.reshape(m, f), np.zeros((bk, f))])          # zeros past M, as the copy engine fills
+    got = np.zeros((f, c, k, k))
+    for m0 in range(0, m, bk):
+        nn, rem = divmod(m0, oh * oh)
+        o_h, o_w = divmod(rem, oh)
+        for kh in range(k):
+            for kw in range(k):
+                got[:, :, kh, kw] += dyf[m0:m0 + bk].T @ im2col_walk(x, k, s, p, nn, o_h, o_w, kh, kw, bk)
+    np.testing.assert_allclose(got, wgrad(dy, x, k, s, p), rtol=1e-12, atol=1e-12)
+
+
+def test_tma_takes_the_stride_one_same_size_convolutions():
+    assert [cfg[0] for cfg in G.tma_candidates(64, 64, 3, 1, 1)] == ["tma"] * 2           # BN 64 only for 64 channels
+    assert {cfg[1] for cfg in G.tma_candidates(256, 256, 3, 1, 1)} == {64, 128}
+    assert G.tma_candidates(128, 64, 3, 2, 1) == [] and G.tma_candidates(128, 64, 1, 2, 0) == []
+    assert G.tma_candidates(32, 32, 3, 1, 1) == [] and G.tma_candidates(64, 64, 3, 1, 0) == []
+    assert all(G.wgmma_smem(cfg) <= G.HALO_MAX_SMEM - 16 * 1024 for cfg in G.TMA_CONFIGS)
+
+
 def test_halo_takes_resnet18s_stride_one_layers_that_fit_shared_memory():
     cands = {(h, c): G.halo_candidates(h, h, c, c, 3, 1, 1) for h, c in ((32, 64), (16, 128), (8, 256), (4, 512))}
     assert all(cands[(h, c)] for h, c in ((32, 64), (16, 128), (8, 256)))

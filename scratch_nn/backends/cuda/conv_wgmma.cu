@@ -330,6 +330,131 @@ conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
     wg_epilogue<KIND, BN, WG>(acc, smem, out_row, red_s, y, m0, M, f0, F, bias, relu, stats, add);
 }
 
+// ------------------------------------------------------------------ conv_tma (stride 1, TMA loads)
+// conv_wgmma's GEMM for a k x k convolution of stride 1 and padding (k - 1) / 2 (the forward,
+// and the data gradient of such a convolution) with the operands brought in by the copy engine
+// (TMA, cp.async.bulk.tensor) instead of one cp.async per 16 bytes per thread: conv_wgmma spends
+// more issue slots on its gathers' addresses and bounds tests than the tensor cores need to
+// consume them (64 channels: 128 rows x 8 chunks a K step). One thread issues, per K step,
+//   A: an im2col load per warpgroup, 128 positions x 64 channels, from the input's tensor map
+//      (N, H, W, C) whose box of filter bases runs from -p to H-1-p (W alike): the copy engine
+//      walks the CTA's output positions in order (W, then H, then images) at the tap's offset
+//      (dh + p, dw + p) and fills what falls outside the image, or past the batch, with zeros;
+//   B: a tiled load of BN rows x 64 channels of the packed weights (F, taps * C);
+// both with the 128-byte swizzle conv_wgmma writes by hand, so the tensor cores read the same
+// tiles, and the products, their order and the epilogue are conv_wgmma's: the same bits.
+// A stage's arrival is an mbarrier with the stage's byte count; a stage is refilled after the
+// barrier that follows every warpgroup's wait for the group that read it, as in conv_wgmma.
+// grid: (ceil(M / BM), ceil(F / BN)); block 128 * WG; dynamic shared memory as conv_wgmma's.
+struct __align__(64) TensorMap { unsigned long long v[16]; };   // CUtensorMap, made by the host
+
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(bar), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+    asm volatile("{ .reg .pred p;\n"
+                 "WAIT_%=: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                 "@!p bra WAIT_%=; }" :: "r"(bar), "r"(parity) : "memory");
+}
+// 128 positions x 64 channels of an (N, H, W, C) tensor map in im2col mode: filter base (w, h)
+// of image n, channels c.., at tap offsets (ow, oh)
+__device__ __forceinline__ void tma_im2col(unsigned dst, const TensorMap* tm, unsigned bar, int c, int w, int h, int n,
+                                           unsigned short ow, unsigned short oh) {
+    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.im2col.mbarrier::complete_tx::bytes "
+                 "[%0], [%1, {%3, %4, %5, %6}], [%2], {%7, %8};"
+                 :: "r"(dst), "l"(tm), "r"(bar), "r"(c), "r"(w), "r"(h), "r"(n), "h"(ow), "h"(oh) : "memory");
+}
+// a box of a 2-D tensor map at (column k, row r)
+__device__ __forceinline__ void tma_tile2d(unsigned dst, const TensorMap* tm, unsigned bar, int k, int r) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
+                 "[%0], [%1, {%3, %4}], [%2];" :: "r"(dst), "l"(tm), "r"(bar), "r"(k), "r"(r) : "memory");
+}
+
+template <int KIND, int BN, int WG, int STAGES>
+__global__ void __launch_bounds__(128 * WG)
+conv_tma(const __grid_constant__ TensorMap tm_x, const __grid_constant__ TensorMap tm_w, u16* __restrict__ y,
+         const int* __restrict__ taps, int N, int H, int W, int C, int F, int pad, const float* __restrict__ bias,
+         int relu, float* __restrict__ stats, const u16* __restrict__ add) {
+    constexpr int NTHR = 128 * WG, BM = 128 * WG, BK = 64;
+    constexpr int A_BYTES = BM * 128, B_BYTES = BN * 128, STAGE = A_BYTES + B_BYTES;
+    constexpr int NACC = BN / 2;
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const unsigned raw = smem_addr(smem_raw);
+    const unsigned base = (raw + 1023u) & ~1023u;      // the swizzle pattern follows address bits 7-9
+    unsigned char* smem = smem_raw + (base - raw);
+    __shared__ __align__(8) unsigned long long full[STAGES];
+    __shared__ int tap_off[9], tap_w[9], tap_dh[9], tap_dw[9];
+    __shared__ int ntaps_s, wrow_s;
+    __shared__ long long out_row[BM];
+    __shared__ float red_s[WG][2][4][BN];
+
+    const int tid = threadIdx.x, warp = tid >> 5;
+    const int wg = warp >> 2;
+    const int HW = H * W, M = N * HW;
+    const int m0 = blockIdx.x * BM, f0 = blockIdx.y * BN;
+    if (tid == 0) {
+#pragma unroll
+        for (int s = 0; s < STAGES; ++s) mbar_init(smem_addr(&full[s]), 1);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    ig_setup<BM, NTHR>(taps, tap_off, tap_w, tap_dh, tap_dw, &ntaps_s, &wrow_s, out_row, tid, m0, M, W, C, F, H, W, H,
+                       W, 1, 0, 0);
+    __syncthreads();
+    const int KT = ntaps_s * (C / BK);
+    // warpgroups whose 128 rows start inside the batch load them; the rest compute on whatever
+    // the stage holds and store nothing (out_row -1)
+    const int live = min(WG, (M - m0 + 127) / 128);
+    const unsigned tx = (unsigned)(live * 128 * 128 + B_BYTES);
+
+    float acc[2][NACC];
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int c = 0; c < NACC; ++c) acc[a][c] = 0.f;
+    wg_fence_regs(acc);
+
+    int lt = 0, lc = 0;        // the load iterator (thread 0's): tap, channel block
+    auto load = [&](int buf) {
+        const unsigned sa = base + buf * STAGE, sb = sa + A_BYTES, bar = smem_addr(&full[buf]);
+        mbar_expect_tx(bar, tx);
+        const unsigned short ow = (unsigned short)(tap_dw[lt] + pad), oh = (unsigned short)(tap_dh[lt] + pad);
+        for (int g = 0; g < live; ++g) {
+            int m = m0 + g * 128, n = m / HW, rem = m - n * HW, i = rem / W, j = rem - i * W;
+            tma_im2col(sa + g * 128 * 128, &tm_x, bar, lc, j - pad, i - pad, n, ow, oh);
+        }
+        tma_tile2d(sb, &tm_w, bar, tap_w[lt] + lc, f0);
+        lc += BK;
+        if (lc >= C) { lc = 0; ++lt; }
+    };
+
+    constexpr int AHEAD = STAGES - 1;
+    if (tid == 0)
+        for (int st = 0; st < AHEAD && st < KT; ++st) load(st);
+    for (int kt = 0; kt < KT; ++kt) {
+        const int buf = kt % STAGES;
+        mbar_wait(smem_addr(&full[buf]), (unsigned)((kt / STAGES) & 1));
+        __syncthreads();           // every warpgroup's wait for step kt - 1's group is done: its stage is free
+        const unsigned sa = base + buf * STAGE + wg * 128 * 128, sb = base + buf * STAGE + A_BYTES;
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            wgmma_tile<KIND, BN>(acc[0], wg_desc(sa + kk * 32), wg_desc(sb + kk * 32));
+            wgmma_tile<KIND, BN>(acc[1], wg_desc(sa + 64 * 128 + kk * 32), wg_desc(sb + kk * 32));
+        }
+        wg_commit();
+        if (tid == 0 && kt + AHEAD < KT) load((kt + AHEAD) % STAGES);
+        wg_wait<0>();
+        wg_fence_regs(acc);
+    }
+    __syncthreads();        // every warp is done with the operand buffers: they take the output tile
+
+    wg_epilogue<KIND, BN, WG>(acc, smem, out_row, red_s, y, m0, M, f0, F, bias, relu, stats, add);
+}
+
 // ------------------------------------------------------------------ conv_halo (3x3, stride 1)
 // conv_wgmma's GEMM for a 3x3 convolution of stride 1 and padding 1 (the forward, and the data
 // gradient of such a convolution, whose taps are the same nine shifts) over C channels, a
@@ -480,6 +605,27 @@ template <int BYTES> __device__ __forceinline__ unsigned long long wg_desc_mn(un
            (1ull << 62);
 }
 
+// A weight-gradient tile's fp32 partials to out (F, K): thread (warp wl of warpgroup wg, lane
+// g * 4 + t4) holds rows (f) 64 (wg MW + a) + 16 wl + g (+ 8), columns 8 b + 2 t4 (+ 1)
+template <int MW, int BN>
+__device__ __forceinline__ void wgrad_store_partials(const float (&acc)[MW][BN / 2], float* __restrict__ out, int F,
+                                                     int K, int f0, int n0, int wg, int wl, int lane) {
+    const int g = lane >> 2, t4 = lane & 3;
+#pragma unroll
+    for (int a = 0; a < MW; ++a)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int f = f0 + (wg * MW + a) * 64 + wl * 16 + g + h * 8;
+            if (f >= F) continue;
+#pragma unroll
+            for (int b = 0; b < BN / 8; ++b) {
+                const int col = n0 + b * 8 + 2 * t4;
+                *reinterpret_cast<float2*>(out + (long long)f * K + col) =
+                    make_float2(acc[a][4 * b + 2 * h], acc[a][4 * b + 2 * h + 1]);
+            }
+        }
+}
+
 template <int KIND, int BM, int BN, int STAGES, int WG>
 __global__ void __launch_bounds__(128 * WG)
 conv_wgrad_wg(const u16* __restrict__ dy, const u16* __restrict__ x, float* __restrict__ ws, int N, int H, int W,
@@ -575,22 +721,89 @@ conv_wgrad_wg(const u16* __restrict__ dy, const u16* __restrict__ x, float* __re
     wg_wait<0>();
     wg_fence_regs(acc);
     cp_async_wait<0>();
+    wgrad_store_partials<MW, BN>(acc, ws + (long long)blockIdx.z * F * K, F, K, f0, n0, wg, wl, lane);
+}
 
-    // partials: thread (warp wl of warpgroup wg, lane g * 4 + t4) holds rows (f)
-    // 64 (wg MW + a) + 16 wl + g (+ 8), columns 8 b + 2 t4 (+ 1)
-    const int g = lane >> 2, t4 = lane & 3;
-    float* out = ws + (long long)blockIdx.z * F * K;
+// ------------------------------------------------------------------ conv_wgrad_tma (weight gradient, TMA loads)
+// conv_wgrad_wg's GEMM and stage layout with the operands brought in by the copy engine: per
+// stage of 64 positions (chunks start at multiples of 64, so a stage never reads into the next
+// chunk's positions), one thread issues
+//   A: MA tiled loads of dY seen as (M, F): 64 positions x 64 channels f each, zeros past M and F;
+//   B: NA im2col loads of X (N, H, W, C), 64 positions x 64 channels each, at the atom's tap
+//      (kh, kw) as offsets: filter bases (ow*s - p, oh*s - p) walk the box from -p to
+//      H-1+p-(k-1) with the convolution's stride (W alike), zeros outside the image and past
+//      the batch;
+// 128-byte swizzled rows as conv_wgrad_wg writes them, so the products, their order and the
+// partials are conv_wgrad_wg's: the same bits. Synchronisation as conv_tma's.
+// grid: (ceil(F / BM), K / BN, chunks); block 128 * WG; dynamic shared memory as conv_wgrad_wg's.
+template <int KIND, int BM, int BN, int STAGES, int WG>
+__global__ void __launch_bounds__(128 * WG)
+conv_wgrad_tma(const __grid_constant__ TensorMap tm_dy, const __grid_constant__ TensorMap tm_x, float* __restrict__ ws,
+               int N, int C, int F, int OH, int OW, int KW, int s, int p, int chunk, int K) {
+    constexpr int BK = 64, ATOM = 64 * 128;
+    constexpr int MA = BM / 64, NA = BN / 64, MW = MA / WG;
+    static_assert(MW * WG == MA, "BM a multiple of 64 WG");
+    constexpr int A_BYTES = BM * 128, STAGE = (BM + BN) * 128;
+    constexpr int NACC = BN / 2;
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const unsigned raw = smem_addr(smem_raw);
+    const unsigned base = (raw + 1023u) & ~1023u;
+    __shared__ __align__(8) unsigned long long full[STAGES];
+
+    const int tid = threadIdx.x, lane = tid & 31, wl = (tid >> 5) & 3, wg = tid >> 7;
+    const int M = N * OH * OW, HWo = OH * OW;
+    const int f0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int mlo = blockIdx.z * chunk, mhi = min(M, mlo + chunk);
+    const int KT = mhi > mlo ? (mhi - mlo + BK - 1) / BK : 0;
+    if (tid == 0) {
+#pragma unroll
+        for (int st = 0; st < STAGES; ++st) mbar_init(smem_addr(&full[st]), 1);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+
+    float acc[MW][NACC];
 #pragma unroll
     for (int a = 0; a < MW; ++a)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int f = f0 + (wg * MW + a) * 64 + wl * 16 + g + h * 8;
-            if (f >= F) continue;
+        for (int c = 0; c < NACC; ++c) acc[a][c] = 0.f;
+    wg_fence_regs(acc);
+
+    auto load = [&](int buf, int kt) {
+        const unsigned sa = base + buf * STAGE, sb = sa + A_BYTES, bar = smem_addr(&full[buf]);
+        mbar_expect_tx(bar, (unsigned)STAGE);
+        const int m = mlo + kt * BK, n = m / HWo, rem = m - n * HWo, oh = rem / OW, ow = rem - oh * OW;
 #pragma unroll
-            for (int b = 0; b < BN / 8; ++b) {
-                const int col = n0 + b * 8 + 2 * t4;
-                *reinterpret_cast<float2*>(out + (long long)f * K + col) =
-                    make_float2(acc[a][4 * b + 2 * h], acc[a][4 * b + 2 * h + 1]);
-            }
+        for (int j = 0; j < MA; ++j) tma_tile2d(sa + j * ATOM, &tm_dy, bar, f0 + j * 64, m);
+#pragma unroll
+        for (int j = 0; j < NA; ++j) {
+            const int col = n0 + j * 64, t = col / C, kh = t / KW, kw = t - kh * KW;
+            tma_im2col(sb + j * ATOM, &tm_x, bar, col - t * C, ow * s - p, oh * s - p, n, (unsigned short)kw,
+                       (unsigned short)kh);
         }
+    };
+
+    constexpr int AHEAD = STAGES - 1;
+    if (tid == 0)
+        for (int st = 0; st < AHEAD && st < KT; ++st) load(st, st);
+    for (int kt = 0; kt < KT; ++kt) {
+        const int buf = kt % STAGES;
+        mbar_wait(smem_addr(&full[buf]), (unsigned)((kt / STAGES) & 1));
+        __syncthreads();
+        const unsigned sa = base + buf * STAGE, sb = sa + A_BYTES;
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+            for (int a = 0; a < MW; ++a)
+                wgmma_tile<KIND, BN, 1>(acc[a], wg_desc_mn<ATOM>(sa + (wg * MW + a) * ATOM + kk * 2048),
+                                        wg_desc_mn<ATOM>(sb + kk * 2048));
+        wg_commit();
+        if (tid == 0 && kt + AHEAD < KT) load((kt + AHEAD) % STAGES, kt + AHEAD);
+        wg_wait<0>();
+        wg_fence_regs(acc);
+    }
+
+    wgrad_store_partials<MW, BN>(acc, ws + (long long)blockIdx.z * F * K, F, K, f0, n0, wg, wl, lane);
 }
