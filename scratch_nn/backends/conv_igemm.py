@@ -113,10 +113,11 @@ def tma_name(kind, cfg):
     return f"conv_tma<{kind}, {bn}, {wg}, {stages}>"
 
 
-def tma_candidates(f, c, k, s, p):
-    """conv_tma tiles for a k x k convolution (stride s, padding p) of f output channels over c
-    gathered channels: stride 1, padding (k - 1) / 2, c a multiple of 64; [] otherwise."""
-    if s != 1 or 2 * p != k - 1 or c % WGMMA_BK or f % 8:
+def tma_candidates(f, c, k, s, p, dgrad=False):
+    """conv_tma tiles for the forward (or with dgrad, the data gradient) of a k x k convolution
+    (stride s, padding p) of f output channels over c gathered channels, c a multiple of 64: any
+    forward; a data gradient of stride 1 with padding (k - 1) / 2; [] otherwise."""
+    if (dgrad and (s != 1 or 2 * p != k - 1)) or c % WGMMA_BK or f % 8 or p > k - 1 or p > 127:
         return []
     return [cfg for cfg in TMA_CONFIGS if cfg[1] <= max(64, -(-f // 64) * 64)]
 
@@ -508,24 +509,26 @@ class ConvKernels:
              bias if bias is not None else NULL, np.int32(relu), stats if stats is not None else NULL,
              add if add is not None else NULL), shared_mem=smem)
 
-    def _tma(self, cfg, x, wp, y, table, f, p, bias, relu, stats, add=None):
-        """conv_tma: grid (ceil(N * H * W / (128 WG)), ceil(f / BN)) of WG warpgroups; x (N, H, W, C),
-        wp (f, k*k, C), tensor maps for both (kept per address)."""
+    def _tma(self, cfg, x, wp, y, table, f, k, s, p, bias, relu, stats, add=None):
+        """conv_tma: grid (ceil(N * OH * OW / (128 WG)), ceil(f / BN)) of WG warpgroups; x (N, H, W, C),
+        wp (f, k*k, C), y (N, OH, OW, f), tensor maps for x and wp (kept per address)."""
         n, h, w, c = x.shape
+        oh, ow = y.shape[1:3]
         _, bn, wg, _ = cfg
         smem = wgmma_smem(cfg)
         self._kernel(tma_name(self.kind, cfg), smem)(
-            (-(-n * h * w // (128 * wg)), -(-f // bn)), (128 * wg,),
-            (self.maps.im2col(x, 2 * p + 1, 1, p), self.maps.rows(wp.reshape(wp.shape[0], -1), bn), y, table,
-             np.int32(n), np.int32(h), np.int32(w), np.int32(c), np.int32(f), np.int32(p),
+            (-(-n * oh * ow // (128 * wg)), -(-f // bn)), (128 * wg,),
+            (self.maps.im2col(x, k, s, p), self.maps.rows(wp.reshape(wp.shape[0], -1), bn), y, table,
+             np.int32(n), np.int32(h), np.int32(w), np.int32(c), np.int32(f), np.int32(oh), np.int32(ow),
+             np.int32(s), np.int32(p),
              bias if bias is not None else NULL, np.int32(relu), stats if stats is not None else NULL,
              add if add is not None else NULL), shared_mem=smem)
 
-    def _tma_takes(self, x, c, f, k, s, p):
+    def _tma_takes(self, x, c, f, k, s, p, dgrad=False):
         """conv_tma's tiles for this GEMM where the GPU runs the warpgroup kernels and tensor maps, else []."""
         if self.maps is None or not self._wgmma_takes(x, c, f) or x.data.ptr % 16:
             return []
-        return tma_candidates(f, c, k, s, p)
+        return tma_candidates(f, c, k, s, p, dgrad)
 
     def _wgrad_tma_takes(self, dy, x, wg_cands):
         """conv_wgrad_tma's twins of the conv_wgrad_wg tiles wg_cands, where tensor maps run, else []."""
@@ -556,7 +559,7 @@ class ConvKernels:
             if cfg[0] == "halo":
                 self._halo(cfg, x, wp, y, table, f, bias, relu, st)
             elif cfg[0] == "tma":
-                self._tma(cfg, x, wp, y, table, f, p, bias, relu, st)
+                self._tma(cfg, x, wp, y, table, f, k, s, p, bias, relu, st)
             else:
                 self._igemm(cfg, x, wp, y, table, f, (oh, ow), s, (oh, ow), 1, bias, relu, st)
             holder["st"] = st
@@ -606,12 +609,12 @@ class ConvKernels:
             if cfg[0] == "halo":
                 self._halo(cfg, dy, wd, dx, table, c, None, False, None, add)
             elif cfg[0] == "tma":
-                self._tma(cfg, dy, wd, dx, table, c, p, None, False, None, add)
+                self._tma(cfg, dy, wd, dx, table, c, k, 1, p, None, False, None, add)
             else:
                 self._igemm(cfg, dy, wd, dx, table, c, grid_hw, 1, (h, w), os_, None, False, None, add)
 
         def options():
-            halo, tma = self._halo_takes(dy, f, c, k, s, p), self._tma_takes(dy, f, c, k, s, p)
+            halo, tma = self._halo_takes(dy, f, c, k, s, p), self._tma_takes(dy, f, c, k, s, p, dgrad=True)
             if halo:
                 return halo + tma + wgmma_candidates(c, f), halo_default(halo, wgmma_candidates(c, f), f)
             if self._wgmma_takes(dy, f, c):

@@ -45,10 +45,10 @@ def _kernels(storage, async_copy, wgmma):
     return _CACHE[key]
 
 
-def _gemm_tiles(K, f, c, x, ksp, stats=False):
+def _gemm_tiles(K, f, c, x, ksp, stats=False, dgrad=False):
     """The tiles a forward (or data gradient) GEMM of f channels over c, of a convolution
     ksp = (k, s, p), may take on K's path."""
-    halo, tma = K._halo_takes(x, c, f, *ksp), K._tma_takes(x, c, f, *ksp)
+    halo, tma = K._halo_takes(x, c, f, *ksp), K._tma_takes(x, c, f, *ksp, dgrad=dgrad)
     if halo:
         return halo + tma + G.wgmma_candidates(f, c)
     if K._wgmma_takes(x, c, f):
@@ -221,7 +221,7 @@ def test_every_compiled_tile_matches_float64(storage, async_copy, wgmma):
         for cfg, yv, sv in seen[1:]:
             assert np.array_equal(yv, seen[0][1]) and np.array_equal(sv, seen[0][2]), (cfg, seen[0][0], shape)
         seen = []
-        for cfg in _gemm_tiles(K, c, f, dyd, (k, s, p)):
+        for cfg in _gemm_tiles(K, c, f, dyd, (k, s, p), dgrad=True):
             with K.pinned(cfg):
                 dx = cupy.full((n, h, h, c), POISON, np.uint16)
                 K.dgrad(dyd, wdg, k, s, p, (h, h), out=dx)
@@ -278,7 +278,7 @@ def test_wgmma_groups_in_flight_change_no_bits(storage, monkeypatch):
                     y = cupy.full((n, oh, oh, f), POISON, np.uint16)
                     _, st, _ = K.forward(xd, wp, k, s, p, stats=True, out=y)
                 got += [cupy.asnumpy(y), cupy.asnumpy(st)]
-            for cfg in _gemm_tiles(K, c, f, dyd, (k, s, p)):
+            for cfg in _gemm_tiles(K, c, f, dyd, (k, s, p), dgrad=True):
                 with K.pinned(cfg):
                     dx = cupy.full((n, h, h, c), POISON, np.uint16)
                     K.dgrad(dyd, wdg, k, s, p, (h, h), out=dx)

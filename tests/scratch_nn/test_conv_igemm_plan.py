@@ -211,6 +211,28 @@ def tma_conv(x, wp, table, p, bm=128):
     return y[:m].reshape(n, h, w, f)
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 8, 8, 3, 2, 1), (3, 8, 8, 6, 1, 2, 0), (1, 8, 8, 8, 3, 1, 1)])
+def test_tma_strided_forward_reads_what_the_gather_reads(shape):
+    """conv_tma's forward of any stride: tiles of 16 output positions, each tap's rows one
+    im2col load from base (j s - p, i s - p) with the stride as the traversal step."""
+    n, c, f, h, k, s, p = shape
+    r = np.random.default_rng(sum(shape) + 7)
+    x = r.standard_normal((n, h, h, c))
+    wp = pack(r.standard_normal((f, c, k, k)), False)
+    oh = (h + 2 * p - k) // s + 1
+    table = G.taps_forward(k, s, p)
+    m, bm = n * oh * oh, 16
+    y = np.zeros((-(-m // bm) * bm, f))
+    for m0 in range(0, m, bm):
+        nn, rem = divmod(m0, oh * oh)
+        i, j = divmod(rem, oh)
+        for t in range(table[0, 0]):
+            dh, dw, idx = table[0, 1 + 3 * t:4 + 3 * t]
+            y[m0:m0 + bm] += im2col_walk(x, k, s, p, nn, i, j, dh + p, dw + p, bm) @ wp[:, idx, :].T
+    ref = igemm(x, wp, table, (oh, oh), s, (oh, oh), 1)
+    np.testing.assert_allclose(y[:m].reshape(n, oh, oh, f), ref, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("n,h,bm", [(2, 8, 16), (3, 4, 32), (1, 8, 128), (3, 6, 16)])
 def test_tma_im2col_loads_read_what_the_gather_reads(n, h, bm):
     """conv_tma's coordinates and offsets give conv_igemm's convolution, forward and stride-1
@@ -268,11 +290,13 @@ def test_tma_wgrad_loads_read_what_the_gather_reads(shape):
     np.testing.assert_allclose(got, wgrad(dy, x, k, s, p), rtol=1e-12, atol=1e-12)
 
 
-def test_tma_takes_the_stride_one_same_size_convolutions():
+def test_tma_takes_every_forward_and_the_same_size_stride_one_data_gradients():
     assert [cfg[0] for cfg in G.tma_candidates(64, 64, 3, 1, 1)] == ["tma"] * 2           # BN 64 only for 64 channels
     assert {cfg[1] for cfg in G.tma_candidates(256, 256, 3, 1, 1)} == {64, 128}
-    assert G.tma_candidates(128, 64, 3, 2, 1) == [] and G.tma_candidates(128, 64, 1, 2, 0) == []
-    assert G.tma_candidates(32, 32, 3, 1, 1) == [] and G.tma_candidates(64, 64, 3, 1, 0) == []
+    assert G.tma_candidates(128, 64, 3, 2, 1) and G.tma_candidates(128, 64, 1, 2, 0)         # strided forwards
+    assert G.tma_candidates(64, 128, 3, 2, 1, dgrad=True) == [] and G.tma_candidates(64, 128, 1, 2, 0, dgrad=True) == []
+    assert G.tma_candidates(64, 64, 3, 1, 1, dgrad=True) and G.tma_candidates(64, 64, 3, 1, 0, dgrad=True) == []
+    assert G.tma_candidates(32, 32, 3, 1, 1) == []                                          # channels not a multiple of 64
     assert all(G.wgmma_smem(cfg) <= G.HALO_MAX_SMEM - 16 * 1024 for cfg in G.TMA_CONFIGS)
 
 

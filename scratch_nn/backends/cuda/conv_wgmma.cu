@@ -331,15 +331,16 @@ conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
 }
 
 // ------------------------------------------------------------------ conv_tma (stride 1, TMA loads)
-// conv_wgmma's GEMM for a k x k convolution of stride 1 and padding (k - 1) / 2 (the forward,
-// and the data gradient of such a convolution) with the operands brought in by the copy engine
+// conv_wgmma's GEMM for the forward of a k x k convolution of any stride s and padding p, and the
+// data gradient of a stride-1 one whose padding keeps the size, with the operands brought in by the copy engine
 // (TMA, cp.async.bulk.tensor) instead of one cp.async per 16 bytes per thread: conv_wgmma spends
 // more issue slots on its gathers' addresses and bounds tests than the tensor cores need to
 // consume them (64 channels: 128 rows x 8 chunks a K step). One thread issues, per K step,
 //   A: an im2col load per warpgroup, 128 positions x 64 channels, from the input's tensor map
-//      (N, H, W, C) whose box of filter bases runs from -p to H-1-p (W alike): the copy engine
-//      walks the CTA's output positions in order (W, then H, then images) at the tap's offset
-//      (dh + p, dw + p) and fills what falls outside the image, or past the batch, with zeros;
+//      (N, H, W, C) whose box of filter bases runs from -p to H-1+p-(k-1) (W alike) every s:
+//      the copy engine walks the CTA's output positions in order (W, then H, then images) from
+//      base (j s - p, i s - p) at the tap's offset (dh + p, dw + p) and fills what falls outside
+//      the image, or past the batch, with zeros;
 //   B: a tiled load of BN rows x 64 channels of the packed weights (F, taps * C);
 // both with the 128-byte swizzle conv_wgmma writes by hand, so the tensor cores read the same
 // tiles, and the products, their order and the epilogue are conv_wgmma's: the same bits.
@@ -376,8 +377,8 @@ __device__ __forceinline__ void tma_tile2d(unsigned dst, const TensorMap* tm, un
 template <int KIND, int BN, int WG, int STAGES>
 __global__ void __launch_bounds__(128 * WG)
 conv_tma(const __grid_constant__ TensorMap tm_x, const __grid_constant__ TensorMap tm_w, u16* __restrict__ y,
-         const int* __restrict__ taps, int N, int H, int W, int C, int F, int pad, const float* __restrict__ bias,
-         int relu, float* __restrict__ stats, const u16* __restrict__ add) {
+         const int* __restrict__ taps, int N, int H, int W, int C, int F, int OH, int OW, int s, int pad,
+         const float* __restrict__ bias, int relu, float* __restrict__ stats, const u16* __restrict__ add) {
     constexpr int NTHR = 128 * WG, BM = 128 * WG, BK = 64;
     constexpr int A_BYTES = BM * 128, B_BYTES = BN * 128, STAGE = A_BYTES + B_BYTES;
     constexpr int NACC = BN / 2;
@@ -394,15 +395,15 @@ conv_tma(const __grid_constant__ TensorMap tm_x, const __grid_constant__ TensorM
 
     const int tid = threadIdx.x, warp = tid >> 5;
     const int wg = warp >> 2;
-    const int HW = H * W, M = N * HW;
+    const int HW = OH * OW, M = N * HW;
     const int m0 = blockIdx.x * BM, f0 = blockIdx.y * BN;
     if (tid == 0) {
 #pragma unroll
-        for (int s = 0; s < STAGES; ++s) mbar_init(smem_addr(&full[s]), 1);
+        for (int st = 0; st < STAGES; ++st) mbar_init(smem_addr(&full[st]), 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    ig_setup<BM, NTHR>(taps, tap_off, tap_w, tap_dh, tap_dw, &ntaps_s, &wrow_s, out_row, tid, m0, M, W, C, F, H, W, H,
-                       W, 1, 0, 0);
+    ig_setup<BM, NTHR>(taps, tap_off, tap_w, tap_dh, tap_dw, &ntaps_s, &wrow_s, out_row, tid, m0, M, W, C, F, OH, OW,
+                       OH, OW, 1, 0, 0);
     __syncthreads();
     const int KT = ntaps_s * (C / BK);
     // warpgroups whose 128 rows start inside the batch load them; the rest compute on whatever
@@ -423,8 +424,8 @@ conv_tma(const __grid_constant__ TensorMap tm_x, const __grid_constant__ TensorM
         mbar_expect_tx(bar, tx);
         const unsigned short ow = (unsigned short)(tap_dw[lt] + pad), oh = (unsigned short)(tap_dh[lt] + pad);
         for (int g = 0; g < live; ++g) {
-            int m = m0 + g * 128, n = m / HW, rem = m - n * HW, i = rem / W, j = rem - i * W;
-            tma_im2col(sa + g * 128 * 128, &tm_x, bar, lc, j - pad, i - pad, n, ow, oh);
+            int m = m0 + g * 128, n = m / HW, rem = m - n * HW, i = rem / OW, j = rem - i * OW;
+            tma_im2col(sa + g * 128 * 128, &tm_x, bar, lc, j * s - pad, i * s - pad, n, ow, oh);
         }
         tma_tile2d(sb, &tm_w, bar, tap_w[lt] + lc, f0);
         lc += BK;
