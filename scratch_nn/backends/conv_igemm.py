@@ -19,7 +19,13 @@ the sm_75 switch) keeps mma.sync. For the 3x3 stride-1 convolutions (forward and
 whose tile's input fits shared memory, conv_halo, which copies each tile's input rows once into
 shared memory for all nine taps, is timed against conv_wgmma like another tile: the two add the
 same products in the same order, so either gives the same bits (SCRATCH_NN_NO_HALO=1 leaves
-conv_halo out).
+conv_halo out). conv_tma (every forward, and the stride-1 data gradients) and conv_wgrad_tma
+(every weight gradient) are conv_wgmma and conv_wgrad_wg with their operand tiles brought in by
+the copy engine (TMA) through tensor maps (tensor_maps.py) instead of per-thread cp.async
+gathers: the same shared-memory tiles, so they too are timed as tiles (SCRATCH_NN_NO_TMA=1
+leaves them out). On the H100, ResNet-18 b512 fp16 (results/gpu/conv_tma_h100.txt): layers 2-4
+forward 310-441 -> 355-478 TFLOP/s, data gradients 265-423 -> 301-461, weight gradients 274-306
+-> 311-384; layer1's forward and data gradient stay conv_halo's.
 """
 import contextlib
 import os

@@ -10,7 +10,8 @@ the loss, Linear on cuBLAS, dynamic loss scaling for fp16, data parallelism) is 
 
 Per layer:
 - Conv2d (on an H100 / H200, the layers whose channels are a multiple of 64 run the sm_90a
-  warpgroup kernels of cuda/conv_wgmma.cu; SCRATCH_NN_NO_WGMMA=1 keeps them on mma.sync): the weights (fp32 masters) are packed to 16 bits per use, (F, KH*KW, Cp) for the
+  warpgroup kernels of cuda/conv_wgmma.cu, their operands loaded by the copy engine (TMA) where
+  that measured faster; SCRATCH_NN_NO_WGMMA=1 keeps them on mma.sync): the weights (fp32 masters) are packed to 16 bits per use, (F, KH*KW, Cp) for the
   forward and (C, KH*KW, F) for the data gradient; bias and ReLU in the epilogue (the CNN's);
   a convolution without them (every ResNet one, each followed by a BatchNorm) also writes its
   output's per-tile mean and squared deviations, which the BatchNorm after it merges instead
@@ -56,7 +57,9 @@ class CupyChannelsLastBackend(CupyBackend):
     def describe(self):
         d = super().describe()
         d.update(layout="NHWC behind NCHW views", convolution="implicit GEMM on tensor cores ("
-                 + ("wgmma (sm_90a) for 64-channel multiples, mma.sync otherwise, " if self.conv.wgmma else "mma.sync, ")
+                 + ("wgmma (sm_90a) for 64-channel multiples" + (", operands by TMA where timed faster" if self.conv.maps
+                                                                   else "") + ", mma.sync otherwise, "
+                    if self.conv.wgmma else "mma.sync, ")
                  + ("cp.async pipeline" if self.async_copy else "sm_75 register-staged") + ")",
                  sm75_variant=os.environ.get(SM75_ENV) == "1", wgmma_groups_in_flight=self.conv.inflight)
         d.pop("recompute_cols", None)
