@@ -28,7 +28,11 @@ SMALL_TENSOR_BIT = 1 << 21
 
 
 class TensorMapError(RuntimeError):
-    """The driver refused to make a tensor map (its CUresult in the message)."""
+    """The driver refused to make a tensor map (its CUresult in the message); the message says
+    how to run without the copy-engine kernels."""
+
+    def __init__(self, what):
+        super().__init__(f"{what} (SCRATCH_NN_NO_TMA=1 runs the convolutions without the copy engine's loads)")
 
 
 class TensorMaps:
