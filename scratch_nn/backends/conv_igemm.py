@@ -69,12 +69,12 @@ WGMMA_BK = 64                  # channels a conv_wgmma K step (one 128-byte swiz
 HALO_CONFIGS = [("halo", 64, 1, 4), ("halo", 64, 2, 3), ("halo", 64, 2, 4), ("halo", 128, 1, 3), ("halo", 128, 2, 3)]
 HALO_MAX_SMEM = 227 * 1024     # the most shared memory a Hopper block may take
 # conv_tma tiles ("tma", BN, WG, STAGES): conv_wgmma's, with operands loaded by the copy engine
-# (stride-1 convolutions whose padding keeps the size: forward and data gradient)
+# (every forward; the data gradients of stride-1 convolutions whose padding keeps the size)
 TMA_CONFIGS = [("tma", 64, 1, 4), ("tma", 128, 1, 4), ("tma", 128, 1, 6), ("tma", 64, 2, 5), ("tma", 128, 2, 3),
                ("tma", 128, 2, 4)]
 NO_WGMMA_ENV = "SCRATCH_NN_NO_WGMMA"
 NO_HALO_ENV = "SCRATCH_NN_NO_HALO"   # =1: conv_halo's convolutions run conv_wgmma (for A/B measurements)
-NO_TMA_ENV = "SCRATCH_NN_NO_TMA"     # =1: conv_tma is left out (for A/B measurements)
+NO_TMA_ENV = "SCRATCH_NN_NO_TMA"     # =1: conv_tma and conv_wgrad_tma are left out (for A/B measurements)
 # =1: conv_wgmma and conv_wgrad_wg keep one K step's wgmma group running across the next step's
 # barrier instead of waiting for it (cuda/conv_wgmma.cu; measured slower on the H100: off)
 INFLIGHT_ENV = "SCRATCH_NN_WGMMA_INFLIGHT"
