@@ -681,29 +681,22 @@ class ConvKernels:
         holder = {}
 
         def run(cfg):
-            if cfg[0] == "wgt":     # conv_wgrad_tma: WG warpgroups a CTA, operands by tensor maps
-                _, bm, bn, _, wg = cfg
-                smem = wgrad_wg_smem(cfg)
-                ws = self._workspace(chunks * f * kcols).reshape(chunks, f, kcols)
-                self._kernel(wgrad_wg_name(self.kind, cfg), smem)(
-                    (-(-f // bm), kcols // bn, chunks), (128 * wg,),
-                    (self.maps.rows(dy.reshape(-1, f), 64), self.maps.im2col(x, k, s, p, pixels=WGMMA_BK), ws,
-                     np.int32(n), np.int32(c), np.int32(f), np.int32(oh), np.int32(ow), np.int32(k), np.int32(s),
-                     np.int32(p), np.int32(chunk), np.int32(kcols)), shared_mem=smem)
-                holder["ws"] = ws
-                return
-            if cfg[0] == "wgw":     # WG warpgroups a CTA
+            ws = self._workspace(chunks * f * kcols).reshape(chunks, f, kcols)
+            if cfg[0] in ("wgw", "wgt"):    # WG warpgroups a CTA; conv_wgrad_tma's operands by tensor maps
                 _, bm, bn, _, wg = cfg
                 threads, smem, name = 128 * wg, wgrad_wg_smem(cfg), wgrad_wg_name(self.kind, cfg)
             else:
                 bm, bn, wm, wn, _ = cfg
                 threads, smem, name = wm * wn * 32, wgrad_smem(cfg, self.async_copy), wgrad_name(self.kind, cfg, self.async_copy)
-            ws = self._workspace(chunks * f * kcols).reshape(chunks, f, kcols)
-            self._kernel(name, smem)(
-                (-(-f // bm), kcols // bn, chunks), (threads,),
-                (dy, x, ws, np.int32(n), np.int32(h), np.int32(w), np.int32(c), np.int32(f), np.int32(oh),
-                 np.int32(ow), np.int32(k), np.int32(s), np.int32(p), np.int32(chunk), np.int32(kcols),
-                 np.uint64(mul_hw), np.int32(sh_hw), np.uint64(mul_w), np.int32(sh_w)), shared_mem=smem)
+            if cfg[0] == "wgt":
+                args = (self.maps.rows(dy.reshape(-1, f), 64), self.maps.im2col(x, k, s, p, pixels=WGMMA_BK), ws,
+                        np.int32(n), np.int32(c), np.int32(f), np.int32(oh), np.int32(ow), np.int32(k), np.int32(s),
+                        np.int32(p), np.int32(chunk), np.int32(kcols))
+            else:
+                args = (dy, x, ws, np.int32(n), np.int32(h), np.int32(w), np.int32(c), np.int32(f), np.int32(oh),
+                        np.int32(ow), np.int32(k), np.int32(s), np.int32(p), np.int32(chunk), np.int32(kcols),
+                        np.uint64(mul_hw), np.int32(sh_hw), np.uint64(mul_w), np.int32(sh_w))
+            self._kernel(name, smem)((-(-f // bm), kcols // bn, chunks), (threads,), args, shared_mem=smem)
             holder["ws"] = ws
 
         def options():

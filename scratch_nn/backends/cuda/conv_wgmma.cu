@@ -52,6 +52,21 @@ template <int M, int N> __device__ __forceinline__ void wg_fence_regs(float (&r)
     for (int a = 0; a < M; ++a) wg_fence_regs(r[a]);
 }
 __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+// acc = 0, pinned in place for the wgmma region (wg_fence_regs)
+template <int M, int N> __device__ __forceinline__ void wg_zero(float (&acc)[M][N]) {
+#pragma unroll
+    for (int a = 0; a < M; ++a)
+#pragma unroll
+        for (int c = 0; c < N; ++c) acc[a][c] = 0.f;
+    wg_fence_regs(acc);
+}
+// The dynamic shared memory's first 1024-byte boundary (the 128-byte swizzle pattern follows
+// address bits 7-9): its shared-window address, and its generic pointer
+__device__ __forceinline__ unsigned char* swizzle_base(unsigned char* raw_smem, unsigned& base) {
+    const unsigned raw = smem_addr(raw_smem);
+    base = (raw + 1023u) & ~1023u;
+    return raw_smem + (base - raw);
+}
 
 // The accumulator operands: WG_D* list d[] as "+f" outputs, WG_R<n> their placeholders %0..%(n-1);
 // then the two descriptors, scale-d (1: accumulate) and the transpose immediate (TR, for both).
@@ -101,6 +116,19 @@ __device__ __forceinline__ void wgmma_tile(float (&d)[BN / 2], unsigned long lon
     if constexpr (BN == 64) wgmma_n64<KIND, TR>(d, da, db);
     else if constexpr (BN == 128) wgmma_n128<KIND, TR>(d, da, db);
     else wgmma_n192<KIND, TR>(d, da, db);
+}
+
+// One K step of 64 channels of a warpgroup's 128 rows (two m64 halves at sa, sa + 8 KB) by BN
+// channels (sb), both K-major 128-byte-swizzled stages: four k16 wgmma per half, one group
+template <int KIND, int BN>
+__device__ __forceinline__ void wg_kstep(float (&acc)[2][BN / 2], unsigned sa, unsigned sb) {
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+        wgmma_tile<KIND, BN>(acc[0], wg_desc(sa + kk * 32), wg_desc(sb + kk * 32));
+        wgmma_tile<KIND, BN>(acc[1], wg_desc(sa + 64 * 128 + kk * 32), wg_desc(sb + kk * 32));
+    }
+    wg_commit();
 }
 
 // d (64 x N fp32) += A (64 x 16 from registers: each warp's 16 rows as ldmatrix_x4 leaves them,
@@ -223,9 +251,8 @@ conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
     constexpr int NACC = BN / 2;
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    const unsigned raw = smem_addr(smem_raw);
-    const unsigned base = (raw + 1023u) & ~1023u;      // the swizzle pattern follows address bits 7-9
-    unsigned char* smem = smem_raw + (base - raw);
+    unsigned base;
+    unsigned char* smem = swizzle_base(smem_raw, base);
     __shared__ int tap_off[9], tap_w[9], tap_dh[9], tap_dw[9];
     __shared__ int ntaps_s, wrow_s;
     __shared__ long long out_row[BM];
@@ -271,11 +298,7 @@ conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
     }
 
     float acc[2][NACC];
-#pragma unroll
-    for (int a = 0; a < 2; ++a)
-#pragma unroll
-        for (int c = 0; c < NACC; ++c) acc[a][c] = 0.f;
-    wg_fence_regs(acc);
+    wg_zero(acc);
 
     int lt = 0, lc = 0;        // the load iterator: tap, channel block
     auto load = [&](int buf) {
@@ -310,13 +333,7 @@ conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
         fence_async_shared();
         __syncthreads();           // stage kt landed for every thread; step kt - 1 - WG_INFLIGHT's group is done
         const unsigned sa = base + (kt % STAGES) * STAGE + wg * 128 * 128, sb = base + (kt % STAGES) * STAGE + A_BYTES;
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-            wgmma_tile<KIND, BN>(acc[0], wg_desc(sa + kk * 32), wg_desc(sb + kk * 32));
-            wgmma_tile<KIND, BN>(acc[1], wg_desc(sa + 64 * 128 + kk * 32), wg_desc(sb + kk * 32));
-        }
-        wg_commit();
+        wg_kstep<KIND, BN>(acc, sa, sb);
         if (kt + AHEAD < KT) load((kt + AHEAD) % STAGES);    // the stage that finished group read
         cp_async_commit();
         wg_wait<WG_INFLIGHT>();
@@ -360,6 +377,13 @@ __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
                  "WAIT_%=: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
                  "@!p bra WAIT_%=; }" :: "r"(bar), "r"(parity) : "memory");
 }
+// one arrival (the issuing thread's) per stage barrier, made visible to the copy engine; the
+// caller synchronises before any thread waits on them
+template <int STAGES> __device__ __forceinline__ void mbar_init_stages(unsigned long long (&full)[STAGES]) {
+#pragma unroll
+    for (int st = 0; st < STAGES; ++st) mbar_init(smem_addr(&full[st]), 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
 // 128 positions x 64 channels of an (N, H, W, C) tensor map in im2col mode: filter base (w, h)
 // of image n, channels c.., at tap offsets (ow, oh)
 __device__ __forceinline__ void tma_im2col(unsigned dst, const TensorMap* tm, unsigned bar, int c, int w, int h, int n,
@@ -384,9 +408,8 @@ conv_tma(const __grid_constant__ TensorMap tm_x, const __grid_constant__ TensorM
     constexpr int NACC = BN / 2;
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    const unsigned raw = smem_addr(smem_raw);
-    const unsigned base = (raw + 1023u) & ~1023u;      // the swizzle pattern follows address bits 7-9
-    unsigned char* smem = smem_raw + (base - raw);
+    unsigned base;
+    unsigned char* smem = swizzle_base(smem_raw, base);
     __shared__ __align__(8) unsigned long long full[STAGES];
     __shared__ int tap_off[9], tap_w[9], tap_dh[9], tap_dw[9];
     __shared__ int ntaps_s, wrow_s;
@@ -397,11 +420,7 @@ conv_tma(const __grid_constant__ TensorMap tm_x, const __grid_constant__ TensorM
     const int wg = warp >> 2;
     const int HW = OH * OW, M = N * HW;
     const int m0 = blockIdx.x * BM, f0 = blockIdx.y * BN;
-    if (tid == 0) {
-#pragma unroll
-        for (int st = 0; st < STAGES; ++st) mbar_init(smem_addr(&full[st]), 1);
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
+    if (tid == 0) mbar_init_stages(full);
     ig_setup<BM, NTHR>(taps, tap_off, tap_w, tap_dh, tap_dw, &ntaps_s, &wrow_s, out_row, tid, m0, M, W, C, F, OH, OW,
                        OH, OW, 1, 0, 0);
     __syncthreads();
@@ -412,11 +431,7 @@ conv_tma(const __grid_constant__ TensorMap tm_x, const __grid_constant__ TensorM
     const unsigned tx = (unsigned)(live * 128 * 128 + B_BYTES);
 
     float acc[2][NACC];
-#pragma unroll
-    for (int a = 0; a < 2; ++a)
-#pragma unroll
-        for (int c = 0; c < NACC; ++c) acc[a][c] = 0.f;
-    wg_fence_regs(acc);
+    wg_zero(acc);
 
     int lt = 0, lc = 0;        // the load iterator (thread 0's): tap, channel block
     auto load = [&](int buf) {
@@ -440,13 +455,7 @@ conv_tma(const __grid_constant__ TensorMap tm_x, const __grid_constant__ TensorM
         mbar_wait(smem_addr(&full[buf]), (unsigned)((kt / STAGES) & 1));
         __syncthreads();           // every warpgroup's wait for step kt - 1's group is done: its stage is free
         const unsigned sa = base + buf * STAGE + wg * 128 * 128, sb = base + buf * STAGE + A_BYTES;
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-            wgmma_tile<KIND, BN>(acc[0], wg_desc(sa + kk * 32), wg_desc(sb + kk * 32));
-            wgmma_tile<KIND, BN>(acc[1], wg_desc(sa + 64 * 128 + kk * 32), wg_desc(sb + kk * 32));
-        }
-        wg_commit();
+        wg_kstep<KIND, BN>(acc, sa, sb);
         if (tid == 0 && kt + AHEAD < KT) load((kt + AHEAD) % STAGES);
         wg_wait<0>();
         wg_fence_regs(acc);
@@ -482,9 +491,8 @@ conv_halo(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restrict
     constexpr int RSTEP = NTHR / 8, B_PER = (BN + RSTEP - 1) / RSTEP, NACC = BN / 2;
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    const unsigned raw = smem_addr(smem_raw);
-    const unsigned base = (raw + 1023u) & ~1023u;
-    unsigned char* smem = smem_raw + (base - raw);
+    unsigned base;
+    unsigned char* smem = swizzle_base(smem_raw, base);
     __shared__ int tap_off[9], tap_w[9], tap_dh[9], tap_dw[9];
     __shared__ int ntaps_s, wrow_s;
     __shared__ long long out_row[BM];
@@ -553,11 +561,7 @@ conv_halo(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restrict
     }
 
     float acc[2][NACC];
-#pragma unroll
-    for (int a = 0; a < 2; ++a)
-#pragma unroll
-        for (int c = 0; c < NACC; ++c) acc[a][c] = 0.f;
-    wg_fence_regs(acc);
+    wg_zero(acc);
 
     for (int kt = 0; kt < KT; ++kt) {
         cp_async_wait<AHEAD - 1>();
@@ -641,8 +645,8 @@ conv_wgrad_wg(const u16* __restrict__ dy, const u16* __restrict__ x, float* __re
     constexpr int NACC = BN / 2;
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    const unsigned raw = smem_addr(smem_raw);
-    const unsigned base = (raw + 1023u) & ~1023u;
+    unsigned base;
+    swizzle_base(smem_raw, base);
 
     const int tid = threadIdx.x, lane = tid & 31, wl = (tid >> 5) & 3, wg = tid >> 7;
     const int M = N * OH * OW, HWo = OH * OW;
@@ -664,11 +668,7 @@ conv_wgrad_wg(const u16* __restrict__ dy, const u16* __restrict__ x, float* __re
     }
 
     float acc[MW][NACC];
-#pragma unroll
-    for (int a = 0; a < MW; ++a)
-#pragma unroll
-        for (int c = 0; c < NACC; ++c) acc[a][c] = 0.f;
-    wg_fence_regs(acc);
+    wg_zero(acc);
 
     auto load = [&](int buf, int kt) {
         const unsigned sa = base + buf * STAGE, sb = sa + A_BYTES;
@@ -748,8 +748,8 @@ conv_wgrad_tma(const __grid_constant__ TensorMap tm_dy, const __grid_constant__ 
     constexpr int NACC = BN / 2;
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    const unsigned raw = smem_addr(smem_raw);
-    const unsigned base = (raw + 1023u) & ~1023u;
+    unsigned base;
+    swizzle_base(smem_raw, base);
     __shared__ __align__(8) unsigned long long full[STAGES];
 
     const int tid = threadIdx.x, lane = tid & 31, wl = (tid >> 5) & 3, wg = tid >> 7;
@@ -757,19 +757,11 @@ conv_wgrad_tma(const __grid_constant__ TensorMap tm_dy, const __grid_constant__ 
     const int f0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     const int mlo = blockIdx.z * chunk, mhi = min(M, mlo + chunk);
     const int KT = mhi > mlo ? (mhi - mlo + BK - 1) / BK : 0;
-    if (tid == 0) {
-#pragma unroll
-        for (int st = 0; st < STAGES; ++st) mbar_init(smem_addr(&full[st]), 1);
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
+    if (tid == 0) mbar_init_stages(full);
     __syncthreads();
 
     float acc[MW][NACC];
-#pragma unroll
-    for (int a = 0; a < MW; ++a)
-#pragma unroll
-        for (int c = 0; c < NACC; ++c) acc[a][c] = 0.f;
-    wg_fence_regs(acc);
+    wg_zero(acc);
 
     auto load = [&](int buf, int kt) {
         const unsigned sa = base + buf * STAGE, sb = sa + A_BYTES, bar = smem_addr(&full[buf]);
