@@ -122,8 +122,10 @@ def tma_name(kind, cfg):
 def tma_candidates(f, c, k, s, p, dgrad=False):
     """conv_tma tiles for the forward (or with dgrad, the data gradient) of a k x k convolution
     (stride s, padding p) of f output channels over c gathered channels, c a multiple of 64: any
-    forward; a data gradient of stride 1 with padding (k - 1) / 2; [] otherwise."""
-    if (dgrad and (s != 1 or 2 * p != k - 1)) or c % WGMMA_BK or f % 8 or p > k - 1 or p > 127:
+    forward; a data gradient of stride 1 with padding (k - 1) / 2, or of stride 2 with k = 3,
+    p = 1 or k = 1, p = 0 (its sub-pixel classes' taps fall in [-1, 1]); [] otherwise."""
+    dgrad_ok = (s == 1 and 2 * p == k - 1) or (s == 2 and (k, p) in ((3, 1), (1, 0)))
+    if (dgrad and not dgrad_ok) or c % WGMMA_BK or f % 8 or p > k - 1 or p > 127:
         return []
     return [cfg for cfg in TMA_CONFIGS if cfg[1] <= max(64, -(-f // 64) * 64)]
 
@@ -515,18 +517,24 @@ class ConvKernels:
              bias if bias is not None else NULL, np.int32(relu), stats if stats is not None else NULL,
              add if add is not None else NULL), shared_mem=smem)
 
-    def _tma(self, cfg, x, wp, y, table, f, k, s, p, bias, relu, stats, add=None):
-        """conv_tma: grid (ceil(N * OH * OW / (128 WG)), ceil(f / BN)) of WG warpgroups; x (N, H, W, C),
-        wp (f, k*k, C), y (N, OH, OW, f), tensor maps for x and wp (kept per address)."""
+    def _tma(self, cfg, x, wp, y, table, f, k, s, p, bias, relu, stats, add=None, classes=False):
+        """conv_tma: grid (ceil(N * OH * OW / (128 WG)), ceil(f / BN), table rows) of WG warpgroups;
+        x (N, H, W, C), wp (f, k*k, C), y (N, OH, OW, f), tensor maps for x and wp (kept per
+        address). With classes (a stride-2 data gradient): x is dY, each of the table's four
+        sub-pixel classes a stride-1 gather over it through a 3x3 padding-1 map, written every
+        second row and column of y."""
         n, h, w, c = x.shape
-        oh, ow = y.shape[1:3]
+        oho, owo = y.shape[1:3]
+        oh, ow, os_ = (h, w, 2) if classes else (oho, owo, 1)
+        if classes:
+            k, s, p = 3, 1, 1
         _, bn, wg, _ = cfg
         smem = wgmma_smem(cfg)
         self._kernel(tma_name(self.kind, cfg), smem)(
-            (-(-n * oh * ow // (128 * wg)), -(-f // bn)), (128 * wg,),
+            (-(-n * oh * ow // (128 * wg)), -(-f // bn), table.shape[0]), (128 * wg,),
             (self.maps.im2col(x, k, s, p), self.maps.rows(wp.reshape(wp.shape[0], -1), bn), y, table,
              np.int32(n), np.int32(h), np.int32(w), np.int32(c), np.int32(f), np.int32(oh), np.int32(ow),
-             np.int32(s), np.int32(p),
+             np.int32(s), np.int32(p), np.int32(oho), np.int32(owo), np.int32(os_),
              bias if bias is not None else NULL, np.int32(relu), stats if stats is not None else NULL,
              add if add is not None else NULL), shared_mem=smem)
 
@@ -615,7 +623,7 @@ class ConvKernels:
             if cfg[0] == "halo":
                 self._halo(cfg, dy, wd, dx, table, c, None, False, None, add)
             elif cfg[0] == "tma":
-                self._tma(cfg, dy, wd, dx, table, c, k, 1, p, None, False, None, add)
+                self._tma(cfg, dy, wd, dx, table, c, k, 1, p, None, False, None, add, classes=s == 2)
             else:
                 self._igemm(cfg, dy, wd, dx, table, c, grid_hw, 1, (h, w), os_, None, False, None, add)
 

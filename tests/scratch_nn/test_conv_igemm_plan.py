@@ -290,11 +290,40 @@ def test_tma_wgrad_loads_read_what_the_gather_reads(shape):
     np.testing.assert_allclose(got, wgrad(dy, x, k, s, p), rtol=1e-12, atol=1e-12)
 
 
-def test_tma_takes_every_forward_and_the_same_size_stride_one_data_gradients():
+@pytest.mark.parametrize("shape", [(2, 8, 8, 8, 3, 2, 1), (3, 8, 8, 6, 1, 2, 0)])
+def test_tma_stride_two_data_gradient_classes_read_what_the_gather_reads(shape):
+    """conv_tma's stride-2 data gradient: per sub-pixel class, tiles of 16 positions of dY's grid,
+    each tap one im2col load through a 3x3 padding-1 map of dY (offsets dh + 1, dw + 1: the
+    class taps lie in [-1, 1]), written at (2i + ph, 2j + pw)."""
+    n, c, f, h, k, s, p = shape
+    r = np.random.default_rng(sum(shape) + 11)
+    oh = (h + 2 * p - k) // s + 1
+    dy = r.standard_normal((n, oh, oh, f))
+    wd = pack(r.standard_normal((f, c, k, k)), True)
+    table = G.taps_dgrad(k, s, p)
+    m, bm = n * oh * oh, 16
+    dx = np.full((n, h, h, c), np.nan)
+    for z in range(4):
+        ph, pw = z >> 1, z & 1
+        acc = np.zeros((-(-m // bm) * bm, c))
+        for m0 in range(0, m, bm):
+            nn, rem = divmod(m0, oh * oh)
+            i, j = divmod(rem, oh)
+            for t in range(table[z, 0]):
+                dh, dw, idx = table[z, 1 + 3 * t:4 + 3 * t]
+                assert -1 <= dh <= 1 and -1 <= dw <= 1
+                acc[m0:m0 + bm] += im2col_walk(dy, 3, 1, 1, nn, i, j, dh + 1, dw + 1, bm) @ wd[:, idx, :].T
+        dx[:, ph::2, pw::2, :] = acc[:m].reshape(n, oh, oh, c)
+    ref = igemm(dy, wd, table, (h // 2, h // 2), 1, (h, h), 2)
+    np.testing.assert_allclose(dx, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_tma_takes_every_forward_and_the_stride_one_and_two_data_gradients():
     assert [cfg[0] for cfg in G.tma_candidates(64, 64, 3, 1, 1)] == ["tma"] * 2           # BN 64 only for 64 channels
     assert {cfg[1] for cfg in G.tma_candidates(256, 256, 3, 1, 1)} == {64, 128}
     assert G.tma_candidates(128, 64, 3, 2, 1) and G.tma_candidates(128, 64, 1, 2, 0)         # strided forwards
-    assert G.tma_candidates(64, 128, 3, 2, 1, dgrad=True) == [] and G.tma_candidates(64, 128, 1, 2, 0, dgrad=True) == []
+    assert G.tma_candidates(64, 128, 3, 2, 1, dgrad=True) and G.tma_candidates(64, 128, 1, 2, 0, dgrad=True)
+    assert G.tma_candidates(64, 128, 5, 2, 2, dgrad=True) == [] and G.tma_candidates(64, 128, 3, 3, 1, dgrad=True) == []
     assert G.tma_candidates(64, 64, 3, 1, 1, dgrad=True) and G.tma_candidates(64, 64, 3, 1, 0, dgrad=True) == []
     assert G.tma_candidates(32, 32, 3, 1, 1) == []                                          # channels not a multiple of 64
     assert all(G.wgmma_smem(cfg) <= G.HALO_MAX_SMEM - 16 * 1024 for cfg in G.TMA_CONFIGS)

@@ -349,7 +349,10 @@ conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
 
 // ------------------------------------------------------------------ conv_tma (stride 1, TMA loads)
 // conv_wgmma's GEMM for the forward of a k x k convolution of any stride s and padding p, and the
-// data gradient of a stride-1 one whose padding keeps the size, with the operands brought in by the copy engine
+// data gradient of a stride-1 one whose padding keeps the size or of a stride-2 one (3x3 padding
+// 1, 1x1 padding 0: per sub-pixel class z = blockIdx.z, a stride-1 gather over dY with taps in
+// [-1, 1], read through a 3x3 padding-1 map with pad = 1, written every os = 2 rows and columns
+// from (ph, pw) as conv_wgmma's classes), with the operands brought in by the copy engine
 // (TMA, cp.async.bulk.tensor) instead of one cp.async per 16 bytes per thread: conv_wgmma spends
 // more issue slots on its gathers' addresses and bounds tests than the tensor cores need to
 // consume them (64 channels: 128 rows x 8 chunks a K step). One thread issues, per K step,
@@ -401,8 +404,9 @@ __device__ __forceinline__ void tma_tile2d(unsigned dst, const TensorMap* tm, un
 template <int KIND, int BN, int WG, int STAGES>
 __global__ void __launch_bounds__(128 * WG)
 conv_tma(const __grid_constant__ TensorMap tm_x, const __grid_constant__ TensorMap tm_w, u16* __restrict__ y,
-         const int* __restrict__ taps, int N, int H, int W, int C, int F, int OH, int OW, int s, int pad,
-         const float* __restrict__ bias, int relu, float* __restrict__ stats, const u16* __restrict__ add) {
+         const int* __restrict__ taps, int N, int H, int W, int C, int F, int OH, int OW, int s, int pad, int OHo,
+         int OWo, int os, const float* __restrict__ bias, int relu, float* __restrict__ stats,
+         const u16* __restrict__ add) {
     constexpr int NTHR = 128 * WG, BM = 128 * WG, BK = 64;
     constexpr int A_BYTES = BM * 128, B_BYTES = BN * 128, STAGE = A_BYTES + B_BYTES;
     constexpr int NACC = BN / 2;
@@ -420,9 +424,10 @@ conv_tma(const __grid_constant__ TensorMap tm_x, const __grid_constant__ TensorM
     const int wg = warp >> 2;
     const int HW = OH * OW, M = N * HW;
     const int m0 = blockIdx.x * BM, f0 = blockIdx.y * BN;
+    const int z = blockIdx.z, ph = z >> 1, pw = z & 1;
     if (tid == 0) mbar_init_stages(full);
-    ig_setup<BM, NTHR>(taps, tap_off, tap_w, tap_dh, tap_dw, &ntaps_s, &wrow_s, out_row, tid, m0, M, W, C, F, OH, OW,
-                       OH, OW, 1, 0, 0);
+    ig_setup<BM, NTHR>(taps + z * IG_TAPS_STRIDE, tap_off, tap_w, tap_dh, tap_dw, &ntaps_s, &wrow_s, out_row, tid, m0,
+                       M, W, C, F, OH, OW, OHo, OWo, os, ph, pw);
     __syncthreads();
     const int KT = ntaps_s * (C / BK);
     // warpgroups whose 128 rows start inside the batch load them; the rest compute on whatever
