@@ -14,6 +14,8 @@ import numpy as np
 
 # cuda.h's enum values (CUDA 12 / 13)
 U16 = 1                     # CU_TENSOR_MAP_DATA_TYPE_UINT16: the 16-bit bits as they are
+U32 = 2                     # CU_TENSOR_MAP_DATA_TYPE_UINT32: fp32 bits as they are (the tensor cores read tf32 from them)
+DATA_TYPES = {2: U16, 4: U32}
 INTERLEAVE_NONE = 0
 SWIZZLE_128B = 3            # what the wgmma descriptors of conv_wgmma.cu name
 L2_PROMOTION_128B = 2
@@ -36,7 +38,8 @@ class TensorMapError(RuntimeError):
 
 
 class TensorMaps:
-    """Tensor maps for 16-bit channels-last activations (im2col mode) and packed weights (tiled)."""
+    """Tensor maps for 16-bit or fp32 channels-last activations (im2col mode) and packed weights
+    (tiled)."""
 
     def __init__(self, cupy):
         try:
@@ -75,42 +78,53 @@ class TensorMaps:
             m = self._maps[key] = make()
         return m
 
-    def im2col(self, x, k, stride, pad, pixels=128, channels=64):
-        """x (N, H, W, C) 16-bit, C-contiguous, for a k x k convolution (stride, pad): `pixels`
+    @staticmethod
+    def _type(a):
+        e = a.dtype.itemsize
+        if e not in DATA_TYPES:
+            raise TensorMapError(f"no tensor map for {e}-byte elements")
+        return e, DATA_TYPES[e]
+
+    def im2col(self, x, k, stride, pad, pixels=128, channels=None):
+        """x (N, H, W, C) 16-bit or fp32, C-contiguous, for a k x k convolution (stride, pad): `pixels`
         positions by `channels` channels a load, filter bases from -pad to H-1+pad-(k-1) (W
         alike) every `stride` rows and columns (the output positions, in order), zeros outside."""
         n, h, w, c = x.shape
         ptr = x.data.ptr
+        e, dtype = self._type(x)
+        channels = channels or 128 // e            # default: a 128-byte row
 
         def make():
-            if ptr % 16 or (c * 2) % 16:
+            if ptr % 16 or (c * e) % 16:
                 raise TensorMapError("an im2col tensor map needs a 16-byte aligned address and rows")
             dims = (ctypes.c_uint64 * 4)(c, w, h, n)
-            strides = (ctypes.c_uint64 * 3)(c * 2, w * c * 2, h * w * c * 2)
+            strides = (ctypes.c_uint64 * 3)(c * e, w * c * e, h * w * c * e)
             lower = (ctypes.c_int * 2)(-pad, -pad)
             upper = (ctypes.c_int * 2)(pad - (k - 1), pad - (k - 1))
             estr = (ctypes.c_uint32 * 4)(1, stride, stride, 1)
-            rc = self._im2col(self._out, U16, 4, ptr, dims, strides, lower, upper, channels, pixels, estr,
+            rc = self._im2col(self._out, dtype, 4, ptr, dims, strides, lower, upper, channels, pixels, estr,
                               INTERLEAVE_NONE, SWIZZLE_128B, L2_PROMOTION_128B, OOB_FILL_ZERO)
             return self._finish(rc, "Im2col", x.nbytes)
 
-        return self._keep(("im2col", ptr, x.shape, k, stride, pad, pixels, channels), make)
+        return self._keep(("im2col", ptr, e, x.shape, k, stride, pad, pixels, channels), make)
 
-    def rows(self, a, box_rows, box_cols=64):
-        """a (R, K) 16-bit, C-contiguous: boxes of box_rows rows by box_cols columns, zeros past
-        its ends."""
+    def rows(self, a, box_rows, box_cols=None):
+        """a (R, K) 16-bit or fp32, C-contiguous: boxes of box_rows rows by box_cols columns
+        (default: a 128-byte row), zeros past its ends."""
         r, k = a.shape
         ptr = a.data.ptr
+        e, dtype = self._type(a)
+        box_cols = box_cols or 128 // e
 
         def make():
-            if ptr % 16 or (k * 2) % 16:
+            if ptr % 16 or (k * e) % 16:
                 raise TensorMapError("a tiled tensor map needs a 16-byte aligned address and rows")
             dims = (ctypes.c_uint64 * 2)(k, r)
-            strides = (ctypes.c_uint64 * 1)(k * 2)
+            strides = (ctypes.c_uint64 * 1)(k * e)
             box = (ctypes.c_uint32 * 2)(box_cols, box_rows)
             estr = (ctypes.c_uint32 * 2)(1, 1)
-            rc = self._tiled(self._out, U16, 2, ptr, dims, strides, box, estr, INTERLEAVE_NONE, SWIZZLE_128B,
+            rc = self._tiled(self._out, dtype, 2, ptr, dims, strides, box, estr, INTERLEAVE_NONE, SWIZZLE_128B,
                              L2_PROMOTION_128B, OOB_FILL_ZERO)
             return self._finish(rc, "Tiled", a.nbytes)
 
-        return self._keep(("rows", ptr, a.shape, box_rows, box_cols), make)
+        return self._keep(("rows", ptr, e, a.shape, box_rows, box_cols), make)

@@ -92,22 +92,36 @@ __device__ __forceinline__ unsigned char* swizzle_base(unsigned char* raw_smem, 
                  "wgmma.mma_async.sync.aligned.m64n" N "k16.f32." TY "." TY " {" R "}, " DA ", " DB ", p, 1, 1, " \
                  TRI ", " TRI "; }\n" : D : "l"(da), "l"(db), "n"(1), "n"(TR))
 
-// d (64 x N fp32, N / 2 per thread) += A (64 x 16, descriptor da) * B (16 x N, descriptor db);
-// TR = 1: both operands MN-major (the weight gradient's, whose K is the positions)
+// tf32 (KIND 2): k8 (32 bytes of a 128-byte row, as f16's k16) and no transpose immediates:
+// tf32 operands must be K-major
+#define WGMMA_TF32_ASM(N, R, D, DA, DB, SC)                                                           \
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, " SC ", 0;\n"                                            \
+                 "wgmma.mma_async.sync.aligned.m64n" N "k8.f32.tf32.tf32 {" R "}, " DA ", " DB ", p, 1, 1; }\n" \
+                 : D : "l"(da), "l"(db), "n"(1))
+
+// d (64 x N fp32, N / 2 per thread) += A (64 x 16, descriptor da) * B (16 x N, descriptor db)
+// (tf32: 64 x 8 by 8 x N, the same 32 bytes a row); TR = 1: both operands MN-major (the weight
+// gradient's, whose K is the positions; 16-bit only)
 template <int KIND, int TR>
 __device__ __forceinline__ void wgmma_n64(float (&d)[32], unsigned long long da, unsigned long long db) {
+    static_assert(KIND != 2 || TR == 0, "tf32 operands are K-major");
     if constexpr (KIND == 0) WGMMA_ASM("64", "f16", WG_R32, WG_D32(0), "%32", "%33", "%34", "%35");
-    else WGMMA_ASM("64", "bf16", WG_R32, WG_D32(0), "%32", "%33", "%34", "%35");
+    else if constexpr (KIND == 1) WGMMA_ASM("64", "bf16", WG_R32, WG_D32(0), "%32", "%33", "%34", "%35");
+    else WGMMA_TF32_ASM("64", WG_R32, WG_D32(0), "%32", "%33", "%34");
 }
 template <int KIND, int TR>
 __device__ __forceinline__ void wgmma_n128(float (&d)[64], unsigned long long da, unsigned long long db) {
+    static_assert(KIND != 2 || TR == 0, "tf32 operands are K-major");
     if constexpr (KIND == 0) WGMMA_ASM("128", "f16", WG_R64, WG_D64, "%64", "%65", "%66", "%67");
-    else WGMMA_ASM("128", "bf16", WG_R64, WG_D64, "%64", "%65", "%66", "%67");
+    else if constexpr (KIND == 1) WGMMA_ASM("128", "bf16", WG_R64, WG_D64, "%64", "%65", "%66", "%67");
+    else WGMMA_TF32_ASM("128", WG_R64, WG_D64, "%64", "%65", "%66");
 }
 template <int KIND, int TR>
 __device__ __forceinline__ void wgmma_n192(float (&d)[96], unsigned long long da, unsigned long long db) {
+    static_assert(KIND != 2 || TR == 0, "tf32 operands are K-major");
     if constexpr (KIND == 0) WGMMA_ASM("192", "f16", WG_R96, WG_D96, "%96", "%97", "%98", "%99");
-    else WGMMA_ASM("192", "bf16", WG_R96, WG_D96, "%96", "%97", "%98", "%99");
+    else if constexpr (KIND == 1) WGMMA_ASM("192", "bf16", WG_R96, WG_D96, "%96", "%97", "%98", "%99");
+    else WGMMA_TF32_ASM("192", WG_R96, WG_D96, "%96", "%97", "%98");
 }
 
 template <int KIND, int BN, int TR = 0>
@@ -118,8 +132,9 @@ __device__ __forceinline__ void wgmma_tile(float (&d)[BN / 2], unsigned long lon
     else wgmma_n192<KIND, TR>(d, da, db);
 }
 
-// One K step of 64 channels of a warpgroup's 128 rows (two m64 halves at sa, sa + 8 KB) by BN
-// channels (sb), both K-major 128-byte-swizzled stages: four k16 wgmma per half, one group
+// One K step of 64 channels (tf32: 32) of a warpgroup's 128 rows (two m64 halves at sa, sa + 8
+// KB) by BN channels (sb), both K-major 128-byte-swizzled stages: four k16 (k8) wgmma per half,
+// one group
 template <int KIND, int BN>
 __device__ __forceinline__ void wg_kstep(float (&acc)[2][BN / 2], unsigned sa, unsigned sb) {
     wg_fence();
@@ -137,15 +152,23 @@ __device__ __forceinline__ void wg_kstep(float (&acc)[2][BN / 2], unsigned sa, u
     asm volatile("{ .reg .pred p; setp.ne.b32 p, " SC ", 0;\n"                                            \
                  "wgmma.mma_async.sync.aligned.m64n" N "k16.f32." TY "." TY " {" R "}, {" A "}, " DB       \
                  ", p, 1, 1, 0; }\n" : D : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1))
+// tf32: 64 x 8 of A, (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4) per warp: what ldmatrix_x4
+// leaves from the same 16-byte row addresses as f16's
+#define WGMMA_RS_TF32_ASM(N, R, D, A, DB, SC)                                                             \
+    asm volatile("{ .reg .pred p; setp.ne.b32 p, " SC ", 0;\n"                                            \
+                 "wgmma.mma_async.sync.aligned.m64n" N "k8.f32.tf32.tf32 {" R "}, {" A "}, " DB           \
+                 ", p, 1, 1; }\n" : D : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1))
 template <int KIND, int BN>
 __device__ __forceinline__ void wgmma_rs_tile(float (&d)[BN / 2], const unsigned (&a)[4], unsigned long long db) {
     static_assert(BN == 64 || BN == 128, "register-A wgmma tiles of 64 or 128 columns");
     if constexpr (BN == 64) {
         if constexpr (KIND == 0) WGMMA_RS_ASM("64", "f16", WG_R32, WG_D32(0), "%32, %33, %34, %35", "%36", "%37");
-        else WGMMA_RS_ASM("64", "bf16", WG_R32, WG_D32(0), "%32, %33, %34, %35", "%36", "%37");
+        else if constexpr (KIND == 1) WGMMA_RS_ASM("64", "bf16", WG_R32, WG_D32(0), "%32, %33, %34, %35", "%36", "%37");
+        else WGMMA_RS_TF32_ASM("64", WG_R32, WG_D32(0), "%32, %33, %34, %35", "%36", "%37");
     } else {
         if constexpr (KIND == 0) WGMMA_RS_ASM("128", "f16", WG_R64, WG_D64, "%64, %65, %66, %67", "%68", "%69");
-        else WGMMA_RS_ASM("128", "bf16", WG_R64, WG_D64, "%64, %65, %66, %67", "%68", "%69");
+        else if constexpr (KIND == 1) WGMMA_RS_ASM("128", "bf16", WG_R64, WG_D64, "%64, %65, %66, %67", "%68", "%69");
+        else WGMMA_RS_TF32_ASM("128", WG_R64, WG_D64, "%64, %65, %66, %67", "%68", "%69");
     }
 }
 
@@ -156,17 +179,29 @@ __device__ __forceinline__ void wgmma_rs_tile(float (&d)[BN / 2], const unsigned
 // offsets out_row (plus add's values there where add is not null, as conv_igemm's); with
 // stats, each warpgroup's 128 rows also write one chunk of per-channel
 // mean and squared deviations of the rounded outputs (chunk blockIdx.x * WG + wg).
+// Two consecutive stored values (channels f, f + 1) as fp32
+template <int KIND> __device__ __forceinline__ void st_pair(const elem_t<KIND>* p, float& v0, float& v1) {
+    if constexpr (KIND == 2) {
+        const float2 v = *reinterpret_cast<const float2*>(p);
+        v0 = v.x; v1 = v.y;
+    } else {
+        const unsigned v = *reinterpret_cast<const unsigned*>(p);
+        v0 = u16_to_f<KIND>((u16)(v & 0xffffu)); v1 = u16_to_f<KIND>((u16)(v >> 16));
+    }
+}
+
 template <int KIND, int BN, int WG>
 __device__ __forceinline__ void wg_epilogue(float (&acc)[2][BN / 2], unsigned char* smem, const long long* out_row,
-                                            float (&red_s)[WG][2][4][BN], u16* __restrict__ y, int m0, int M, int f0,
-                                            int F, const float* __restrict__ bias, int relu, float* __restrict__ stats,
-                                            const u16* __restrict__ add) {
+                                            float (&red_s)[WG][2][4][BN], elem_t<KIND>* __restrict__ y, int m0, int M,
+                                            int f0, int F, const float* __restrict__ bias, int relu,
+                                            float* __restrict__ stats, const elem_t<KIND>* __restrict__ add) {
+    typedef elem_t<KIND> T;
     constexpr int NTHR = 128 * WG, BM = 128 * WG, NT = BN / 8, LDO = BN + IG_PAD;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wg = warp >> 2, wl = warp & 3;
     // thread (warp wl of warpgroup wg, lane g * 4 + t4) holds, for half a and n8 block b,
     // rows 128 wg + 64 a + 16 wl + g (+ 8) and columns 8 b + 2 t4 (+ 1): acc[a][4 b + 2 h + e]
-    u16* Cs = reinterpret_cast<u16*>(smem);           // [BM][LDO]
+    T* Cs = reinterpret_cast<T*>(smem);               // [BM][LDO]
     const int g = lane >> 2, t4 = lane & 3;
     float csum[NT][2];
 #pragma unroll
@@ -181,9 +216,9 @@ __device__ __forceinline__ void wg_epilogue(float (&acc)[2][BN / 2], unsigned ch
             for (int b = 0; b < NT; ++b) {
                 int col = b * 8 + 2 * t4, f = f0 + col;
                 float v0 = acc[a][4 * b + 2 * h], v1 = acc[a][4 * b + 2 * h + 1];
-                u16 h0, h1;
+                T h0, h1;
                 ig_stage_pair<KIND>(v0, v1, bias, f, F, relu, Cs + r * LDO + col, h0, h1);
-                if (live) { csum[b][0] += u16_to_f<KIND>(h0); csum[b][1] += u16_to_f<KIND>(h1); }
+                if (live) { csum[b][0] += st_to_f<KIND>(h0); csum[b][1] += st_to_f<KIND>(h1); }
             }
         }
     }
@@ -215,9 +250,10 @@ __device__ __forceinline__ void wg_epilogue(float (&acc)[2][BN / 2], unsigned ch
             if (m0 + r >= M) continue;
 #pragma unroll
             for (int b = 0; b < NT; ++b) {
-                unsigned pair = *reinterpret_cast<const unsigned*>(Cs + r * LDO + b * 8 + 2 * t4);
-                float d0 = u16_to_f<KIND>((u16)(pair & 0xffffu)) - mean[b][0];
-                float d1 = u16_to_f<KIND>((u16)(pair >> 16)) - mean[b][1];
+                float d0, d1;
+                st_pair<KIND>(Cs + r * LDO + b * 8 + 2 * t4, d0, d1);
+                d0 -= mean[b][0];
+                d1 -= mean[b][1];
                 csum[b][0] += d0 * d0;
                 csum[b][1] += d1 * d1;
             }
@@ -240,11 +276,12 @@ __device__ __forceinline__ void wg_epilogue(float (&acc)[2][BN / 2], unsigned ch
 // memory: 1024 (alignment) + max(STAGES * (BM + BN) * 128, BM * (BN + IG_PAD) * 2) bytes.
 template <int KIND, int BN, int WG, int STAGES>
 __global__ void __launch_bounds__(128 * WG)
-conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restrict__ y,
+conv_wgmma(const elem_t<KIND>* __restrict__ x, const elem_t<KIND>* __restrict__ wp, elem_t<KIND>* __restrict__ y,
            const int* __restrict__ taps, int N, int H, int W, int C, int F, int OHc, int OWc, int s,
            int OHo, int OWo, int os, const float* __restrict__ bias, int relu, float* __restrict__ stats,
-           const u16* __restrict__ add) {
-    constexpr int NTHR = 128 * WG, BM = 128 * WG, BK = 64;
+           const elem_t<KIND>* __restrict__ add) {
+    constexpr int EPC = 16 / sizeof(elem_t<KIND>);   // values a 16-byte chunk
+    constexpr int NTHR = 128 * WG, BM = 128 * WG, BK = 8 * EPC;
     constexpr int A_BYTES = BM * 128, B_BYTES = BN * 128, STAGE = A_BYTES + B_BYTES;
     constexpr int RSTEP = NTHR / 8;                   // rows between one thread's chunks
     constexpr int A_PER = BM / RSTEP, B_PER = (BN + RSTEP - 1) / RSTEP;
@@ -283,7 +320,7 @@ conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
         if (m < M) {
             int n = m / (OHc * OWc), rem = m - n * (OHc * OWc), ii = rem / OWc, jj = rem - ii * OWc;
             int hi = ii * s, wj = jj * s;
-            a_off[i] = ((n * H + hi) * W + wj) * C + kc * 8;
+            a_off[i] = ((n * H + hi) * W + wj) * C + kc * EPC;
             for (int t = 0; t < ntaps; ++t) {
                 int ih = hi + tap_dh[t], iw = wj + tap_dw[t];
                 if (ih >= 0 && ih < H && iw >= 0 && iw < W) a_mask[i] |= 1u << t;
@@ -294,7 +331,7 @@ conv_wgmma(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restric
 #pragma unroll
     for (int i = 0; i < B_PER; ++i) {
         int rr = r0 + i * RSTEP, f = f0 + rr;
-        b_off[i] = (rr < BN && f < F) ? f * wrow_s + kc * 8 : -1;
+        b_off[i] = (rr < BN && f < F) ? f * wrow_s + kc * EPC : -1;
     }
 
     float acc[2][NACC];
@@ -403,11 +440,11 @@ __device__ __forceinline__ void tma_tile2d(unsigned dst, const TensorMap* tm, un
 
 template <int KIND, int BN, int WG, int STAGES>
 __global__ void __launch_bounds__(128 * WG)
-conv_tma(const __grid_constant__ TensorMap tm_x, const __grid_constant__ TensorMap tm_w, u16* __restrict__ y,
+conv_tma(const __grid_constant__ TensorMap tm_x, const __grid_constant__ TensorMap tm_w, elem_t<KIND>* __restrict__ y,
          const int* __restrict__ taps, int N, int H, int W, int C, int F, int OH, int OW, int s, int pad, int OHo,
          int OWo, int os, const float* __restrict__ bias, int relu, float* __restrict__ stats,
-         const u16* __restrict__ add) {
-    constexpr int NTHR = 128 * WG, BM = 128 * WG, BK = 64;
+         const elem_t<KIND>* __restrict__ add) {
+    constexpr int NTHR = 128 * WG, BM = 128 * WG, BK = 128 / sizeof(elem_t<KIND>);   // channels a 128-byte row
     constexpr int A_BYTES = BM * 128, B_BYTES = BN * 128, STAGE = A_BYTES + B_BYTES;
     constexpr int NACC = BN / 2;
 
@@ -489,10 +526,11 @@ conv_tma(const __grid_constant__ TensorMap tm_x, const __grid_constant__ TensorM
 // the output tile.
 template <int KIND, int BN, int WG, int STAGES>
 __global__ void __launch_bounds__(128 * WG)
-conv_halo(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restrict__ y, const int* __restrict__ taps,
-          int N, int H, int W, int C, int F, const float* __restrict__ bias, int relu, float* __restrict__ stats,
-          const u16* __restrict__ add) {
-    constexpr int NTHR = 128 * WG, BM = 128 * WG, BK = 64;
+conv_halo(const elem_t<KIND>* __restrict__ x, const elem_t<KIND>* __restrict__ wp, elem_t<KIND>* __restrict__ y,
+          const int* __restrict__ taps, int N, int H, int W, int C, int F, const float* __restrict__ bias, int relu,
+          float* __restrict__ stats, const elem_t<KIND>* __restrict__ add) {
+    constexpr int EPC = 16 / sizeof(elem_t<KIND>);   // values a 16-byte chunk
+    constexpr int NTHR = 128 * WG, BM = 128 * WG, BK = 8 * EPC;
     constexpr int RSTEP = NTHR / 8, B_PER = (BN + RSTEP - 1) / RSTEP, NACC = BN / 2;
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -510,7 +548,7 @@ conv_halo(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restrict
     ig_setup<BM, NTHR>(taps, tap_off, tap_w, tap_dh, tap_dw, &ntaps_s, &wrow_s, out_row, tid, m0, M, W, C, F, H, W, H,
                        W, 1, 0, 0);
     const int TR = min(H, BM / W), HC = W + 2, HI = (TR + 2) * HC;   // rows a tile's image; halo columns, positions an image
-    const int NI = BM / (TR * W), CH = C / 8, PITCH = 2 * C + 16;     // images a tile; 16-byte chunks, bytes a position
+    const int NI = BM / (TR * W), CH = C / EPC, PITCH = 16 * CH + 16;   // images a tile; 16-byte chunks, bytes a position
     const unsigned halo = base, bring = base + ((NI * HI * PITCH + 1023) & ~1023);
 
     // the halo: position (i, hr, hc) is input (n0 + i, r0 - 1 + hr, hc - 1)
@@ -519,7 +557,7 @@ conv_halo(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restrict
         const int pos = q / CH, ch = q - pos * CH, i = pos / HI, hp = pos - i * HI, hr = hp / HC, hc = hp - hr * HC;
         const int n = n0 + i, ih = r0 - 1 + hr, iw = hc - 1;
         const bool ok = n < N && ih >= 0 && ih < H && iw >= 0 && iw < W;
-        cp_async16(halo + pos * PITCH + ch * 16, ok ? x + (((long long)n * H + ih) * W + iw) * C + ch * 8 : x,
+        cp_async16(halo + pos * PITCH + ch * 16, ok ? x + (((long long)n * H + ih) * W + iw) * C + ch * EPC : x,
                    ok ? 16 : 0);
     }
     __syncthreads();                                     // the tap tables (ig_setup)
@@ -532,7 +570,7 @@ conv_halo(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restrict
 #pragma unroll
     for (int i = 0; i < B_PER; ++i) {
         int rr = rb0 + i * RSTEP, f = f0 + rr;
-        b_off[i] = (rr < BN && f < F) ? f * wrow_s + kc * 8 : -1;
+        b_off[i] = (rr < BN && f < F) ? f * wrow_s + kc * EPC : -1;
     }
     auto load_b = [&](int kt, int buf) {                 // step kt = tap kt / CB, channel block kt % CB
         const unsigned sb = bring + buf * (BN * 128);
@@ -574,7 +612,7 @@ conv_halo(const u16* __restrict__ x, const u16* __restrict__ wp, u16* __restrict
         __syncthreads();           // the halo and step kt's weights landed; step kt - 1's buffer is free
         const unsigned sb = bring + (kt % STAGES) * (BN * 128);
         const int t = kt / CB;
-        const int shift = (tap_dh[t] * HC + tap_dw[t]) * PITCH + (kt - t * CB) * (BK * 2);
+        const int shift = (tap_dh[t] * HC + tap_dw[t]) * PITCH + (kt - t * CB) * 128;
         unsigned af[2][4][4];
 #pragma unroll
         for (int a = 0; a < 2; ++a)

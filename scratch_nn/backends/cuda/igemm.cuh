@@ -23,6 +23,19 @@ template <> __device__ __forceinline__ u16 f_to_u16<1>(float f) {   // round to 
     return (u16)(u >> 16);
 }
 
+// The warpgroup kernels' storage type per KIND: 0 half and 1 bfloat16 as raw 16 bits, 2 fp32
+// (tf32 products: the tensor cores read the upper 19 bits of each fp32 operand). st_to_f /
+// f_to_st convert a stored value to and from fp32 (identity for fp32 storage).
+template <int KIND> struct Elem { typedef u16 T; };
+template <> struct Elem<2> { typedef float T; };
+template <int KIND> using elem_t = typename Elem<KIND>::T;
+template <int KIND> __device__ __forceinline__ float st_to_f(elem_t<KIND> v) {
+    if constexpr (KIND == 2) return v; else return u16_to_f<KIND>(v);
+}
+template <int KIND> __device__ __forceinline__ elem_t<KIND> f_to_st(float f) {
+    if constexpr (KIND == 2) return f; else return f_to_u16<KIND>(f);
+}
+
 // ------------------------------------------------------------------ PTX wrappers
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
     unsigned a;
@@ -95,25 +108,26 @@ __device__ __forceinline__ void ig_setup(const int* __restrict__ tz, int* tap_of
     }
 }
 
-// The epilogue's store: the staged BM x BN output tile (rows of BN + IG_PAD halves) to its
+// The epilogue's store: the staged BM x BN output tile (rows of BN + IG_PAD values) to its
 // rows' offsets in y, 16 bytes a thread, channels past F and rows past M (offset -1) skipped.
 // With add (the same layout as y; may be null) each value is y + add, added in fp32 and rounded
 // again: a residual block's two input gradients summed as add_nhwc would, without its pass.
 template <int KIND, int BM, int BN, int NTHR>
-__device__ __forceinline__ void ig_store_tile(const u16* Cs, const long long* out_row, u16* __restrict__ y, int f0,
-                                              int F, int tid, const u16* __restrict__ add) {
-    constexpr int OCH = BN / 8, LDO = BN + IG_PAD;
+__device__ __forceinline__ void ig_store_tile(const elem_t<KIND>* Cs, const long long* out_row, elem_t<KIND>* __restrict__ y,
+                                              int f0, int F, int tid, const elem_t<KIND>* __restrict__ add) {
+    typedef elem_t<KIND> T;
+    constexpr int EPC = 16 / sizeof(T), OCH = BN / EPC, LDO = BN + IG_PAD;   // values a 16-byte chunk
     for (int q = tid; q < BM * OCH; q += NTHR) {
-        int r = q / OCH, cc = q - r * OCH, f = f0 + cc * 8;
+        int r = q / OCH, cc = q - r * OCH, f = f0 + cc * EPC;
         long long o = out_row[r];
         if (o >= 0 && f < F) {
-            uint4 v = *reinterpret_cast<const uint4*>(Cs + r * LDO + cc * 8);
+            uint4 v = *reinterpret_cast<const uint4*>(Cs + r * LDO + cc * EPC);
             if (add) {
                 uint4 a = *reinterpret_cast<const uint4*>(add + o + f);
-                u16* pv = reinterpret_cast<u16*>(&v);
-                const u16* pa = reinterpret_cast<const u16*>(&a);
+                T* pv = reinterpret_cast<T*>(&v);
+                const T* pa = reinterpret_cast<const T*>(&a);
 #pragma unroll
-                for (int e = 0; e < 8; ++e) pv[e] = f_to_u16<KIND>(u16_to_f<KIND>(pv[e]) + u16_to_f<KIND>(pa[e]));
+                for (int e = 0; e < EPC; ++e) pv[e] = f_to_st<KIND>(st_to_f<KIND>(pv[e]) + st_to_f<KIND>(pa[e]));
             }
             *reinterpret_cast<uint4*>(y + o + f) = v;
         }
@@ -121,13 +135,14 @@ __device__ __forceinline__ void ig_store_tile(const u16* Cs, const long long* ou
 }
 
 // One epilogue pair (channels f, f + 1 of a row): + bias (fp32, may be null), ReLU (a NaN
-// stays), rounded to 16 bits (h0, h1) and staged as one 32-bit word at dst.
+// stays), rounded to the storage type (h0, h1) and staged as one pair at dst.
 template <int KIND>
 __device__ __forceinline__ void ig_stage_pair(float v0, float v1, const float* __restrict__ bias, int f, int F, int relu,
-                                              u16* dst, u16& h0, u16& h1) {
+                                              elem_t<KIND>* dst, elem_t<KIND>& h0, elem_t<KIND>& h1) {
     if (bias && f < F) { v0 += bias[f]; v1 += bias[f + 1]; }
     if (relu) { v0 = v0 > 0.f ? v0 : (v0 != v0 ? v0 : 0.f); v1 = v1 > 0.f ? v1 : (v1 != v1 ? v1 : 0.f); }
-    h0 = f_to_u16<KIND>(v0);
-    h1 = f_to_u16<KIND>(v1);
-    *reinterpret_cast<unsigned*>(dst) = (unsigned)h0 | ((unsigned)h1 << 16);
+    h0 = f_to_st<KIND>(v0);
+    h1 = f_to_st<KIND>(v1);
+    if constexpr (KIND == 2) *reinterpret_cast<float2*>(dst) = make_float2(h0, h1);
+    else *reinterpret_cast<unsigned*>(dst) = (unsigned)h0 | ((unsigned)h1 << 16);
 }
