@@ -34,7 +34,7 @@ import numpy as np
 
 from .cuda_kernels import CONV_FILES, WGMMA_FILES, compile_module, source
 
-KINDS = {"float16": 0, "bfloat16": 1}
+KINDS = {"float16": 0, "bfloat16": 1, "float32": 2}    # float32: fp32 storage, tf32 products (warpgroup kernels only)
 NULL = np.uint64(0)
 TAPS_STRIDE = 32               # ints per sub-pixel class in a tap table (cuda/conv_igemm.cu)
 PAD = 8                        # halves of padding per shared-memory row
@@ -64,6 +64,11 @@ WGRAD_WG_CONFIGS = [("wgw", 64, 64, 4, 1), ("wgw", 64, 128, 4, 1), ("wgw", 64, 1
 # conv_wgrad_tma tiles ("wgt", BM, BN, STAGES, WG): conv_wgrad_wg's, with operands loaded by the copy engine
 WGRAD_TMA_CONFIGS = [("wgt",) + cfg[1:] for cfg in WGRAD_WG_CONFIGS]
 WGMMA_BK = 64                  # channels a conv_wgmma K step (one 128-byte swizzled row), positions a conv_wgrad_wg one
+TF32_BK = 32                   # ... of fp32 storage: a 128-byte row holds 32 channels; positions a conv_wgrad_tf32 stage
+# conv_wgrad_tf32 tiles ("wtf", BM, BN, WM, STAGES): fp32 storage's weight gradient (wgmma reads tf32
+# K-major only): BM output channels by BN columns, WM x (4 / WM) warps of mma.sync, 32 positions a stage
+WGRAD_TF32_CONFIGS = [("wtf", 128, 128, 2, 4), ("wtf", 128, 128, 2, 6), ("wtf", 64, 128, 2, 4), ("wtf", 128, 64, 2, 4),
+                      ("wtf", 64, 64, 2, 4), ("wtf", 64, 64, 2, 6), ("wtf", 64, 96, 4, 4)]
 # conv_halo tiles ("halo", BN, WG, STAGES): 128 * WG output positions (whole rows of one image, or
 # whole images) by BN channels of a 3x3 stride-1 convolution; STAGES cp.async stages of weights
 HALO_CONFIGS = [("halo", 64, 1, 4), ("halo", 64, 2, 3), ("halo", 64, 2, 4), ("halo", 128, 1, 3), ("halo", 128, 2, 3)]
@@ -119,30 +124,32 @@ def tma_name(kind, cfg):
     return f"conv_tma<{kind}, {bn}, {wg}, {stages}>"
 
 
-def tma_candidates(f, c, k, s, p, dgrad=False):
+def tma_candidates(f, c, k, s, p, dgrad=False, bk=WGMMA_BK):
     """conv_tma tiles for the forward (or with dgrad, the data gradient) of a k x k convolution
     (stride s, padding p) of f output channels over c gathered channels, c a multiple of 64: any
     forward; a data gradient of stride 1 with padding (k - 1) / 2, or of stride 2 with k = 3,
-    p = 1 or k = 1, p = 0 (its sub-pixel classes' taps fall in [-1, 1]); [] otherwise."""
+    p = 1 or k = 1, p = 0 (its sub-pixel classes' taps fall in [-1, 1]); [] otherwise. bk: the
+    channels of a 128-byte row (64 16-bit, 32 fp32), which c must be a multiple of."""
     dgrad_ok = (s == 1 and 2 * p == k - 1) or (s == 2 and (k, p) in ((3, 1), (1, 0)))
-    if (dgrad and not dgrad_ok) or c % WGMMA_BK or f % 8 or p > k - 1 or p > 127:
+    if (dgrad and not dgrad_ok) or c % bk or f % 8 or p > k - 1 or p > 127:
         return []
     return [cfg for cfg in TMA_CONFIGS if cfg[1] <= max(64, -(-f // 64) * 64)]
 
 
-def wgmma_smem(cfg):
+def wgmma_smem(cfg, e=2):
     """Dynamic shared memory of a conv_wgmma (or conv_tma) tile: STAGES (A, B) stages of 128-byte
-    rows, or the output tile, whichever is larger, and 1024 bytes to align the swizzled stages."""
+    rows, or the output tile of e-byte values, whichever is larger, and 1024 bytes to align the
+    swizzled stages."""
     _, bn, wg, stages = cfg
     bm = 128 * wg
-    return 1024 + max(stages * (bm + bn) * 128, bm * (bn + PAD) * 2)
+    return 1024 + max(stages * (bm + bn) * 128, bm * (bn + PAD) * e)
 
 
-def wgmma_candidates(f, c):
-    """conv_wgmma tiles for a GEMM of f output channels over c gathered channels (c % 64 == 0);
-    no tile wider than f needs."""
-    if c % WGMMA_BK:
-        raise ValueError(f"conv_wgmma needs channels a multiple of {WGMMA_BK}, got {c}")
+def wgmma_candidates(f, c, bk=WGMMA_BK):
+    """conv_wgmma tiles for a GEMM of f output channels over c gathered channels (c % bk == 0,
+    bk the channels of a 128-byte row); no tile wider than f needs."""
+    if c % bk:
+        raise ValueError(f"conv_wgmma needs channels a multiple of {bk}, got {c}")
     return [cfg for cfg in WGMMA_CONFIGS if cfg[1] <= max(64, -(-f // 64) * 64)]
 
 
@@ -178,15 +185,15 @@ def halo_geometry(bm, h, w):
     return (h, bm // (h * w)) if bm % (h * w) == 0 else None
 
 
-def halo_smem(cfg, h, w, c):
-    """Dynamic shared memory of a conv_halo tile over h x w images of c channels: 1024
-    (alignment), the halo (per image, its rows and one more each side, w + 2 positions of 2c +
+def halo_smem(cfg, h, w, c, e=2):
+    """Dynamic shared memory of a conv_halo tile over h x w images of c channels of e bytes: 1024
+    (alignment), the halo (per image, its rows and one more each side, w + 2 positions of e c +
     16 bytes) rounded up to 1024, the weight stages; at least the epilogue's output tile."""
     _, bn, wg, stages = cfg
     bm = 128 * wg
     tr, ni = halo_geometry(bm, h, w)
-    halo = ni * (tr + 2) * (w + 2) * (2 * c + 16)
-    return 1024 + max(-(-halo // 1024) * 1024 + stages * bn * 128, bm * (bn + PAD) * 2)
+    halo = ni * (tr + 2) * (w + 2) * (e * c + 16)
+    return 1024 + max(-(-halo // 1024) * 1024 + stages * bn * 128, bm * (bn + PAD) * e)
 
 
 def halo_static_smem(cfg):
@@ -195,14 +202,16 @@ def halo_static_smem(cfg):
     return 4 * 9 * 4 + 8 + 8 * 128 * wg + wg * 2 * 4 * bn * 4
 
 
-def halo_candidates(h, w, c, f, k, s, p):
+def halo_candidates(h, w, c, f, k, s, p, e=2):
     """The conv_halo tiles that can run a k x k convolution (stride s, padding p) of f output
-    channels over h x w inputs of c channels: 3x3, stride 1, padding 1, c a multiple of 64,
-    tiles of whole rows or whole images whose halo fits shared memory; [] otherwise."""
-    if (k, s, p) != (3, 1, 1) or c % WGMMA_BK or f % 8:
+    channels over h x w inputs of c channels of e bytes: 3x3, stride 1, padding 1, c a multiple
+    of a 128-byte row's channels, tiles of whole rows or whole images whose halo fits shared
+    memory; [] otherwise."""
+    if (k, s, p) != (3, 1, 1) or c % (128 // e) or f % 8:
         return []
     return [cfg for cfg in HALO_CONFIGS if halo_geometry(128 * cfg[2], h, w) is not None
-            and cfg[1] <= max(64, -(-f // 64) * 64) and halo_smem(cfg, h, w, c) + halo_static_smem(cfg) <= HALO_MAX_SMEM]
+            and cfg[1] <= max(64, -(-f // 64) * 64)
+            and halo_smem(cfg, h, w, c, e) + halo_static_smem(cfg) <= HALO_MAX_SMEM]
 
 
 def halo_default(halo, wgmma, c):
@@ -212,10 +221,30 @@ def halo_default(halo, wgmma, c):
     return halo[-1] if c == WGMMA_BK else wgmma[-1]
 
 
+def wgrad_tf32_name(cfg):
+    _, bm, bn, wm, stages = cfg
+    return f"conv_wgrad_tf32<{bm}, {bn}, {wm}, {stages}>"
+
+
+def wgrad_tf32_smem(cfg):
+    _, bm, bn, _, stages = cfg
+    return 1024 + stages * (bm + bn) * 128
+
+
+def wgrad_tf32_candidates(f, k_cols):
+    """conv_wgrad_tf32 tiles for f output channels over k_cols = taps * C columns (C % 32 == 0)."""
+    out = [cfg for cfg in WGRAD_TF32_CONFIGS if k_cols % cfg[2] == 0 and cfg[1] <= max(64, -(-f // 64) * 64)]
+    if not out:
+        raise ValueError(f"no tf32 wgrad tile for {f} channels over {k_cols} columns")
+    return out
+
+
 def wgmma_names(kind):
-    return ([wgmma_name(kind, cfg) for cfg in WGMMA_CONFIGS] + [wgrad_wg_name(kind, cfg) for cfg in WGRAD_WG_CONFIGS]
-            + [halo_name(kind, cfg) for cfg in HALO_CONFIGS] + [tma_name(kind, cfg) for cfg in TMA_CONFIGS]
-            + [wgrad_wg_name(kind, cfg) for cfg in WGRAD_TMA_CONFIGS])
+    fwd = ([wgmma_name(kind, cfg) for cfg in WGMMA_CONFIGS] + [halo_name(kind, cfg) for cfg in HALO_CONFIGS]
+           + [tma_name(kind, cfg) for cfg in TMA_CONFIGS])
+    if kind == KINDS["float32"]:        # the 16-bit weight gradients' MN-major wgmma has no tf32 form
+        return fwd + [wgrad_tf32_name(cfg) for cfg in WGRAD_TF32_CONFIGS]
+    return fwd + [wgrad_wg_name(kind, cfg) for cfg in WGRAD_WG_CONFIGS + WGRAD_TMA_CONFIGS]
 
 
 def wgmma_available(cupy, device_id=None):
@@ -247,11 +276,15 @@ def _fits(smem, async_copy):
 
 
 def name_expressions(kind, async_copy):
-    """Every instantiation one (storage kind, copy path) needs."""
+    """Every instantiation one (storage kind, copy path) needs (fp32 storage: the packing, the
+    input's conversion and the partials' reduction; its GEMMs are all warpgroup kernels)."""
+    helpers = ["wgrad_reduce", f"pack_weights<{kind}>", f"nchw_to_nhwc<{kind}>"]
+    if kind == KINDS["float32"]:
+        return helpers
     names = [igemm_name(kind, c, async_copy) for c in IGEMM_CONFIGS
              if _fits(igemm_smem(c, async_copy) + igemm_static_smem(c), async_copy)]
     names += [wgrad_name(kind, c, async_copy) for c in WGRAD_CONFIGS if _fits(wgrad_smem(c, async_copy), async_copy)]
-    return sorted(set(names)) + ["wgrad_reduce", f"pack_weights<{kind}>", f"nchw_to_nhwc<{kind}>"]
+    return sorted(set(names)) + helpers
 
 
 def fast_divisor(d):
@@ -364,10 +397,14 @@ class ConvKernels:
 
     def __init__(self, cupy, storage, async_copy, sms, tune=True, dtype=np.uint16, wgmma=None):
         if storage not in KINDS:
-            raise ValueError(f"tensor-core convolutions store float16 or bfloat16, not {storage}")
+            raise ValueError(f"tensor-core convolutions store float16, bfloat16 or float32, not {storage}")
         self.xp = cupy
-        self.dtype = np.dtype(dtype)            # what outputs are allocated as (the bits are the same)
         self.kind = KINDS[storage]
+        self.tf32 = self.kind == KINDS["float32"]
+        # what outputs are allocated as (16-bit: the bits are the same whatever the dtype)
+        self.dtype = np.dtype(np.float32 if self.tf32 else dtype)
+        self.e = self.dtype.itemsize
+        self.bk = 128 // self.e                 # channels a K step: one 128-byte swizzled row
         self.async_copy = bool(async_copy)
         self.sms = sms
         self.tune = tune
@@ -382,6 +419,9 @@ class ConvKernels:
             self.maps = TensorMaps(cupy)
         self.wg_module = None
         self.inflight = None
+        if self.tf32 and (not self.wgmma or self.maps is None):
+            raise ValueError("fp32 storage with tf32 products runs on the warpgroup kernels with TMA loads "
+                             "(compute capability 9.0, SCRATCH_NN_NO_WGMMA and SCRATCH_NN_NO_TMA unset)")
         if self.wgmma:
             self.inflight = wgmma_inflight()
             self.wg_module = compile_module(cupy, source(files=WGMMA_FILES), wgmma_names(self.kind),
@@ -397,7 +437,7 @@ class ConvKernels:
         fn = self._fn.get(name)
         if fn is None:
             module = self.wg_module if name.startswith(("conv_wgmma<", "conv_wgrad_wg<", "conv_halo<", "conv_tma<",
-                                                        "conv_wgrad_tma<")) \
+                                                        "conv_wgrad_tma<", "conv_wgrad_tf32<")) \
                 else self.module
             fn = self._fn[name] = module.get_function(name)
         if fn.max_dynamic_shared_size_bytes < smem:     # static + dynamic over 48 KB needs the opt-in
@@ -452,22 +492,26 @@ class ConvKernels:
 
     # -------------------------------------------------------------- packing
     def pack_forward(self, w, cp=None, out=None):
-        """fp32 (F, C, KH, KW) -> 16-bit (F, KH*KW, Cp), channels zero-padded to Cp."""
+        """fp32 (F, C, KH, KW) -> the storage type's (F, KH*KW, Cp), channels zero-padded to Cp."""
         f, c, kh, kw = w.shape
         w = self.xp.ascontiguousarray(w, dtype=np.float32)
         cp = cp or c
-        out = out if out is not None else self.xp.empty((f, kh * kw, cp), dtype=np.uint16)
+        out = out if out is not None else self.xp.empty((f, kh * kw, cp), dtype=self._packed)
         n = out.size
         self._kernel(f"pack_weights<{self.kind}>")((min(-(-n // 256), 4096),), (256,),
                                                    (w, out, np.int32(f), np.int32(c), np.int32(kh * kw), np.int32(cp),
                                                     np.int32(0)))
         return out
 
+    @property
+    def _packed(self):
+        return np.float32 if self.tf32 else np.uint16
+
     def pack_dgrad(self, w, out=None):
-        """fp32 (F, C, KH, KW) -> 16-bit (C, KH*KW, F)."""
+        """fp32 (F, C, KH, KW) -> the storage type's (C, KH*KW, F)."""
         f, c, kh, kw = w.shape
         w = self.xp.ascontiguousarray(w, dtype=np.float32)
-        out = out if out is not None else self.xp.empty((c, kh * kw, f), dtype=np.uint16)
+        out = out if out is not None else self.xp.empty((c, kh * kw, f), dtype=self._packed)
         n = out.size
         self._kernel(f"pack_weights<{self.kind}>")((min(-(-n // 256), 4096),), (256,),
                                                    (w, out, np.int32(f), np.int32(c), np.int32(kh * kw), np.int32(c),
@@ -475,7 +519,7 @@ class ConvKernels:
         return out
 
     def to_nhwc(self, x, cp):
-        """fp32 NCHW -> 16-bit NHWC with cp >= C channels (zeros beyond C)."""
+        """fp32 NCHW -> NHWC in the storage type with cp >= C channels (zeros beyond C)."""
         n, c, h, w = x.shape
         x = self.xp.ascontiguousarray(x, dtype=np.float32)
         out = self.xp.empty((n, h, w, cp), dtype=self.dtype)
@@ -492,7 +536,7 @@ class ConvKernels:
         m = n * ohc * owc
         if cfg[0] == "wg":      # conv_wgmma: grid (ceil(M / (128 WG)), ceil(f / BN), classes) of WG warpgroups
             _, bn, wg, _ = cfg
-            bm, threads, smem, name = 128 * wg, 128 * wg, wgmma_smem(cfg), wgmma_name(self.kind, cfg)
+            bm, threads, smem, name = 128 * wg, 128 * wg, wgmma_smem(cfg, self.e), wgmma_name(self.kind, cfg)
         else:
             bm, bn, bk, wm, wn, _ = cfg
             threads, smem = wm * wn * 32, igemm_smem(cfg, self.async_copy)
@@ -510,7 +554,7 @@ class ConvKernels:
         """conv_halo: grid (ceil(N * H * W / (128 WG)), ceil(f / BN)) of WG warpgroups; x (N, H, W, C)."""
         n, h, w, c = x.shape
         _, bn, wg, _ = cfg
-        smem = halo_smem(cfg, h, w, c)
+        smem = halo_smem(cfg, h, w, c, self.e)
         self._kernel(halo_name(self.kind, cfg), smem)(
             (-(-n * h * w // (128 * wg)), -(-f // bn)), (128 * wg,),
             (x, wp, y, table, np.int32(n), np.int32(h), np.int32(w), np.int32(c), np.int32(f),
@@ -529,7 +573,7 @@ class ConvKernels:
         if classes:
             k, s, p = 3, 1, 1
         _, bn, wg, _ = cfg
-        smem = wgmma_smem(cfg)
+        smem = wgmma_smem(cfg, self.e)
         self._kernel(tma_name(self.kind, cfg), smem)(
             (-(-n * oh * ow // (128 * wg)), -(-f // bn), table.shape[0]), (128 * wg,),
             (self.maps.im2col(x, k, s, p), self.maps.rows(wp.reshape(wp.shape[0], -1), bn), y, table,
@@ -542,7 +586,7 @@ class ConvKernels:
         """conv_tma's tiles for this GEMM where the GPU runs the warpgroup kernels and tensor maps, else []."""
         if self.maps is None or not self._wgmma_takes(x, c, f) or x.data.ptr % 16:
             return []
-        return tma_candidates(f, c, k, s, p, dgrad)
+        return tma_candidates(f, c, k, s, p, dgrad, self.bk)
 
     def _wgrad_tma_takes(self, dy, x, wg_cands):
         """conv_wgrad_tma's twins of the conv_wgrad_wg tiles wg_cands, where tensor maps run, else []."""
@@ -554,7 +598,7 @@ class ConvKernels:
         """conv_halo's tiles for this GEMM where the GPU runs the warpgroup kernels, else []."""
         if not (self.halo and self._wgmma_takes(x, c, f)):
             return []
-        return halo_candidates(x.shape[1], x.shape[2], c, f, k, s, p)
+        return halo_candidates(x.shape[1], x.shape[2], c, f, k, s, p, self.e)
 
     def forward(self, x, wp, k, s, p, bias=None, relu=False, stats=False, out=None):
         """y (N, OH, OW, F) = conv(x (N, H, W, C), wp (F, k*k, C)) (+ bias, ReLU). With stats,
@@ -582,10 +626,12 @@ class ConvKernels:
             # conv_halo, conv_tma and conv_wgmma add the same products in the same order: timed together
             halo, tma = self._halo_takes(x, c, f, k, s, p), self._tma_takes(x, c, f, k, s, p)
             if halo:
-                return halo + tma + wgmma_candidates(f, c), halo_default(halo, wgmma_candidates(f, c), c)
+                wg = wgmma_candidates(f, c, self.bk)
+                return halo + tma + wg, halo_default(halo, wg, c)
             if self._wgmma_takes(x, c, f):
-                cands = wgmma_candidates(f, c)
+                cands = wgmma_candidates(f, c, self.bk)
                 return tma + cands, cands[-1]
+            self._mma_sync_takes(c, f)
             cands = igemm_candidates(f, c, self.async_copy)
             if stats:
                 cands = stats_tiles(cands)
@@ -599,7 +645,13 @@ class ConvKernels:
     def _wgmma_takes(self, x, c, f):
         """Whether conv_wgmma runs a GEMM over x's c channels into f: on sm_90, for c a multiple
         of its K step, and offsets that fit its 32-bit arithmetic."""
-        return self.wgmma and c % WGMMA_BK == 0 and f % 8 == 0 and x.size < 2**31
+        return self.wgmma and c % self.bk == 0 and f % 8 == 0 and x.size < 2**31
+
+    def _mma_sync_takes(self, c, f):
+        """fp32 storage has no mma.sync GEMMs: a GEMM the warpgroup kernels cannot run is an error."""
+        if self.tf32:
+            raise ValueError(f"the tf32 convolutions need channels a multiple of {self.bk} over outputs a multiple "
+                             f"of 8 and fewer than 2**31 values, not {c} -> {f}")
 
     def dgrad(self, dy, wd, k, s, p, hw, out=None, add=None):
         """dx (N, H, W, C) of a convolution (k, s, p) from dy (N, OH, OW, F) and wd (C, k*k, F);
@@ -630,10 +682,12 @@ class ConvKernels:
         def options():
             halo, tma = self._halo_takes(dy, f, c, k, s, p), self._tma_takes(dy, f, c, k, s, p, dgrad=True)
             if halo:
-                return halo + tma + wgmma_candidates(c, f), halo_default(halo, wgmma_candidates(c, f), f)
+                wg = wgmma_candidates(c, f, self.bk)
+                return halo + tma + wg, halo_default(halo, wg, f)
             if self._wgmma_takes(dy, f, c):
-                cands = wgmma_candidates(c, f)
+                cands = wgmma_candidates(c, f, self.bk)
                 return tma + cands, cands[-1]
+            self._mma_sync_takes(f, c)
             return igemm_candidates(c, f, self.async_copy), igemm_default(c, f, self.async_copy)
 
         cfg = self._pick(("dgrad", n, oh, ow, f, c, k, s, p), options, run)
@@ -647,7 +701,10 @@ class ConvKernels:
         are counted for the largest candidate tile (4 CTAs an SM of it), so that the big tiles,
         which read the least per FLOP, still fill the GPU (counted for a small one, a 64 x 192
         tile of a 64-channel layer got 177 CTAs on 132 SMs and lost to 64 x 64)."""
-        if warpgroup:
+        if warpgroup and self.tf32:
+            ref = max(wgrad_tf32_candidates(f, kcols), key=lambda cfg: (cfg[1] * cfg[2], cfg[2]))[1:3]
+            unit = TF32_BK
+        elif warpgroup:
             ref = max(wgrad_wg_candidates(f, kcols), key=lambda cfg: (cfg[1] * cfg[2], cfg[2]))[1:3]
             unit = WGMMA_BK
         else:
@@ -682,6 +739,8 @@ class ConvKernels:
         m, kcols = n * oh * ow, k * k * c
         key = ("wgrad", n, h, w, c, f, k, s, p)
         warpgroup = self._wgmma_takes(x, c, f)
+        if not warpgroup:
+            self._mma_sync_takes(c, f)
         plan = self._wgrad_plans.get(key)
         if plan is None:
             plan = self._wgrad_plans[key] = self._wgrad_plan(m, f, kcols, oh, ow, warpgroup)
@@ -690,13 +749,20 @@ class ConvKernels:
 
         def run(cfg):
             ws = self._workspace(chunks * f * kcols).reshape(chunks, f, kcols)
-            if cfg[0] in ("wgw", "wgt"):    # WG warpgroups a CTA; conv_wgrad_tma's operands by tensor maps
+            if cfg[0] == "wtf":             # 4 warps of mma.sync tf32, operands by tensor maps
+                _, bm, bn, _, _ = cfg
+                threads, smem, name = 128, wgrad_tf32_smem(cfg), wgrad_tf32_name(cfg)
+            elif cfg[0] in ("wgw", "wgt"):  # WG warpgroups a CTA; conv_wgrad_tma's operands by tensor maps
                 _, bm, bn, _, wg = cfg
                 threads, smem, name = 128 * wg, wgrad_wg_smem(cfg), wgrad_wg_name(self.kind, cfg)
             else:
                 bm, bn, wm, wn, _ = cfg
                 threads, smem, name = wm * wn * 32, wgrad_smem(cfg, self.async_copy), wgrad_name(self.kind, cfg, self.async_copy)
-            if cfg[0] == "wgt":
+            if cfg[0] == "wtf":
+                args = (self.maps.rows(dy.reshape(-1, f), TF32_BK), self.maps.im2col(x, k, s, p, pixels=TF32_BK), ws,
+                        np.int32(n), np.int32(c), np.int32(f), np.int32(oh), np.int32(ow), np.int32(k), np.int32(s),
+                        np.int32(p), np.int32(chunk), np.int32(kcols))
+            elif cfg[0] == "wgt":
                 args = (self.maps.rows(dy.reshape(-1, f), 64), self.maps.im2col(x, k, s, p, pixels=WGMMA_BK), ws,
                         np.int32(n), np.int32(c), np.int32(f), np.int32(oh), np.int32(ow), np.int32(k), np.int32(s),
                         np.int32(p), np.int32(chunk), np.int32(kcols))
@@ -708,6 +774,9 @@ class ConvKernels:
             holder["ws"] = ws
 
         def options():
+            if warpgroup and self.tf32:
+                cands = wgrad_tf32_candidates(f, kcols)
+                return cands, cands[0]
             if warpgroup:       # conv_wgrad_tma and conv_wgrad_wg give the same bits: timed together
                 cands = wgrad_wg_candidates(f, kcols)
                 return self._wgrad_tma_takes(dy, x, cands) + cands, cands[-1]

@@ -26,41 +26,62 @@ import os
 import numpy as np
 
 from .base import BackendUnavailable, check_dx_add
-from .cupy_backend import (HALF_PRECISIONS, NULL, SM75_ENV, CupyBackend, grid1, compute_capability)
+from .cupy_backend import (HALF_PRECISIONS, NULL, SM75_ENV, CupyBackend, _import_cupy, compute_capability, grid1)
 
-STEM_CHANNELS = 16        # input channels are padded to a multiple of this (the smallest K step)
+STEM_CHANNELS = 16        # input channels are padded to a multiple of this (the smallest K step; tf32: 32)
 STAT_ROWS = 256           # rows per partial of BatchNorm statistics computed apart from a convolution
 BWD_ROWS = 256           # rows per partial of BatchNorm's backward sums (at most; see _bwd_rows)
 BWD_MIN_ROWS = 32
 MERGE_GROUP = 64         # statistics chunks merged per block in bn_merge_partial
 
 
-def _padded(c):
-    return -(-c // STEM_CHANNELS) * STEM_CHANNELS
+def _padded(c, unit=STEM_CHANNELS):
+    return -(-c // unit) * unit
+
+
+def channels_last_tf32(cupy, device=None):
+    """Whether tf32 runs channels-last on this GPU: the warpgroup kernels with TMA loads
+    (compute capability 9.0, SCRATCH_NN_NO_WGMMA / NO_TMA / SM75 unset); else on CupyBackend's
+    im2col and cuBLAS."""
+    from .conv_igemm import NO_TMA_ENV, wgmma_available
+    return wgmma_available(cupy, device) and os.environ.get(NO_TMA_ENV) != "1"
 
 
 class CupyChannelsLastBackend(CupyBackend):
     layout = "nhwc"
 
     def __init__(self, threads=None, precision="fp16", device=None, tune=True, allocator=None):
-        if precision not in HALF_PRECISIONS:
-            raise ValueError(f"the channels-last backend runs precision fp16 or bf16, not {precision!r}")
+        if precision not in HALF_PRECISIONS + ("tf32",):
+            raise ValueError(f"the channels-last backend runs precision fp16, bf16 or tf32, not {precision!r}")
         super().__init__(threads=threads, precision=precision, device=device, allocator=allocator)
         from .conv_igemm import ConvKernels
 
+        if precision == "tf32" and not channels_last_tf32(self.xp, self.device_id):
+            raise BackendUnavailable("tf32 runs channels-last on compute capability 9.0 (H100, H200) with the "
+                                     "warpgroup kernels and TMA; elsewhere use layout='auto' (the im2col backend)")
         major, _ = compute_capability(self.xp, self.device_id)
         self.async_copy = major >= 8          # cp.async pipelines; the sm_75 variant otherwise
-        self.conv = ConvKernels(self.xp, self.half.name, self.async_copy, self._sms, tune=tune, dtype=self.half)
+        # the activations' dtype: 16-bit, or fp32 whose products the tensor cores take as tf32
+        self.act = self.half if self.mixed else np.dtype(np.float32)
+        self.conv = ConvKernels(self.xp, self.act.name, self.async_copy, self._sms, tune=tune, dtype=self.act)
+        # the network input's channels are padded to the stem's K step: mma.sync's 16, or (tf32,
+        # where every GEMM is a warpgroup one) a 128-byte row of 32
+        self._stem_unit = STEM_CHANNELS if self.mixed else self.conv.bk
         # the last convolution's output statistics, for the BatchNorm right after it: (pointer, shape, stats, rows)
         self._stats = None
 
     def describe(self):
         d = super().describe()
-        d.update(layout="NHWC behind NCHW views", convolution="implicit GEMM on tensor cores ("
-                 + ("wgmma (sm_90a) for 64-channel multiples" + (", operands by TMA where timed faster" if self.conv.maps
-                                                                   else "") + ", mma.sync otherwise, "
-                    if self.conv.wgmma else "mma.sync, ")
-                 + ("cp.async pipeline" if self.async_copy else "sm_75 register-staged") + ")",
+        if self.conv.tf32:
+            conv = ("implicit GEMM on tensor cores (fp32 storage, tf32 products: wgmma (sm_90a) forward and data "
+                    "gradient, mma.sync weight gradient, operands by TMA)")
+        else:
+            conv = ("implicit GEMM on tensor cores ("
+                    + ("wgmma (sm_90a) for 64-channel multiples" + (", operands by TMA where timed faster"
+                                                                     if self.conv.maps else "") + ", mma.sync otherwise, "
+                       if self.conv.wgmma else "mma.sync, ")
+                    + ("cp.async pipeline" if self.async_copy else "sm_75 register-staged") + ")")
+        d.update(layout="NHWC behind NCHW views", convolution=conv,
                  sm75_variant=os.environ.get(SM75_ENV) == "1", wgmma_groups_in_flight=self.conv.inflight)
         d.pop("recompute_cols", None)
         return d
@@ -75,7 +96,7 @@ class CupyChannelsLastBackend(CupyBackend):
     def add_(self, a, b):
         """a += b for two activation gradients: 16-byte vectors over the NHWC buffers (CuPy's
         float16 add ran at a third of the copy rate on the H200)."""
-        if a.ndim == 4 and b.shape == a.shape and a.dtype == b.dtype == self.half and a.size % 8 == 0:
+        if a.ndim == 4 and b.shape == a.shape and a.dtype == b.dtype == self.act and a.size % 8 == 0:
             ab, bb = a.transpose(self.BUFFER_AXES), b.transpose(self.BUFFER_AXES)
             if ab.flags.c_contiguous and bb.flags.c_contiguous:
                 self._launch(self._k(ab.dtype)("add_nhwc"), grid1(ab.size // 8), (ab, bb, np.int64(ab.size)))
@@ -90,14 +111,14 @@ class CupyChannelsLastBackend(CupyBackend):
         """The (N, H, W, C) contiguous 16-bit buffer behind an NCHW-shaped x (a copy, and a cast,
         when x is not such a view)."""
         t = x.transpose(0, 2, 3, 1)
-        if x.dtype != self.half:
-            t = t.astype(self.half)
+        if x.dtype != self.act:
+            t = t.astype(self.act)
         return t if t.flags.c_contiguous else self.xp.ascontiguousarray(t)
 
     def _input(self, x, cp):
         """A convolution's input as (N, H, W, cp): the network's fp32 (or other) NCHW batch
         converted in one kernel, channels zero-padded to cp; an activation as it is."""
-        if x.dtype == self.half and x.shape[1] == cp:
+        if x.dtype == self.act and x.shape[1] == cp:
             return self._nhwc(x)
         if x.dtype != np.float32:
             x = x.astype(np.float32)
@@ -113,11 +134,11 @@ class CupyChannelsLastBackend(CupyBackend):
         f, c, kh, kw = w.shape
         if kh != kw:
             raise ValueError("the cupy backend's convolution takes square kernels")
-        cp = _padded(c)
+        cp = _padded(c, self._stem_unit)
         xb = self._input(x, cp)
         n, h, wd, _ = xb.shape
         oh, ow = self.conv_output_size(h, kh, stride, pad), self.conv_output_size(wd, kw, stride, pad)
-        out = self.xp.empty((n, oh, ow, f), dtype=self.half)
+        out = self.xp.empty((n, oh, ow, f), dtype=self.act)
         wp = self.conv.pack_forward(w, cp)
         with_stats = b is None and not relu
         self._stats = None
@@ -134,7 +155,7 @@ class CupyChannelsLastBackend(CupyBackend):
         gradient always is): no add_nhwc pass."""
         check_dx_add(add, need_dx)
         addb = None
-        if add is not None and add.dtype == self.half and add.ndim == 4:
+        if add is not None and add.dtype == self.act and add.ndim == 4:
             t = add.transpose(self.BUFFER_AXES)
             addb = t if t.flags.c_contiguous else None
         dx = self._conv_backward(dy, cache, w, wgrad, bgrad, need_dx, accumulate=True, add=addb)
@@ -153,7 +174,7 @@ class CupyChannelsLastBackend(CupyBackend):
         self.conv.wgrad(dyb, xb, k, stride, pad, wgrad, accumulate=accumulate, creal=c)
         if not need_dx:
             return None
-        if c % STEM_CHANNELS:
+        if c % 8:       # the data gradient's GEMM writes 8 channels a 16-byte store
             raise ValueError(f"no input gradient for a {c}-channel input (the network's): pass input_grad=False")
         dx = self.conv.dgrad(dyb, self.conv.pack_dgrad(w), k, stride, pad, hw, add=add)
         return self._view(dx)
@@ -277,8 +298,8 @@ class CupyChannelsLastBackend(CupyBackend):
 
     def maxpool2d_backward(self, dy, cache):
         _, idx, (n, c, h, w) = cache
-        if dy.dtype != self.half:
-            dy = dy.astype(self.half)
+        if dy.dtype != self.act:
+            dy = dy.astype(self.act)
         dx = self.xp.empty((n, h, w, c), dtype=dy.dtype)
         it = dy.itemsize
         sn, sc, sh, sw = (st // it for st in dy.strides)
@@ -297,7 +318,7 @@ class CupyChannelsLastBackend(CupyBackend):
 
     def global_avgpool_backward(self, dy, x_shape):
         n, c, h, w = x_shape
-        dy = self.xp.ascontiguousarray(dy, dtype=self.half)
+        dy = self.xp.ascontiguousarray(dy, dtype=self.act)
         dx = self.xp.empty((n, h, w, c), dtype=dy.dtype)
         self._launch(self._k(dy.dtype)("avgpool_nhwc_backward"), grid1(dx.size),
                      (dy, dx, np.int32(n), np.int32(h * w), np.int32(c)))
@@ -305,11 +326,14 @@ class CupyChannelsLastBackend(CupyBackend):
 
 
 def make_cupy_backend(threads=None, precision="fp32", device=None, layout="auto", **options):
-    """backends.get("cupy", ...): the channels-last tensor-core backend for fp16 and bf16, the
-    channel-major im2col one (CupyBackend) for fp32 and tf32, or with layout="cnhw" for fp16."""
+    """backends.get("cupy", ...): the channels-last tensor-core backend for fp16 and bf16, and for
+    tf32 where the GPU runs the warpgroup kernels (H100, H200); the channel-major im2col one
+    (CupyBackend) for fp32, tf32 elsewhere, or with layout="cnhw" for fp16 and tf32."""
     if layout not in ("auto", "nhwc", "cnhw"):
         raise ValueError(f"layout {layout!r} is not one of: auto, nhwc, cnhw")
-    if precision in HALF_PRECISIONS and layout != "cnhw":
+    nhwc = layout != "cnhw" and (precision in HALF_PRECISIONS or (precision == "tf32" and (
+        layout == "nhwc" or channels_last_tf32(_import_cupy(), device))))
+    if nhwc:
         tune = options.pop("tune", True)
         allocator = options.pop("allocator", None)
         if options:
@@ -317,7 +341,7 @@ def make_cupy_backend(threads=None, precision="fp32", device=None, layout="auto"
         return CupyChannelsLastBackend(threads=threads, precision=precision, device=device, tune=tune,
                                        allocator=allocator)
     if layout == "nhwc":
-        raise BackendUnavailable(f"the channels-last backend runs fp16 and bf16, not {precision}")
+        raise BackendUnavailable(f"the channels-last backend runs fp16, bf16 and tf32, not {precision}")
     if precision == "bf16":
         raise ValueError("bf16 runs in the channels-last layout only (layout auto or nhwc)")
     return CupyBackend(threads=threads, precision=precision, device=device, **options)

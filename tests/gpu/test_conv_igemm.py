@@ -2,9 +2,10 @@
 the GPU: forward (with its BatchNorm statistics), data gradient and weight gradient, for every
 convolution shape the two models have and sizes that are not tile multiples, in fp16 (the
 sm_80 cp.async path, the sm_75 register-staged one, and on compute capability 9.0 the sm_90a
-warpgroup kernels) and bf16. Outputs are poisoned first; the
-error must stay within 2x what torch's own autocast convolution shows against float64 on the same
-inputs (and every value written). Skipped without a GPU, CuPy and torch."""
+warpgroup kernels), bf16, and on 9.0 fp32 storage with tf32 products. Outputs are poisoned
+first; the error must stay within 2x what torch's own autocast (tf32: its tf32) convolution
+shows against float64 on the same inputs (and every value written). Skipped without a GPU,
+CuPy and torch."""
 import numpy as np
 import pytest
 
@@ -28,8 +29,15 @@ SHAPES = [
 ]
 # (storage, async_copy, wgmma)
 MODES = [("float16", True, False), ("float16", False, False), ("bfloat16", True, False),
-         ("float16", True, True), ("bfloat16", True, True)]
+         ("float16", True, True), ("bfloat16", True, True), ("float32", True, True)]
 POISON = 0x7e00        # a half NaN (and a bf16 NaN-ish pattern): anything unwritten shows
+
+
+def poisoned(shape, storage):
+    """An output array filled with NaN bits of the storage type."""
+    if storage == "float32":
+        return cupy.full(shape, np.nan, np.float32)
+    return cupy.full(shape, POISON, np.uint16)
 
 
 def _kernels(storage, async_copy, wgmma):
@@ -50,9 +58,9 @@ def _gemm_tiles(K, f, c, x, ksp, stats=False, dgrad=False):
     ksp = (k, s, p), may take on K's path."""
     halo, tma = K._halo_takes(x, c, f, *ksp), K._tma_takes(x, c, f, *ksp, dgrad=dgrad)
     if halo:
-        return halo + tma + G.wgmma_candidates(f, c)
+        return halo + tma + G.wgmma_candidates(f, c, K.bk)
     if K._wgmma_takes(x, c, f):
-        return tma + G.wgmma_candidates(f, c)
+        return tma + G.wgmma_candidates(f, c, K.bk)
     cands = G.igemm_candidates(f, c, K.async_copy)
     return G.stats_tiles(cands) if stats else cands
 
@@ -61,8 +69,10 @@ _CACHE = {}
 
 
 def to_bits(a, storage):
-    """float array -> 16-bit storage bits (uint16), rounded to nearest even."""
+    """float array -> 16-bit storage bits (uint16), rounded to nearest even; fp32 as it is."""
     a = np.asarray(a, np.float32)
+    if storage == "float32":
+        return a
     if storage == "float16":
         return a.astype(np.float16).view(np.uint16)
     u = a.view(np.uint32).astype(np.uint64)
@@ -71,6 +81,8 @@ def to_bits(a, storage):
 
 def from_bits(b, storage):
     b = cupy.asnumpy(b) if isinstance(b, cupy.ndarray) else b
+    if storage == "float32":
+        return b.astype(np.float64)
     if storage == "float16":
         return b.view(np.float16).astype(np.float64)
     return (b.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
@@ -92,15 +104,18 @@ def ref_grads(x, w, dy, s, p):
 
 
 def torch_autocast_errors(x, w, dy, s, p, storage, ref_y, ref_dx, ref_dw):
-    """torch's own channels-last autocast convolution's relative errors against float64."""
+    """torch's own channels-last autocast convolution's relative errors against float64 (fp32
+    storage: its fp32 convolution with cuDNN's tf32 allowed)."""
+    tf32 = storage == "float32"
     dt = torch.float16 if storage == "float16" else torch.bfloat16
-    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = tf32
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).float().cuda()
     xt = xt.to(memory_format=torch.channels_last).requires_grad_()
     wt = torch.from_numpy(w).float().cuda().requires_grad_()
-    with torch.autocast("cuda", dtype=dt):
+    with torch.autocast("cuda", dtype=dt, enabled=not tf32):
         y = torch.nn.functional.conv2d(xt, wt, stride=s, padding=p)
-    y.backward(torch.from_numpy(np.ascontiguousarray(dy.transpose(0, 3, 1, 2))).to(dt).cuda())
+    y.backward(torch.from_numpy(np.ascontiguousarray(dy.transpose(0, 3, 1, 2))).to(y.dtype).cuda())
+    torch.backends.cudnn.allow_tf32 = False
     ty = y.float().permute(0, 2, 3, 1).detach().cpu().numpy()
     tdx = xt.grad.permute(0, 2, 3, 1).cpu().numpy()
     tdw = wt.grad.cpu().numpy()
@@ -115,7 +130,8 @@ def rel(a, b):
 def _case(shape, storage, seed):
     n, c, f, h, k, s, p = shape
     r = np.random.default_rng(seed)
-    cp = max(16, -(-c // 8) * 8) if c % 16 else c       # the stem's channels padded to 16
+    unit = 32 if storage == "float32" else 16
+    cp = -(-c // unit) * unit                           # the stem's channels padded to the K step
     x = np.zeros((n, h, h, cp), np.float32)
     x[..., :c] = r.standard_normal((n, h, h, c))
     w = (r.standard_normal((f, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
@@ -143,7 +159,7 @@ def test_forward_dgrad_wgrad_match_float64(shape, storage, async_copy, wgmma):
     xd = cupy.asarray(to_bits(x, storage))
     wd32 = cupy.asarray(w)
     wp = K.pack_forward(wd32, cp=cp)
-    y = cupy.full((n, oh, oh, f), POISON, np.uint16)
+    y = poisoned((n, oh, oh, f), storage)
     _, stats, bm = K.forward(xd, wp, k, s, p, stats=True, out=y)
     m_tiles = stats.shape[0]
     got_y = from_bits(y, storage)
@@ -162,7 +178,7 @@ def test_forward_dgrad_wgrad_match_float64(shape, storage, async_copy, wgmma):
     dyd = cupy.asarray(to_bits(dy, storage))
     if c >= 16:         # the stem needs no data gradient
         wdg = K.pack_dgrad(wd32)
-        dx = cupy.full((n, h, h, c), POISON, np.uint16)
+        dx = poisoned((n, h, h, c), storage)
         K.dgrad(dyd, wdg, k, s, p, (h, h), out=dx)
         got_dx = from_bits(dx, storage)
         assert np.all(np.isfinite(got_dx))
@@ -170,7 +186,7 @@ def test_forward_dgrad_wgrad_match_float64(shape, storage, async_copy, wgmma):
         # with add (a residual block's other input gradient): each value dx + add, summed in
         # fp32 and rounded, as add_nhwc would
         addv = to_bits(np.random.default_rng(1).standard_normal(dx.shape), storage)
-        dx2 = cupy.full((n, h, h, c), POISON, np.uint16)
+        dx2 = poisoned((n, h, h, c), storage)
         K.dgrad(dyd, wdg, k, s, p, (h, h), out=dx2, add=cupy.asarray(addv))
         want = to_bits((got_dx.astype(np.float32) + from_bits(addv, storage).astype(np.float32)), storage)
         np.testing.assert_array_equal(cupy.asnumpy(dx2), want)
@@ -205,25 +221,25 @@ def test_every_compiled_tile_matches_float64(storage, async_copy, wgmma):
         ty, tdx, tdw = torch_autocast_errors(xq, wq, dyq, s, p, storage, ref_y, ref_dx, ref_dw)
         xd, dyd, wd32 = cupy.asarray(to_bits(x, storage)), cupy.asarray(to_bits(dy, storage)), cupy.asarray(w)
         wp, wdg = K.pack_forward(wd32, cp=cp), K.pack_dgrad(wd32)
-        for cfg in _gemm_tiles(K, f, c, xd, (k, s, p)):
+        for cfg in _gemm_tiles(K, f, cp, xd, (k, s, p)):
             with K.pinned(cfg):
-                y = cupy.full((n, oh, oh, f), POISON, np.uint16)
+                y = poisoned((n, oh, oh, f), storage)
                 K.forward(xd, wp, k, s, p, out=y)
             assert rel(from_bits(y, storage), ref_y) <= 2 * ty + 1e-6, (cfg, shape)
             ran.add(("igemm", cfg))
         # the forward that writes BatchNorm statistics gives the same bits on every tile it may take
         seen = []
-        for cfg in _gemm_tiles(K, f, c, xd, (k, s, p), stats=True):
+        for cfg in _gemm_tiles(K, f, cp, xd, (k, s, p), stats=True):
             with K.pinned(cfg):
-                y = cupy.full((n, oh, oh, f), POISON, np.uint16)
+                y = poisoned((n, oh, oh, f), storage)
                 _, st, _ = K.forward(xd, wp, k, s, p, stats=True, out=y)
             seen.append((cfg, cupy.asnumpy(y), cupy.asnumpy(st)))
         for cfg, yv, sv in seen[1:]:
             assert np.array_equal(yv, seen[0][1]) and np.array_equal(sv, seen[0][2]), (cfg, seen[0][0], shape)
         seen = []
-        for cfg in _gemm_tiles(K, c, f, dyd, (k, s, p), dgrad=True):
+        for cfg in _gemm_tiles(K, c, f, dyd, (k, s, p), dgrad=True) if f % K.bk == 0 or not K.tf32 else []:
             with K.pinned(cfg):
-                dx = cupy.full((n, h, h, c), POISON, np.uint16)
+                dx = poisoned((n, h, h, c), storage)
                 K.dgrad(dyd, wdg, k, s, p, (h, h), out=dx)
             assert rel(from_bits(dx, storage), ref_dx) <= 2 * tdx + 1e-6, (cfg, shape)
             ran.add(("igemm", cfg))
@@ -231,15 +247,18 @@ def test_every_compiled_tile_matches_float64(storage, async_copy, wgmma):
         if K.wgmma:     # conv_halo, conv_tma and conv_wgmma are timed against each other: they must agree bitwise
             for cfg, dv in seen[1:]:
                 assert np.array_equal(dv, seen[0][1]), (cfg, seen[0][0], shape)
-        wgrad_tiles = G.wgrad_candidates(f, k * k * c, async_copy)
-        if K._wgmma_takes(xd, c, f):
+        if K.tf32:
+            wgrad_tiles = G.wgrad_tf32_candidates(f, k * k * cp)
+        elif K._wgmma_takes(xd, c, f):
             wgrad_tiles = G.wgrad_wg_candidates(f, k * k * c)
             wgrad_tiles = K._wgrad_tma_takes(dyd, xd, wgrad_tiles) + wgrad_tiles
+        else:
+            wgrad_tiles = G.wgrad_candidates(f, k * k * c, async_copy)
         got = {}
         for cfg in wgrad_tiles:
             with K.pinned(cfg):
                 dw = cupy.full((f, c, k, k), np.nan, np.float32)
-                K.wgrad(dyd, xd, k, s, p, dw)
+                K.wgrad(dyd, xd, k, s, p, dw, creal=c)
             assert rel(cupy.asnumpy(dw), ref_dw) <= 2 * tdw + 1e-6, (cfg, shape)
             ran.add(("wgrad", cfg))
             got[cfg] = cupy.asnumpy(dw)
@@ -250,7 +269,7 @@ def test_every_compiled_tile_matches_float64(storage, async_copy, wgmma):
                 if G.igemm_name(K.kind, cfg, async_copy) in G.name_expressions(K.kind, async_copy)}
     if K.wgmma:     # every warpgroup tile; the mma.sync ones are the other modes' to cover
         compiled = {("igemm", cfg) for cfg in G.WGMMA_CONFIGS + G.HALO_CONFIGS + G.TMA_CONFIGS} | \
-            {("wgrad", cfg) for cfg in G.WGRAD_WG_CONFIGS + G.WGRAD_TMA_CONFIGS}
+            {("wgrad", cfg) for cfg in (G.WGRAD_TF32_CONFIGS if K.tf32 else G.WGRAD_WG_CONFIGS + G.WGRAD_TMA_CONFIGS)}
     missing = compiled - ran
     assert not missing, f"compiled tiles no shape here exercised: {sorted(missing)}"
 

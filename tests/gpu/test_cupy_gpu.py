@@ -146,6 +146,43 @@ def test_tf32_matches_torch_tf32():
 
 
 @pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_tf32_is_as_close_to_fp32_as_torch_tf32(name):
+    """One tf32 step (channels-last implicit GEMM on an H100 / H200, fp32 activations, tf32
+    products): scratch's logits and gradients are no further from torch fp32 than three times
+    torch tf32's (cuDNN's and cuBLAS's tf32) own distance from it."""
+    be = backends.get("cupy")
+    major, minor = map(int, be.describe()["compute_capability"].split("."))
+    if major < 8:
+        pytest.skip("tf32 needs compute capability 8.0+")
+    be = backends.get("cupy", precision="tf32")
+    assert be.layout == ("nhwc" if (major, minor) == (9, 0) else "cnhw")
+    net = models.build(name, backend=be, seed=0)
+    sd = {k: torch.from_numpy(v) for k, v in net.state_dict().items()}
+    tnets = {}
+    for prec in ("fp32", "tf32"):
+        set_torch_cuda_precision(prec)
+        t = torch_impl.models.build(name).cuda().to(memory_format=torch.channels_last)
+        t.load_state_dict(sd)
+        x, y = data(name, seed=3, n=32)
+        logits = t(torch.from_numpy(x).cuda())
+        torch.nn.functional.cross_entropy(logits, torch.from_numpy(y).cuda()).backward()
+        tnets[prec] = (t, logits.detach().cpu().numpy())
+    set_torch_cuda_precision("fp32")
+    logits = net.forward(be.asarray(x))
+    _, d = losses.softmax_cross_entropy(logits, be.asarray(y), backend=be)
+    net.backward(d, input_grad=False)
+    ref, t32 = tnets["fp32"][1], tnets["tf32"][1]
+    e_s, e_t = rel_err(be.to_host(logits), ref), rel_err(t32, ref)
+    print(f"{name} logits: scratch tf32 {e_s:.2e}, torch tf32 {e_t:.2e} from fp32")
+    assert e_s < 3 * e_t + 1e-5
+    g32, gtf = dict(tnets["fp32"][0].named_parameters()), dict(tnets["tf32"][0].named_parameters())
+    for k, p in net.named_parameters():
+        r = g32[k].grad.cpu().numpy()
+        e_s, e_t = rel_err(be.to_host(p.grad), r), rel_err(gtf[k].grad.cpu().numpy(), r)
+        assert e_s < 3 * e_t + 1e-5, (k, e_s, e_t)
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
 def test_cuda_graph_replays_the_eager_step(name):
     """Captured and replayed steps give the same parameters as eager steps, with a learning
     rate that changes every step (read from device memory by the replayed update)."""
@@ -410,7 +447,7 @@ def test_loss_scaler_skips_overflowing_steps_and_adapts():
     assert not np.array_equal(net.state_dict()["conv1.weight"], before["conv1.weight"])
 
 
-@pytest.mark.parametrize("precision", HALVES)
+@pytest.mark.parametrize("precision", HALVES + ["tf32"])
 @pytest.mark.parametrize("name", ["cnn", "resnet18"])
 def test_half_cuda_graph_replays_the_eager_step(name, precision):
     _half_backend(precision)
@@ -524,7 +561,7 @@ def test_the_sm75_switch_runs_the_t4_paths_and_refusals(monkeypatch):
     assert not be75.async_copy and be75.describe()["sm75_variant"]
 
 
-@pytest.mark.parametrize("precision", HALVES)
+@pytest.mark.parametrize("precision", HALVES + ["tf32"])
 def test_a_half_run_repeats_bitwise(precision):
     """Two fresh runs of three resnet18 steps end bitwise equal: the tile each convolution
     measures fastest may differ between them, but no sum's order depends on it (fixed chunks of

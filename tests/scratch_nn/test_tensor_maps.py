@@ -13,10 +13,11 @@ class FakeArray:
         self.shape = shape
         self.size = int(np.prod(shape))
         self.nbytes = self.size * itemsize
+        self.dtype = np.dtype(f"u{itemsize}")
         self.data = type("D", (), {"ptr": ptr})()
 
     def reshape(self, *shape):
-        return FakeArray(shape, self.data.ptr)
+        return FakeArray(shape, self.data.ptr, self.dtype.itemsize)
 
 
 class FakeDriver:
@@ -81,3 +82,18 @@ def test_refusals_say_why(monkeypatch):
     maps, _ = _maps(monkeypatch)
     with pytest.raises(T.TensorMapError, match="16-byte aligned"):
         maps.im2col(FakeArray((2, 8, 8, 64), 4098), 3, 1, 1)
+    with pytest.raises(T.TensorMapError, match="8-byte elements"):
+        maps.rows(FakeArray((64, 576), 4096, itemsize=8), 64)
+
+
+def test_fp32_maps_take_uint32_bits_and_32_channel_rows(monkeypatch):
+    maps, drv = _maps(monkeypatch)
+    maps.im2col(FakeArray((512, 16, 16, 128), 1 << 20, itemsize=4), 3, 1, 1)
+    kind, a = drv.calls[0]
+    assert a[0] == T.U32 and list(a[4][:3]) == [512, 16 * 512, 256 * 512] and (a[7], a[8]) == (32, 128)
+    maps.rows(FakeArray((64, 9 * 64), 4096, itemsize=4), 128)
+    kind, a = drv.calls[1]
+    assert a[0] == T.U32 and list(a[4][:1]) == [2304] and list(a[5][:2]) == [32, 128]
+    # the same address and shape as 16-bit values is another map
+    maps.rows(FakeArray((64, 9 * 64), 4096), 128)
+    assert len(drv.calls) == 3 and drv.calls[2][1][0] == T.U16

@@ -843,3 +843,142 @@ conv_wgrad_tma(const __grid_constant__ TensorMap tm_dy, const __grid_constant__ 
 
     wgrad_store_partials<MW, BN>(acc, ws + (long long)blockIdx.z * F * K, F, K, f0, n0, wg, wl, lane);
 }
+
+// ------------------------------------------------------------------ conv_wgrad_tf32 (weight gradient, fp32 storage)
+// conv_wgrad_tma's GEMM for fp32 activations with tf32 products. wgmma takes tf32 operands
+// K-major only, and here K is the positions, along which neither dY nor X is contiguous; so the
+// copy engine lands conv_wgrad_tma's MN-major tiles (per stage of BK positions, one 128-byte
+// swizzled row per position of each 32-wide atom: dY's channels f, X's columns) and four warps
+// multiply them with mma.sync m16n8k8 (tf32), fragments read by 32-bit shared loads.
+// Bank conflicts: a fragment's 8 rows (or 8 columns) g are mapped to the atom's values
+// (g & 3) + 16 (g >> 2) + 4 q, i.e. the two 16-byte chunks q and q + 4 of each position's row;
+// the 4 positions a fragment load spans have their chunks XORed with 4 distinct values below 4
+// by the swizzle, so the 32 lanes hit 32 banks. m16 tile I of the CTA takes q = 2 (I & 1) + (row
+// >= 8) of atom I >> 1; n8 tile J takes q = J & 3 of atom J >> 2.
+// CTA: WM x (4 / WM) warps over BM channels by BN columns; grid (ceil(F / BM), K / BN, chunks);
+// block 128; dynamic shared memory 1024 + STAGES * (BM + BN) * 128 bytes (BK = 32 positions).
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};" : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <int BM, int BN, int WM, int STAGES>
+__global__ void __launch_bounds__(128)
+conv_wgrad_tf32(const __grid_constant__ TensorMap tm_dy, const __grid_constant__ TensorMap tm_x, float* __restrict__ ws,
+                int N, int C, int F, int OH, int OW, int KW, int s, int p, int chunk, int K) {
+    constexpr int BK = 32, ATOM = BK * 128;          // positions a stage; bytes of a 32-wide atom's stage
+    constexpr int MA = BM / 32, NA = BN / 32;
+    constexpr int A_BYTES = MA * ATOM, STAGE = (MA + NA) * ATOM;
+    constexpr int WN = 4 / WM, TM = BM / WM, TN = BN / WN, MT = TM / 16, NT = TN / 8;
+    static_assert(WM * WN == 4 && TM % 16 == 0 && TN % 8 == 0 && BM % 32 == 0 && BN % 32 == 0, "tile shape");
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    unsigned base;
+    const unsigned char* smem = swizzle_base(smem_raw, base);
+    __shared__ __align__(8) unsigned long long full[STAGES];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp / WN, wn = warp - wm * WN;
+    const int g = lane >> 2, t = lane & 3;
+    const int M = N * OH * OW, HWo = OH * OW;
+    const int f0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int mlo = blockIdx.z * chunk, mhi = min(M, mlo + chunk);
+    const int KT = mhi > mlo ? (mhi - mlo + BK - 1) / BK : 0;
+    if (tid == 0) mbar_init_stages(full);
+    __syncthreads();
+
+    // this lane's byte offsets in a stage: A tile i's rows g (h 0) and g + 8 (h 1) at positions
+    // t (e 0) and t + 4 (e 1) of a k8 step; B tile j's column g at positions t, t + 4
+    int a_off[MT][2][2], b_off[NT][2];
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+        const int I = wm * MT + i;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int r = t + 4 * e, q = 2 * (I & 1) + h + 4 * (g >> 2);
+                a_off[i][h][e] = (I >> 1) * ATOM + r * 128 + ((q ^ r) << 4) + (g & 3) * 4;
+            }
+    }
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        const int J = wn * NT + j;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int r = t + 4 * e, q = (J & 3) + 4 * (g >> 2);
+            b_off[j][e] = A_BYTES + (J >> 2) * ATOM + r * 128 + ((q ^ r) << 4) + (g & 3) * 4;
+        }
+    }
+
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
+
+    auto load = [&](int buf, int kt) {
+        const unsigned sa = base + buf * STAGE, sb = sa + A_BYTES, bar = smem_addr(&full[buf]);
+        mbar_expect_tx(bar, (unsigned)STAGE);
+        const int m = mlo + kt * BK, n = m / HWo, rem = m - n * HWo, oh = rem / OW, ow = rem - oh * OW;
+#pragma unroll
+        for (int j = 0; j < MA; ++j) tma_tile2d(sa + j * ATOM, &tm_dy, bar, f0 + j * 32, m);
+#pragma unroll
+        for (int j = 0; j < NA; ++j) {
+            const int col = n0 + j * 32, tp = col / C, kh = tp / KW, kw = tp - kh * KW;
+            tma_im2col(sb + j * ATOM, &tm_x, bar, col - tp * C, ow * s - p, oh * s - p, n, (unsigned short)kw,
+                       (unsigned short)kh);
+        }
+    };
+
+    constexpr int AHEAD = STAGES - 1;
+    if (tid == 0)
+        for (int st = 0; st < AHEAD && st < KT; ++st) load(st, st);
+    for (int kt = 0; kt < KT; ++kt) {
+        const int buf = kt % STAGES;
+        mbar_wait(smem_addr(&full[buf]), (unsigned)((kt / STAGES) & 1));
+        __syncthreads();           // every warp is done reading step kt - 1's stage: the copy engine may refill it
+        if (tid == 0 && kt + AHEAD < KT) {
+            fence_async_shared();  // those generic-proxy reads before the async-proxy writes
+            load((kt + AHEAD) % STAGES, kt + AHEAD);
+        }
+        const unsigned char* st = smem + buf * STAGE;
+#pragma unroll
+        for (int kk = 0; kk < BK / 8; ++kk) {
+            unsigned af[MT][4], bf[NT][2];
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int e = 0; e < 2; ++e)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h)
+                        af[i][2 * e + h] = *reinterpret_cast<const unsigned*>(st + a_off[i][h][e] + kk * 1024);
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) bf[j][e] = *reinterpret_cast<const unsigned*>(st + b_off[j][e] + kk * 1024);
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NT; ++j) mma_tf32(acc[i][j], af[i], bf[j][0], bf[j][1]);
+        }
+    }
+
+    // acc[i][j][2 h + e]: row g + 8 h, column 2 t + e of tile (i, j), mapped as the fragments were
+    float* out = ws + (long long)blockIdx.z * F * K;
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+        const int I = wm * MT + i;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int f = f0 + (I >> 1) * 32 + 4 * (2 * (I & 1) + h) + (g & 3) + 16 * (g >> 2);
+            if (f >= F) continue;
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                const int J = wn * NT + j;
+                const int col = n0 + (J >> 2) * 32 + 4 * (J & 3) + 2 * (t & 1) + 16 * (t >> 1);
+                *reinterpret_cast<float2*>(out + (long long)f * K + col) = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+            }
+        }
+    }
+}

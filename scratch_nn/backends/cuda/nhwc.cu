@@ -109,19 +109,24 @@ __global__ void bn_merge_stats(const double* __restrict__ part, int groups, int 
     scale[c] = (P)sc; shift[c] = (P)((float)beta[c] - (float)mean * sc);
 }
 
-// 8 consecutive 16-bit values (16 bytes) <-> floats
+// 8 consecutive stored values (16 bytes of 16-bit ones, 32 of fp32) <-> floats
 template <class T> __device__ __forceinline__ void load8(const T* p, float (&v)[8]) {
-    uint4 u = *reinterpret_cast<const uint4*>(p);
-    const T* e = reinterpret_cast<const T*>(&u);
+    constexpr int W = sizeof(T) * 8 / 16;          // 16-byte words
+    uint4 u[W];
+#pragma unroll
+    for (int i = 0; i < W; ++i) u[i] = reinterpret_cast<const uint4*>(p)[i];
+    const T* e = reinterpret_cast<const T*>(u);
 #pragma unroll
     for (int i = 0; i < 8; ++i) v[i] = to_a(e[i]);
 }
 template <class T> __device__ __forceinline__ void store8(T* p, const float (&v)[8]) {
-    uint4 u;
-    T* e = reinterpret_cast<T*>(&u);
+    constexpr int W = sizeof(T) * 8 / 16;
+    uint4 u[W];
+    T* e = reinterpret_cast<T*>(u);
 #pragma unroll
     for (int i = 0; i < 8; ++i) e[i] = from_a_t<T>(v[i]);
-    *reinterpret_cast<uint4*>(p) = u;
+#pragma unroll
+    for (int i = 0; i < W; ++i) reinterpret_cast<uint4*>(p)[i] = u[i];
 }
 
 // Whether a BatchNorm's ReLU passes x: bn_apply_nhwc's value before the residual, rounded to T
