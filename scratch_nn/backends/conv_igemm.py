@@ -26,6 +26,11 @@ gathers: the same shared-memory tiles, so they too are timed as tiles (SCRATCH_N
 leaves them out). On the H100, ResNet-18 b512 fp16 (results/gpu/conv_tma_h100.txt): layers 2-4
 forward 310-441 -> 355-478 TFLOP/s, data gradients 265-423 -> 301-461, weight gradients 274-306
 -> 311-384; layer1's forward and data gradient stay conv_halo's.
+
+fp32 storage ("float32", the tf32 mode; sm_90 with TMA only): the same warpgroup forward and
+data-gradient kernels with wgmma's tf32 form (a 128-byte row is 32 channels, so channels must
+be a multiple of 32), and conv_wgrad_tf32 for the weight gradient (mma.sync m16n8k8 tf32 over
+the TMA-loaded MN-major tiles: wgmma takes tf32 operands K-major only). No mma.sync GEMMs.
 """
 import contextlib
 import os

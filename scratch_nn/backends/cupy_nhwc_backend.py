@@ -1,6 +1,14 @@
-"""The GPU backend's 16-bit modes (fp16, bf16) in channels-last layout, on the tensor-core
-convolutions of conv_igemm.py: no im2col buffer, BatchNorm statistics from the convolution's
-epilogue.
+"""The GPU backend's 16-bit modes (fp16, bf16), and tf32 on an H100 / H200, in channels-last
+layout, on the tensor-core convolutions of conv_igemm.py: no im2col buffer, BatchNorm
+statistics from the convolution's epilogue.
+
+tf32 (compute capability 9.0 only; elsewhere tf32 stays on CupyBackend's im2col and cuBLAS):
+fp32 activations, whose products the tensor cores take as tf32, as torch's cuDNN does with
+allow_tf32. Every convolution is a warpgroup one (cuda/conv_wgmma.cu's kernels on fp32
+storage: wgmma tf32 for the forward and data gradient, conv_wgrad_tf32's mma.sync for the
+weight gradient, since wgmma reads tf32 operands K-major only), so channels are padded to a
+multiple of 32 where a layer's input has fewer (the stem's 3, the CNN's 16). No loss scaling,
+no 16-bit weight copies.
 
 Layout. Activations live (N, H, W, C) contiguous in the 16-bit dtype behind NCHW-shaped views
 (`buf.transpose(0, 3, 1, 2)`), so the layers and state dicts are unchanged. The network's

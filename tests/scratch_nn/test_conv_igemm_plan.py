@@ -355,3 +355,82 @@ def test_the_wgmma_in_flight_switch_is_off_by_default_and_checked(monkeypatch):
     monkeypatch.setenv(G.INFLIGHT_ENV, "yes")
     with pytest.raises(ValueError, match="0 or 1"):
         G.wgmma_inflight()
+
+
+def _swizzled_stage(tile):
+    """A (rows, 32) fp32 tile as the copy engine lands it with the 128-byte swizzle: row r's
+    16-byte chunk q at chunk q ^ (r % 8) (the rows 128 bytes apart from a 1024-byte boundary);
+    returned as 32-bit words, row-major."""
+    rows = tile.shape[0]
+    out = np.empty((rows, 32), tile.dtype)
+    for r in range(rows):
+        for q in range(8):
+            p_ = q ^ (r % 8)
+            out[r, 4 * p_:4 * p_ + 4] = tile[r, 4 * q:4 * q + 4]
+    return out.reshape(-1)
+
+
+@pytest.mark.parametrize("bm,bn,wm", [(128, 128, 2), (64, 96, 4), (64, 64, 2), (128, 64, 2)])
+def test_tf32_weight_gradient_fragments_multiply_the_right_values_without_bank_conflicts(bm, bn, wm):
+    """cuda/conv_wgmma.cu's conv_wgrad_tf32: its lanes' shared-memory word offsets (a_off,
+    b_off, the store's channel and column), replayed here over one 32-position stage of
+    swizzled MN-major atoms with mma.sync m16n8k8's fragment layout, give dY^T X; and each
+    warp-wide fragment load touches 32 distinct banks."""
+    r = np.random.default_rng(bm + bn)
+    BK, ATOM = 32, 32 * 32                       # positions a stage; words of an atom's stage
+    ma, na = bm // 32, bn // 32
+    dy, x = r.standard_normal((BK, bm)), r.standard_normal((BK, bn))
+    stage = np.concatenate([_swizzled_stage(dy[:, 32 * j:32 * j + 32]) for j in range(ma)]
+                           + [_swizzled_stage(x[:, 32 * j:32 * j + 32]) for j in range(na)])
+    wn = 4 // wm
+    mt, nt = bm // wm // 16, bn // wn // 8
+    got = np.full((bm, bn), np.nan)
+    for warp in range(4):
+        wm_, wn_ = warp // wn, warp % wn
+        lanes = [(lane >> 2, lane & 3) for lane in range(32)]
+        # word offsets, as the kernel's byte offsets / 4
+        def a_off(i, h, e, g, t):
+            I = wm_ * mt + i
+            row, q = t + 4 * e, 2 * (I & 1) + h + 4 * (g >> 2)
+            return (I >> 1) * ATOM + row * 32 + ((q ^ row) << 2) + (g & 3)
+
+        def b_off(j, e, g, t):
+            J = wn_ * nt + j
+            row, q = t + 4 * e, (J & 3) + 4 * (g >> 2)
+            return ma * ATOM + (J >> 2) * ATOM + row * 32 + ((q ^ row) << 2) + (g & 3)
+
+        acc = np.zeros((mt, nt, 32, 4))
+        for kk in range(BK // 8):
+            for i in range(mt):
+                for h in range(2):
+                    for e in range(2):
+                        banks = {a_off(i, h, e, g, t) % 32 for g, t in lanes}
+                        assert len(banks) == 32
+            for j in range(nt):
+                for e in range(2):
+                    assert len({b_off(j, e, g, t) % 32 for g, t in lanes}) == 32
+            for i in range(mt):
+                # the mma's A (16 x 8: rows g, g + 8; k t, t + 4) and B (8 x 8: k t, t + 4; column g)
+                A = np.zeros((16, 8))
+                for g, t in lanes:
+                    for h in range(2):
+                        for e in range(2):
+                            A[g + 8 * h, t + 4 * e] = stage[a_off(i, h, e, g, t) + kk * 256]
+                for j in range(nt):
+                    B = np.zeros((8, 8))
+                    for g, t in lanes:
+                        for e in range(2):
+                            B[t + 4 * e, g] = stage[b_off(j, e, g, t) + kk * 256]
+                    D = A @ B
+                    for lane, (g, t) in enumerate(lanes):
+                        acc[i, j, lane] += [D[g, 2 * t], D[g, 2 * t + 1], D[g + 8, 2 * t], D[g + 8, 2 * t + 1]]
+        for i in range(mt):
+            I = wm_ * mt + i
+            for lane, (g, t) in enumerate(lanes):
+                for h in range(2):
+                    f = (I >> 1) * 32 + 4 * (2 * (I & 1) + h) + (g & 3) + 16 * (g >> 2)
+                    for j in range(nt):
+                        J = wn_ * nt + j
+                        col = (J >> 2) * 32 + 4 * (J & 3) + 2 * (t & 1) + 16 * (t >> 1)
+                        got[f, col:col + 2] = acc[i, j, lane, 2 * h:2 * h + 2]
+    np.testing.assert_allclose(got, dy.T @ x, rtol=1e-12, atol=1e-12)
