@@ -45,7 +45,7 @@ class PrecisionUnavailable(BackendUnavailable):
     """The GPU cannot run the requested precision mode."""
 
 
-def _import_cupy():
+def import_cupy():
     try:
         import cupy
     except ImportError as e:
@@ -139,7 +139,7 @@ class CupyBackend(Backend):
     supported_dtypes = ("float32", "float64")
 
     def __init__(self, threads=None, precision="fp32", device=None, recompute_cols=None, allocator=None):
-        cupy = _import_cupy()
+        cupy = import_cupy()
         self.xp = cupy
         self.device_id = cupy.cuda.Device(device).id if device is not None else cupy.cuda.Device().id
         check_precision(precision, cupy, self.device_id)

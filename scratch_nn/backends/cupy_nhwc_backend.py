@@ -34,7 +34,7 @@ import os
 import numpy as np
 
 from .base import BackendUnavailable, check_dx_add
-from .cupy_backend import (HALF_PRECISIONS, NULL, SM75_ENV, CupyBackend, _import_cupy, compute_capability, grid1)
+from .cupy_backend import (HALF_PRECISIONS, NULL, SM75_ENV, CupyBackend, compute_capability, grid1, import_cupy)
 
 STEM_CHANNELS = 16        # input channels are padded to a multiple of this (the smallest K step; tf32: 32)
 STAT_ROWS = 256           # rows per partial of BatchNorm statistics computed apart from a convolution
@@ -340,7 +340,7 @@ def make_cupy_backend(threads=None, precision="fp32", device=None, layout="auto"
     if layout not in ("auto", "nhwc", "cnhw"):
         raise ValueError(f"layout {layout!r} is not one of: auto, nhwc, cnhw")
     nhwc = layout != "cnhw" and (precision in HALF_PRECISIONS or (precision == "tf32" and (
-        layout == "nhwc" or channels_last_tf32(_import_cupy(), device))))
+        layout == "nhwc" or channels_last_tf32(import_cupy(), device))))
     if nhwc:
         tune = options.pop("tune", True)
         allocator = options.pop("allocator", None)
