@@ -119,7 +119,22 @@ def torch_autocast_errors(x, w, dy, s, p, storage, ref_y, ref_dx, ref_dw):
     ty = y.float().permute(0, 2, 3, 1).detach().cpu().numpy()
     tdx = xt.grad.permute(0, 2, 3, 1).cpu().numpy()
     tdw = wt.grad.cpu().numpy()
-    return rel(ty, ref_y), rel(tdx, ref_dx), rel(tdw, ref_dw)
+    errs = rel(ty, ref_y), rel(tdx, ref_dx), rel(tdw, ref_dw)
+    if tf32:
+        # where cuDNN runs a pass in full fp32 its error is ~1e-7, which no tf32 product can
+        # match: the floor is then a correctly rounded tf32 convolution's (float64 over operands
+        # rounded to tf32)
+        xr, wr, dyr = tf32_rna(x), tf32_rna(w), tf32_rna(dy)
+        fy = rel(ref_conv(xr, wr, s, p), ref_y)
+        fdx, fdw = ref_grads(xr, wr, dyr, s, p)
+        errs = max(errs[0], fy), max(errs[1], rel(fdx, ref_dx)), max(errs[2], rel(fdw, ref_dw))
+    return errs
+
+
+def tf32_rna(a):
+    """float64 of fp32 values rounded to tf32 (10 mantissa bits, to nearest, ties away)."""
+    u = np.asarray(a, np.float32).view(np.uint32)
+    return ((u + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32).astype(np.float64)
 
 
 def rel(a, b):
@@ -215,6 +230,8 @@ def test_every_compiled_tile_matches_float64(storage, async_copy, wgmma):
     ran = set()
     for shape in TILE_SHAPES:
         n, c, f, h, k, s, p = shape
+        if K.tf32 and c % K.bk:     # (the stem's padding is the other test's)
+            continue
         x, w, dy, xq, wq, dyq, cp, oh = _case(shape, storage, seed=sum(shape))
         ref_y = ref_conv(xq, wq, s, p)
         ref_dx, ref_dw = ref_grads(xq, wq, dyq, s, p)

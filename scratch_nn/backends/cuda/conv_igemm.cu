@@ -515,7 +515,7 @@ __global__ void wgrad_reduce(const float* __restrict__ ws, float* __restrict__ d
 }
 
 // ------------------------------------------------------------------ weight packing
-// fp32 master weights (F, C, KH, KW) -> the storage type (16-bit, or fp32 for KIND 2) as
+// fp32 master weights (F, C, KH, KW) -> the storage type (16-bit, or fp32 rounded to tf32 for KIND 2) as
 // (F, KH*KW, Cp) (forward: rows of K per output channel, channels zero-padded to Cp) or
 // (C, KH*KW, F) (data gradient: the GEMM's rows are the input channels). One thread per packed
 // element.
@@ -528,18 +528,19 @@ __global__ void pack_weights(const float* __restrict__ w, elem_t<KIND>* __restri
         if (for_dgrad) { c = (int)(q / (taps * F)); int r = (int)(q - (long long)c * taps * F); t = r / F; f = r - t * F; }
         else { f = (int)(q / (taps * Cp)); int r = (int)(q - (long long)f * taps * Cp); t = r / Cp; c = r - t * Cp; }
         float v = c < C ? w[((long long)f * C + c) * taps + t] : 0.f;
-        out[q] = f_to_st<KIND>(v);
+        out[q] = f_to_operand<KIND>(v);
     }
 }
 
 // The network's input: fp32 NCHW -> NHWC in the storage type with Cp >= C channels (zeros
-// beyond C), so that the stem's channels are a multiple of the K step. One thread per output.
+// beyond C; fp32 rounded to tf32: it only feeds the stem's products), so that the stem's
+// channels are a multiple of the K step. One thread per output.
 template <int KIND>
 __global__ void nchw_to_nhwc(const float* __restrict__ x, elem_t<KIND>* __restrict__ out, int N, int C, int HW,
                              int Cp) {
     long long total = (long long)N * HW * Cp;
     for (long long q = blockIdx.x * (long long)blockDim.x + threadIdx.x; q < total; q += (long long)gridDim.x * blockDim.x) {
         int n = (int)(q / ((long long)HW * Cp)), r = (int)(q - (long long)n * HW * Cp), hw = r / Cp, c = r - hw * Cp;
-        out[q] = c < C ? f_to_st<KIND>(x[((long long)n * C + c) * HW + hw]) : f_to_st<KIND>(0.f);
+        out[q] = c < C ? f_to_operand<KIND>(x[((long long)n * C + c) * HW + hw]) : f_to_st<KIND>(0.f);
     }
 }

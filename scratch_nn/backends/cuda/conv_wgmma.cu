@@ -850,6 +850,9 @@ conv_wgrad_tma(const __grid_constant__ TensorMap tm_dy, const __grid_constant__ 
 // copy engine lands conv_wgrad_tma's MN-major tiles (per stage of BK positions, one 128-byte
 // swizzled row per position of each 32-wide atom: dY's channels f, X's columns) and four warps
 // multiply them with mma.sync m16n8k8 (tf32), fragments read by 32-bit shared loads.
+// Both operands are rounded to tf32 (to nearest) in registers, as cuDNN's weight gradients do;
+// the wgmma forward and data gradient read their activations straight from shared memory, so
+// the tensor cores truncate those (their packed weights are rounded by pack_weights).
 // Bank conflicts: a fragment's 8 rows (or 8 columns) g are mapped to the atom's values
 // (g & 3) + 16 (g >> 2) + 4 q, i.e. the two 16-byte chunks q and q + 4 of each position's row;
 // the 4 positions a fragment load spans have their chunks XORed with 4 distinct values below 4
@@ -952,11 +955,12 @@ conv_wgrad_tf32(const __grid_constant__ TensorMap tm_dy, const __grid_constant__
                 for (int e = 0; e < 2; ++e)
 #pragma unroll
                     for (int h = 0; h < 2; ++h)
-                        af[i][2 * e + h] = *reinterpret_cast<const unsigned*>(st + a_off[i][h][e] + kk * 1024);
+                        af[i][2 * e + h] = tf32_round(*reinterpret_cast<const unsigned*>(st + a_off[i][h][e] + kk * 1024));
 #pragma unroll
             for (int j = 0; j < NT; ++j)
 #pragma unroll
-                for (int e = 0; e < 2; ++e) bf[j][e] = *reinterpret_cast<const unsigned*>(st + b_off[j][e] + kk * 1024);
+                for (int e = 0; e < 2; ++e)
+                    bf[j][e] = tf32_round(*reinterpret_cast<const unsigned*>(st + b_off[j][e] + kk * 1024));
 #pragma unroll
             for (int i = 0; i < MT; ++i)
 #pragma unroll

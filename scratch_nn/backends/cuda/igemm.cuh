@@ -35,6 +35,18 @@ template <int KIND> __device__ __forceinline__ float st_to_f(elem_t<KIND> v) {
 template <int KIND> __device__ __forceinline__ elem_t<KIND> f_to_st(float f) {
     if constexpr (KIND == 2) return f; else return f_to_u16<KIND>(f);
 }
+// fp32 bits rounded to tf32 (10 mantissa bits, to nearest, ties away: cuBLAS's and cuDNN's
+// rounding; the tensor cores themselves drop the low 13 bits), still as fp32 bits
+__device__ __forceinline__ unsigned tf32_round(unsigned bits) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(__uint_as_float(bits)));
+    return r;
+}
+// what a packing kernel or the input conversion stores: 16-bit rounding, or fp32 rounded to tf32
+// (operands that only ever feed tensor-core products)
+template <int KIND> __device__ __forceinline__ elem_t<KIND> f_to_operand(float f) {
+    if constexpr (KIND == 2) return __uint_as_float(tf32_round(__float_as_uint(f))); else return f_to_u16<KIND>(f);
+}
 
 // ------------------------------------------------------------------ PTX wrappers
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
