@@ -45,6 +45,8 @@ TAPS_STRIDE = 32               # ints per sub-pixel class in a tap table (cuda/c
 PAD = 8                        # halves of padding per shared-memory row
 WGRAD_BK = 32                  # positions per wgrad stage
 WGRAD_WS_BYTES = 32 * 2**20    # the fp32 partial workspace every wgrad shares (one buffer, kept)
+PACK_ROW = 72                  # values a row of pack_weights' tiles holds (cuda/conv_igemm.cu)
+WGRAD_CTAS_PER_SM = 4          # a wgrad's chunks fill the SMs this many times with its largest tile
 T4_SMEM = 64 * 1024            # the most dynamic shared memory a block may take on sm_75
 STATS_ROWS = 128               # output positions per BatchNorm-statistics chunk of a forward
 STATS_WARP_ROWS = 2            # ... split over this many warp rows (the order the epilogue adds them in)
@@ -395,6 +397,13 @@ def wgrad_default(f, k_cols, async_copy=True):
     return max(wgrad_candidates(f, k_cols, async_copy), key=lambda cfg: (cfg[1] <= 128, cfg[1]))
 
 
+def _pack_taps(kh, kw):
+    """kh * kw, which pack_weights' shared-memory tiles hold up to PACK_ROW of."""
+    if kh * kw > PACK_ROW:
+        raise ValueError(f"the tensor-core convolutions take kernels of at most {PACK_ROW} taps, not {kh}x{kw}")
+    return kh * kw
+
+
 class ConvKernels:
     """The compiled tensor-core convolutions for one storage kind and copy path. Each GEMM
     shape's tile is chosen by measurement the first time it runs outside a CUDA-graph capture
@@ -502,10 +511,9 @@ class ConvKernels:
         w = self.xp.ascontiguousarray(w, dtype=np.float32)
         cp = cp or c
         out = out if out is not None else self.xp.empty((f, kh * kw, cp), dtype=self._packed)
-        n = out.size
-        self._kernel(f"pack_weights<{self.kind}>")((min(-(-n // 256), 4096),), (256,),
-                                                   (w, out, np.int32(f), np.int32(c), np.int32(kh * kw), np.int32(cp),
-                                                    np.int32(0)))
+        self._kernel(f"pack_weights<{self.kind}>")((-(-cp // 32), f), (256,),
+                                                   (w, out, np.int32(f), np.int32(c), np.int32(_pack_taps(kh, kw)),
+                                                    np.int32(cp), np.int32(0), np.int32(0)))
         return out
 
     @property
@@ -517,10 +525,11 @@ class ConvKernels:
         f, c, kh, kw = w.shape
         w = self.xp.ascontiguousarray(w, dtype=np.float32)
         out = out if out is not None else self.xp.empty((c, kh * kw, f), dtype=self._packed)
-        n = out.size
-        self._kernel(f"pack_weights<{self.kind}>")((min(-(-n // 256), 4096),), (256,),
-                                                   (w, out, np.int32(f), np.int32(c), np.int32(kh * kw), np.int32(c),
-                                                    np.int32(1)))
+        taps = _pack_taps(kh, kw)
+        ct = min(32, PACK_ROW // taps)      # input channels a tile
+        self._kernel(f"pack_weights<{self.kind}>")((-(-f // 32), -(-c // ct)), (256,),
+                                                   (w, out, np.int32(f), np.int32(c), np.int32(taps), np.int32(c),
+                                                    np.int32(1), np.int32(ct)))
         return out
 
     def to_nhwc(self, x, cp):
@@ -703,7 +712,7 @@ class ConvKernels:
         """(chunks, positions a chunk, fdiv pair of OH*OW, of OW). The chunks depend on the shape
         (and the kernel family) alone, not on the tile a measurement picks: every tile then adds
         the same partial sums in the same order, and a run repeats bitwise whichever won. They
-        are counted for the largest candidate tile (4 CTAs an SM of it), so that the big tiles,
+        are counted for the largest candidate tile (WGRAD_CTAS_PER_SM CTAs an SM of it), so that the big tiles,
         which read the least per FLOP, still fill the GPU (counted for a small one, a 64 x 192
         tile of a 64-channel layer got 177 CTAs on 132 SMs and lost to 64 x 64)."""
         if warpgroup and self.tf32:
@@ -716,7 +725,7 @@ class ConvKernels:
             ref = max(wgrad_candidates(f, kcols, self.async_copy), key=lambda cfg: (cfg[0] * cfg[1], cfg[1]))
             unit = WGRAD_BK
         tiles = -(-f // ref[0]) * (kcols // ref[1])
-        chunks = max(1, min(-(-4 * self.sms // tiles), -(-m // unit), WGRAD_WS_BYTES // max(1, 4 * f * kcols)))
+        chunks = max(1, min(-(-WGRAD_CTAS_PER_SM * self.sms // tiles), -(-m // unit), WGRAD_WS_BYTES // max(1, 4 * f * kcols)))
         chunk = -(-(-(-m // chunks)) // unit) * unit
         return -(-m // chunk), chunk, fast_divisor(oh * ow), fast_divisor(ow)
 

@@ -291,6 +291,29 @@ def test_every_compiled_tile_matches_float64(storage, async_copy, wgmma):
     assert not missing, f"compiled tiles no shape here exercised: {sorted(missing)}"
 
 
+@pytest.mark.parametrize("storage,async_copy,wgmma", [("float16", True, False), ("bfloat16", True, False),
+                                                      ("float32", True, True)])
+def test_packed_weights_are_the_rounded_weights_transposed(storage, async_copy, wgmma):
+    """pack_forward: (F, C, k, k) -> (F, k*k, Cp) with zeros beyond C; pack_dgrad: -> (C, k*k, F);
+    every value the storage type's rounding of the fp32 weight (tf32: to nearest, ties away),
+    bit for bit, on sizes that are no multiple of its 32-wide tiles (outputs poisoned)."""
+    K = _kernels(storage, async_copy, wgmma)
+    r = np.random.default_rng(11)
+    for f, c, k, cp in [(64, 3, 3, 16), (48, 40, 3, 40), (37, 70, 1, 72), (512, 512, 3, 512), (5, 6, 7, 8), (33, 9, 8, 9)]:
+        w = r.standard_normal((f, c, k, k)).astype(np.float32)
+        wq = tf32_rna(w).astype(np.float32) if storage == "float32" else w
+        want_f = np.zeros((f, k * k, cp), np.float32)
+        want_f[:, :, :c] = wq.reshape(f, c, k * k).transpose(0, 2, 1)
+        want_d = wq.reshape(f, c, k * k).transpose(1, 2, 0)
+        wd32 = cupy.asarray(w)
+        got_f = K.pack_forward(wd32, cp=cp, out=poisoned((f, k * k, cp), storage))
+        got_d = K.pack_dgrad(wd32, out=poisoned((c, k * k, f), storage))
+        np.testing.assert_array_equal(cupy.asnumpy(got_f), to_bits(want_f, storage), err_msg=f"forward {f, c, k}")
+        np.testing.assert_array_equal(cupy.asnumpy(got_d), to_bits(want_d, storage), err_msg=f"dgrad {f, c, k}")
+    with pytest.raises(ValueError, match="taps"):
+        K.pack_dgrad(cupy.zeros((4, 4, 9, 9), np.float32))
+
+
 @pytest.mark.parametrize("storage", ["float16", "bfloat16"])
 def test_wgmma_groups_in_flight_change_no_bits(storage, monkeypatch):
     """The default (each K step's wgmma group waited for before the next barrier) and

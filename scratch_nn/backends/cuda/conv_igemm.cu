@@ -517,18 +517,42 @@ __global__ void wgrad_reduce(const float* __restrict__ ws, float* __restrict__ d
 // ------------------------------------------------------------------ weight packing
 // fp32 master weights (F, C, KH, KW) -> the storage type (16-bit, or fp32 rounded to tf32 for KIND 2) as
 // (F, KH*KW, Cp) (forward: rows of K per output channel, channels zero-padded to Cp) or
-// (C, KH*KW, F) (data gradient: the GEMM's rows are the input channels). One thread per packed
-// element.
+// (C, KH*KW, F) (data gradient: the GEMM's rows are the input channels). A transpose, so each
+// block moves one tile through shared memory and both the fp32 reads and the packed writes are
+// contiguous runs (a thread per packed element read fp32 values 4 bytes at a stride of KH*KW).
+// Forward tile: output channel f, input channels c0..c0+31, every tap; (f, c0.., :) is one run
+// of 32*taps values, written as taps runs of 32 channels. grid: (ceil(Cp / 32), F).
+// Data-gradient tile: output channels f0..f0+31 x input channels c0..c0+ct-1 (ct*taps <= 72);
+// each f's (c0.., :) is one run of ct*taps values, written as ct*taps runs of 32 f.
+// grid: (ceil(F / 32), ceil(C / ct)). block: 256.
+constexpr int PACK_ROW = 72;    // the most values of a data-gradient tile row (ct * taps); a forward tile takes 32 * taps
+
 template <int KIND>
-__global__ void pack_weights(const float* __restrict__ w, elem_t<KIND>* __restrict__ out, int F, int C, int taps,
-                             int Cp, int for_dgrad) {
-    long long total = for_dgrad ? (long long)C * taps * F : (long long)F * taps * Cp;
-    for (long long q = blockIdx.x * (long long)blockDim.x + threadIdx.x; q < total; q += (long long)gridDim.x * blockDim.x) {
-        int f, c, t;
-        if (for_dgrad) { c = (int)(q / (taps * F)); int r = (int)(q - (long long)c * taps * F); t = r / F; f = r - t * F; }
-        else { f = (int)(q / (taps * Cp)); int r = (int)(q - (long long)f * taps * Cp); t = r / Cp; c = r - t * Cp; }
-        float v = c < C ? w[((long long)f * C + c) * taps + t] : 0.f;
-        out[q] = f_to_operand<KIND>(v);
+__global__ void __launch_bounds__(256)
+pack_weights(const float* __restrict__ w, elem_t<KIND>* __restrict__ out, int F, int C, int taps, int Cp,
+             int for_dgrad, int ct) {
+    __shared__ float s[32 * (PACK_ROW + 1)];
+    if (!for_dgrad) {
+        const int f = blockIdx.y, c0 = blockIdx.x * 32, len = max(0, min(32, C - c0)) * taps;
+        const float* src = w + ((long long)f * C + c0) * taps;
+        for (int i = threadIdx.x; i < len; i += blockDim.x) s[i] = src[i];        // s[c * taps + t]
+        __syncthreads();
+        for (int j = threadIdx.x; j < 32 * taps; j += blockDim.x) {
+            const int t = j >> 5, cl = j & 31, c = c0 + cl;     // lanes along c: stride taps, odd or 1
+            if (c < Cp) out[((long long)f * taps + t) * Cp + c] = f_to_operand<KIND>(c < C ? s[cl * taps + t] : 0.f);
+        }
+    } else {
+        const int f0 = blockIdx.x * 32, c0 = blockIdx.y * ct, nf = min(32, F - f0), len = min(ct, C - c0) * taps;
+        const int row = ct * taps + 1;                          // odd: a warp's 32 f rows on distinct banks
+        for (int i = threadIdx.x; i < nf * len; i += blockDim.x) {
+            const int fl = i / len, r = i - fl * len;
+            s[fl * row + r] = w[((long long)(f0 + fl) * C + c0) * taps + r];
+        }
+        __syncthreads();
+        for (int j = threadIdx.x; j < 32 * len; j += blockDim.x) {
+            const int fl = j & 31, ctp = j >> 5;                // ctp = (c - c0) * taps + t
+            if (fl < nf) out[((long long)c0 * taps + ctp) * F + f0 + fl] = f_to_operand<KIND>(s[fl * row + ctp]);
+        }
     }
 }
 
