@@ -9,16 +9,13 @@ memory pool hands a training step the same addresses every step, so after the fi
 every lookup hits.
 """
 import ctypes
-import os
 
 import numpy as np
 
 # cuda.h's enum values (CUDA 12 / 13)
 U16 = 1                     # CU_TENSOR_MAP_DATA_TYPE_UINT16: the 16-bit bits as they are
 U32 = 2                     # CU_TENSOR_MAP_DATA_TYPE_UINT32: fp32 bits as they are (the tensor cores read tf32 from them)
-TF32 = 11                   # CU_TENSOR_MAP_DATA_TYPE_TFLOAT32 (whether the copy engine rounds: to be measured)
 DATA_TYPES = {2: U16, 4: U32}
-F32_MAP_ENV = "SCRATCH_NN_TF32_MAP"     # u32 (default) | tf32: the fp32 activations' map type (an experiment)
 INTERLEAVE_NONE = 0
 SWIZZLE_128B = 3            # what the wgmma descriptors of conv_wgmma.cu name
 L2_PROMOTION_128B = 2
@@ -44,7 +41,7 @@ class TensorMaps:
     """Tensor maps for 16-bit or fp32 channels-last activations (im2col mode) and packed weights
     (tiled)."""
 
-    def __init__(self, cupy, f32_type=None):
+    def __init__(self, cupy):
         try:
             self._cuda = ctypes.CDLL("libcuda.so.1")
         except OSError as e:
@@ -64,10 +61,6 @@ class TensorMaps:
         off = (-ctypes.addressof(self._buf)) % 64
         self._out = ctypes.addressof(self._buf) + off
         self._maps = {}
-        choice = f32_type or os.environ.get(F32_MAP_ENV, "u32")
-        if choice not in ("u32", "tf32"):
-            raise ValueError(f"{F32_MAP_ENV} is u32 or tf32, not {choice!r}")
-        self._types = {**DATA_TYPES, 4: TF32 if choice == "tf32" else U32}
 
     def _finish(self, rc, what, nbytes):
         if rc != 0:
@@ -85,11 +78,12 @@ class TensorMaps:
             m = self._maps[key] = make()
         return m
 
-    def _type(self, a):
+    @staticmethod
+    def _type(a):
         e = a.dtype.itemsize
-        if e not in self._types:
+        if e not in DATA_TYPES:
             raise TensorMapError(f"no tensor map for {e}-byte elements")
-        return e, self._types[e]
+        return e, DATA_TYPES[e]
 
     def im2col(self, x, k, stride, pad, pixels=128, channels=None):
         """x (N, H, W, C) 16-bit or fp32, C-contiguous, for a k x k convolution (stride, pad): `pixels`

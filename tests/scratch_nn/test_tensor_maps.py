@@ -97,14 +97,3 @@ def test_fp32_maps_take_uint32_bits_and_32_channel_rows(monkeypatch):
     # the same address and shape as 16-bit values is another map
     maps.rows(FakeArray((64, 9 * 64), 4096), 128)
     assert len(drv.calls) == 3 and drv.calls[2][1][0] == T.U16
-
-
-def test_the_fp32_map_type_switch(monkeypatch):
-    monkeypatch.setenv(T.F32_MAP_ENV, "tf32")
-    maps, drv = _maps(monkeypatch)
-    maps.rows(FakeArray((64, 576), 4096, itemsize=4), 64)
-    maps.rows(FakeArray((64, 576), 8192), 64)
-    assert [c[1][0] for c in drv.calls] == [T.TF32, T.U16]
-    monkeypatch.setenv(T.F32_MAP_ENV, "fp8")
-    with pytest.raises(ValueError, match="u32 or tf32"):
-        _maps(monkeypatch)
