@@ -45,8 +45,9 @@ TAPS_STRIDE = 32               # ints per sub-pixel class in a tap table (cuda/c
 PAD = 8                        # halves of padding per shared-memory row
 WGRAD_BK = 32                  # positions per wgrad stage
 WGRAD_WS_BYTES = 32 * 2**20    # the fp32 partial workspace every wgrad shares (one buffer, kept)
-PACK_ROW = 72                  # values a row of pack_weights' tiles holds (cuda/conv_igemm.cu)
-WGRAD_CTAS_PER_SM = 4          # a wgrad's chunks fill the SMs this many times with its largest tile
+MAX_TAPS = 72                  # the most kh * kw: pack_weights' and wgrad_reduce's tiles (cuda/conv_igemm.cu)
+WGRAD_CTAS_PER_SM = 2          # a wgrad's chunks fill the SMs this many times with its largest tile (ResNet-18 b512
+                               # fp16's weight gradients on the H100, kernels + reduction: 4 -> 2: 1.846 -> 1.708 ms a step; 1: 1.730)
 T4_SMEM = 64 * 1024            # the most dynamic shared memory a block may take on sm_75
 STATS_ROWS = 128               # output positions per BatchNorm-statistics chunk of a forward
 STATS_WARP_ROWS = 2            # ... split over this many warp rows (the order the epilogue adds them in)
@@ -72,10 +73,13 @@ WGRAD_WG_CONFIGS = [("wgw", 64, 64, 4, 1), ("wgw", 64, 128, 4, 1), ("wgw", 64, 1
 WGRAD_TMA_CONFIGS = [("wgt",) + cfg[1:] for cfg in WGRAD_WG_CONFIGS]
 WGMMA_BK = 64                  # channels a conv_wgmma K step (one 128-byte swizzled row), positions a conv_wgrad_wg one
 TF32_BK = 32                   # ... of fp32 storage: a 128-byte row holds 32 channels; positions a conv_wgrad_tf32 stage
-# conv_wgrad_tf32 tiles ("wtf", BM, BN, WM, STAGES): fp32 storage's weight gradient (wgmma reads tf32
-# K-major only): BM output channels by BN columns, WM x (4 / WM) warps of mma.sync, 32 positions a stage
-WGRAD_TF32_CONFIGS = [("wtf", 128, 128, 2, 4), ("wtf", 128, 128, 2, 6), ("wtf", 64, 128, 2, 4), ("wtf", 128, 64, 2, 4),
-                      ("wtf", 64, 64, 2, 4), ("wtf", 64, 64, 2, 6), ("wtf", 64, 96, 4, 4)]
+# conv_wgrad_tf32 tiles ("wtf", BM, BN, WM, STAGES, NW): fp32 storage's weight gradient (wgmma reads tf32
+# K-major only): BM output channels by BN columns, WM x (NW / WM) warps of mma.sync, 32 positions a
+# stage. The 64 x 64 warp tiles (the last five) read a 32-bit word a mma where the 64 x 32 ones read 1.5
+WGRAD_TF32_CONFIGS = [("wtf", 128, 128, 2, 4, 4), ("wtf", 128, 128, 2, 6, 4), ("wtf", 64, 128, 2, 4, 4),
+                      ("wtf", 128, 64, 2, 4, 4), ("wtf", 64, 64, 2, 4, 4), ("wtf", 64, 64, 2, 6, 4), ("wtf", 64, 96, 4, 4, 4),
+                      ("wtf", 128, 128, 2, 3, 4), ("wtf", 64, 128, 1, 3, 2), ("wtf", 64, 192, 1, 3, 3),
+                      ("wtf", 128, 256, 2, 3, 8), ("wtf", 256, 128, 4, 3, 8)]
 # conv_halo tiles ("halo", BN, WG, STAGES): 128 * WG output positions (whole rows of one image, or
 # whole images) by BN channels of a 3x3 stride-1 convolution; STAGES cp.async stages of weights
 HALO_CONFIGS = [("halo", 64, 1, 4), ("halo", 64, 2, 3), ("halo", 64, 2, 4), ("halo", 128, 1, 3), ("halo", 128, 2, 3)]
@@ -229,12 +233,12 @@ def halo_default(halo, wgmma, c):
 
 
 def wgrad_tf32_name(cfg):
-    _, bm, bn, wm, stages = cfg
-    return f"conv_wgrad_tf32<{bm}, {bn}, {wm}, {stages}>"
+    _, bm, bn, wm, stages, nw = cfg
+    return f"conv_wgrad_tf32<{bm}, {bn}, {wm}, {stages}, {nw}>"
 
 
 def wgrad_tf32_smem(cfg):
-    _, bm, bn, _, stages = cfg
+    _, bm, bn, _, stages, _ = cfg
     return 1024 + stages * (bm + bn) * 128
 
 
@@ -397,10 +401,10 @@ def wgrad_default(f, k_cols, async_copy=True):
     return max(wgrad_candidates(f, k_cols, async_copy), key=lambda cfg: (cfg[1] <= 128, cfg[1]))
 
 
-def _pack_taps(kh, kw):
-    """kh * kw, which pack_weights' shared-memory tiles hold up to PACK_ROW of."""
-    if kh * kw > PACK_ROW:
-        raise ValueError(f"the tensor-core convolutions take kernels of at most {PACK_ROW} taps, not {kh}x{kw}")
+def _taps(kh, kw):
+    """kh * kw, which pack_weights' and wgrad_reduce's shared-memory tiles hold up to MAX_TAPS of."""
+    if kh * kw > MAX_TAPS:
+        raise ValueError(f"the tensor-core convolutions take kernels of at most {MAX_TAPS} taps, not {kh}x{kw}")
     return kh * kw
 
 
@@ -512,7 +516,7 @@ class ConvKernels:
         cp = cp or c
         out = out if out is not None else self.xp.empty((f, kh * kw, cp), dtype=self._packed)
         self._kernel(f"pack_weights<{self.kind}>")((-(-cp // 32), f), (256,),
-                                                   (w, out, np.int32(f), np.int32(c), np.int32(_pack_taps(kh, kw)),
+                                                   (w, out, np.int32(f), np.int32(c), np.int32(_taps(kh, kw)),
                                                     np.int32(cp), np.int32(0), np.int32(0)))
         return out
 
@@ -525,8 +529,8 @@ class ConvKernels:
         f, c, kh, kw = w.shape
         w = self.xp.ascontiguousarray(w, dtype=np.float32)
         out = out if out is not None else self.xp.empty((c, kh * kw, f), dtype=self._packed)
-        taps = _pack_taps(kh, kw)
-        ct = min(32, PACK_ROW // taps)      # input channels a tile
+        taps = _taps(kh, kw)
+        ct = min(32, MAX_TAPS // taps)      # input channels a tile
         self._kernel(f"pack_weights<{self.kind}>")((-(-f // 32), -(-c // ct)), (256,),
                                                    (w, out, np.int32(f), np.int32(c), np.int32(taps), np.int32(c),
                                                     np.int32(1), np.int32(ct)))
@@ -763,9 +767,9 @@ class ConvKernels:
 
         def run(cfg):
             ws = self._workspace(chunks * f * kcols).reshape(chunks, f, kcols)
-            if cfg[0] == "wtf":             # 4 warps of mma.sync tf32, operands by tensor maps
-                _, bm, bn, _, _ = cfg
-                threads, smem, name = 128, wgrad_tf32_smem(cfg), wgrad_tf32_name(cfg)
+            if cfg[0] == "wtf":             # NW warps of mma.sync tf32, operands by tensor maps
+                _, bm, bn, _, _, nw = cfg
+                threads, smem, name = 32 * nw, wgrad_tf32_smem(cfg), wgrad_tf32_name(cfg)
             elif cfg[0] in ("wgw", "wgt"):  # WG warpgroups a CTA; conv_wgrad_tma's operands by tensor maps
                 _, bm, bn, _, wg = cfg
                 threads, smem, name = 128 * wg, wgrad_wg_smem(cfg), wgrad_wg_name(self.kind, cfg)
@@ -799,8 +803,8 @@ class ConvKernels:
         cfg = self._pick(key, options, run)
         run(cfg)
         ws = holder["ws"]
-        total = f * kcols
-        self._kernel("wgrad_reduce")((min(-(-total // 256), 8192),), (256,),
+        taps = _taps(k, k)
+        self._kernel("wgrad_reduce")((-(-creal // 32), f), (32 * min(taps, 32),),
                                      (ws, out, np.int32(ws.shape[0]), np.int32(f), np.int32(c), np.int32(creal),
                                       np.int32(k * k), np.int32(accumulate)))
         return out

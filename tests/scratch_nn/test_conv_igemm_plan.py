@@ -15,21 +15,48 @@ SHAPES = [(2, 3, 16, 8, 3, 1, 1), (2, 16, 32, 8, 3, 1, 1), (3, 8, 16, 8, 3, 2, 1
 
 
 def pack(w, for_dgrad, cp=None):
-    """cuda/conv_igemm.cu's pack_weights, index for index."""
+    """cuda/conv_igemm.cu's pack_weights, index for index: each block's tile through its shared
+    memory (unwritten words NaN, so a read of one shows), as conv_igemm.py launches it."""
     f, c, kh, kw = w.shape
     taps, cp = kh * kw, cp or c
-    total = c * taps * f if for_dgrad else f * taps * cp
-    out = np.zeros(total)
     flat = w.reshape(-1)
-    for q in range(total):
-        if for_dgrad:
-            cc, r = divmod(q, taps * f)
-            t, ff = divmod(r, f)
-        else:
-            ff, r = divmod(q, taps * cp)
-            t, cc = divmod(r, cp)
-        out[q] = flat[(ff * c + cc) * taps + t] if cc < c else 0.0
-    return out.reshape((c, taps, f) if for_dgrad else (f, taps, cp))
+    out = np.full((c * taps * f) if for_dgrad else (f * taps * cp), np.nan)
+    if not for_dgrad:
+        for fb in range(f):
+            for c0 in range(0, cp, 32):
+                s = np.full(32 * (G.MAX_TAPS + 1), np.nan)
+                n = max(0, min(32, c - c0)) * taps
+                s[:n] = flat[(fb * c + c0) * taps:(fb * c + c0) * taps + n]
+                for j in range(32 * taps):
+                    t, cl = j >> 5, j & 31
+                    if c0 + cl < cp:
+                        out[(fb * taps + t) * cp + c0 + cl] = s[cl * taps + t] if c0 + cl < c else 0.0
+        return out.reshape(f, taps, cp)
+    ct = min(32, G.MAX_TAPS // taps)
+    row = ct * taps + 1
+    for f0 in range(0, f, 32):
+        for c0 in range(0, c, ct):
+            s = np.full(32 * (G.MAX_TAPS + 1), np.nan)
+            nf, n = min(32, f - f0), min(ct, c - c0) * taps
+            for i in range(nf * n):
+                fl, r = divmod(i, n)
+                s[fl * row + r] = flat[((f0 + fl) * c + c0) * taps + r]
+            for j in range(32 * n):
+                fl, ctp = j & 31, j >> 5
+                if fl < nf:
+                    out[(c0 * taps + ctp) * f + f0 + fl] = s[fl * row + ctp]
+    return out.reshape(c, taps, f)
+
+
+@pytest.mark.parametrize("f,c,k,cp", [(70, 40, 3, 48), (33, 9, 8, 16), (40, 70, 1, 70), (5, 3, 3, 16)])
+def test_pack_weights_tiles_are_the_transposes(f, c, k, cp):
+    """pack_weights' tiles (several along f and c, partial ones at both ends) put every weight
+    where the GEMMs read it: (F, taps, Cp) zero-padded, and (C, taps, F)."""
+    w = np.random.default_rng(f + c).standard_normal((f, c, k, k))
+    want = np.zeros((f, k * k, cp))
+    want[:, :, :c] = w.reshape(f, c, k * k).transpose(0, 2, 1)
+    np.testing.assert_array_equal(pack(w, False, cp), want)
+    np.testing.assert_array_equal(pack(w, True), w.reshape(f, c, k * k).transpose(1, 2, 0))
 
 
 def igemm(x, wp, table, grid_hw, s, out_hw, os_):
@@ -370,8 +397,8 @@ def _swizzled_stage(tile):
     return out.reshape(-1)
 
 
-@pytest.mark.parametrize("bm,bn,wm", [(128, 128, 2), (64, 96, 4), (64, 64, 2), (128, 64, 2)])
-def test_tf32_weight_gradient_fragments_multiply_the_right_values_without_bank_conflicts(bm, bn, wm):
+@pytest.mark.parametrize("bm,bn,wm,nw", sorted({cfg[1:4] + cfg[5:] for cfg in G.WGRAD_TF32_CONFIGS}))
+def test_tf32_weight_gradient_fragments_multiply_the_right_values_without_bank_conflicts(bm, bn, wm, nw):
     """cuda/conv_wgmma.cu's conv_wgrad_tf32: its lanes' shared-memory word offsets (a_off,
     b_off, the store's channel and column), replayed here over one 32-position stage of
     swizzled MN-major atoms with mma.sync m16n8k8's fragment layout, give dY^T X; and each
@@ -382,10 +409,10 @@ def test_tf32_weight_gradient_fragments_multiply_the_right_values_without_bank_c
     dy, x = r.standard_normal((BK, bm)), r.standard_normal((BK, bn))
     stage = np.concatenate([_swizzled_stage(dy[:, 32 * j:32 * j + 32]) for j in range(ma)]
                            + [_swizzled_stage(x[:, 32 * j:32 * j + 32]) for j in range(na)])
-    wn = 4 // wm
+    wn = nw // wm
     mt, nt = bm // wm // 16, bn // wn // 8
     got = np.full((bm, bn), np.nan)
-    for warp in range(4):
+    for warp in range(nw):
         wm_, wn_ = warp // wn, warp % wn
         lanes = [(lane >> 2, lane & 3) for lane in range(32)]
         # word offsets, as the kernel's byte offsets / 4

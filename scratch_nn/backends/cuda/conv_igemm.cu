@@ -499,18 +499,43 @@ conv_wgrad(const u16* __restrict__ dy, const u16* __restrict__ x, float* __restr
         }
 }
 
+// The most taps (KH * KW) a convolution here may have: pack_weights' and wgrad_reduce's
+// shared-memory tiles are sized for it (conv_igemm.py refuses larger kernels).
+constexpr int MAX_TAPS = 72;
+
 // dw (F, Creal, KH, KW) fp32 (+)= sum_z ws[z][f][t * C + c] for c < Creal, the chunks added in
-// index order. One thread per partial-buffer element (coalesced reads of every chunk).
+// index order (so any chunking of the launch gives the same bits). A block per output channel f
+// and 32 input channels c0..: warp w sums taps w, w + warps, ... (lane = channel; 8 chunks' loads
+// in flight), then the tile's (c, t) values go out as one contiguous run of dw, where a thread
+// per partial wrote 4 bytes at a stride of KH * KW. grid: (ceil(Creal / 32), F); block: 32 *
+// min(taps, 32). ResNet-18 b512 fp16 on the H100: 0.267 -> 0.233 ms a step.
 __global__ void wgrad_reduce(const float* __restrict__ ws, float* __restrict__ dw, int chunks, int F, int C,
                              int Creal, int taps, int accumulate) {
-    long long K = (long long)taps * C, total = (long long)F * K;
-    for (long long q = blockIdx.x * (long long)blockDim.x + threadIdx.x; q < total; q += (long long)gridDim.x * blockDim.x) {
-        int f = (int)(q / K), kk = (int)(q - (long long)f * K), t = kk / C, c = kk - t * C;
-        if (c >= Creal) continue;
+    __shared__ float sm[MAX_TAPS * 32];
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, c0 = blockIdx.x * 32, f = blockIdx.y;
+    const long long K = (long long)taps * C, total = (long long)F * K;
+    for (int t = threadIdx.x >> 5; t < taps; t += warps) {
         float s_ = 0.f;
-        for (int z = 0; z < chunks; ++z) s_ += ws[(long long)z * total + q];
-        long long o = ((long long)f * Creal + c) * taps + t;
-        dw[o] = accumulate ? dw[o] + s_ : s_;
+        if (c0 + lane < C) {
+            const float* p = ws + (long long)f * K + (long long)t * C + c0 + lane;
+            int z = 0;
+            for (; z + 8 <= chunks; z += 8) {
+                float a[8];
+#pragma unroll
+                for (int i = 0; i < 8; ++i) a[i] = p[(long long)(z + i) * total];
+#pragma unroll
+                for (int i = 0; i < 8; ++i) s_ += a[i];
+            }
+            for (; z < chunks; ++z) s_ += p[(long long)z * total];
+        }
+        sm[t * 32 + lane] = s_;
+    }
+    __syncthreads();
+    const int nc = min(32, Creal - c0);
+    float* out = dw + ((long long)f * Creal + c0) * taps;
+    for (int i = threadIdx.x; i < nc * taps; i += blockDim.x) {
+        const int cc = i / taps, t = i - cc * taps;
+        out[i] = accumulate ? out[i] + sm[t * 32 + cc] : sm[t * 32 + cc];
     }
 }
 
@@ -522,16 +547,15 @@ __global__ void wgrad_reduce(const float* __restrict__ ws, float* __restrict__ d
 // contiguous runs (a thread per packed element read fp32 values 4 bytes at a stride of KH*KW).
 // Forward tile: output channel f, input channels c0..c0+31, every tap; (f, c0.., :) is one run
 // of 32*taps values, written as taps runs of 32 channels. grid: (ceil(Cp / 32), F).
-// Data-gradient tile: output channels f0..f0+31 x input channels c0..c0+ct-1 (ct*taps <= 72);
+// Data-gradient tile: output channels f0..f0+31 x input channels c0..c0+ct-1 (ct*taps <= MAX_TAPS);
 // each f's (c0.., :) is one run of ct*taps values, written as ct*taps runs of 32 f.
 // grid: (ceil(F / 32), ceil(C / ct)). block: 256.
-constexpr int PACK_ROW = 72;    // the most values of a data-gradient tile row (ct * taps); a forward tile takes 32 * taps
 
 template <int KIND>
 __global__ void __launch_bounds__(256)
 pack_weights(const float* __restrict__ w, elem_t<KIND>* __restrict__ out, int F, int C, int taps, int Cp,
              int for_dgrad, int ct) {
-    __shared__ float s[32 * (PACK_ROW + 1)];
+    __shared__ float s[32 * (MAX_TAPS + 1)];     // a data-gradient tile's 32 rows of ct * taps <= MAX_TAPS (+1)
     if (!for_dgrad) {
         const int f = blockIdx.y, c0 = blockIdx.x * 32, len = max(0, min(32, C - c0)) * taps;
         const float* src = w + ((long long)f * C + c0) * taps;

@@ -858,23 +858,25 @@ conv_wgrad_tma(const __grid_constant__ TensorMap tm_dy, const __grid_constant__ 
 // the 4 positions a fragment load spans have their chunks XORed with 4 distinct values below 4
 // by the swizzle, so the 32 lanes hit 32 banks. m16 tile I of the CTA takes q = 2 (I & 1) + (row
 // >= 8) of atom I >> 1; n8 tile J takes q = J & 3 of atom J >> 2.
-// CTA: WM x (4 / WM) warps over BM channels by BN columns; grid (ceil(F / BM), K / BN, chunks);
-// block 128; dynamic shared memory 1024 + STAGES * (BM + BN) * 128 bytes (BK = 32 positions).
+// CTA: WM x (NW / WM) warps over BM channels by BN columns; grid (ceil(F / BM), K / BN, chunks);
+// block 32 * NW; dynamic shared memory 1024 + STAGES * (BM + BN) * 128 bytes (BK = 32 positions).
+// A warp's TM x TN tile reads (TM + TN) * 8 words a k8 step for TM * TN / 128 mma: a 64 x 32 tile
+// 1.5 32-bit loads a mma, a 64 x 64 one 1; the loads, not the mma, bound the smaller tiles.
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};" : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-template <int BM, int BN, int WM, int STAGES>
-__global__ void __launch_bounds__(128)
+template <int BM, int BN, int WM, int STAGES, int NW>
+__global__ void __launch_bounds__(32 * NW)
 conv_wgrad_tf32(const __grid_constant__ TensorMap tm_dy, const __grid_constant__ TensorMap tm_x, float* __restrict__ ws,
                 int N, int C, int F, int OH, int OW, int KW, int s, int p, int chunk, int K) {
     constexpr int BK = 32, ATOM = BK * 128;          // positions a stage; bytes of a 32-wide atom's stage
     constexpr int MA = BM / 32, NA = BN / 32;
     constexpr int A_BYTES = MA * ATOM, STAGE = (MA + NA) * ATOM;
-    constexpr int WN = 4 / WM, TM = BM / WM, TN = BN / WN, MT = TM / 16, NT = TN / 8;
-    static_assert(WM * WN == 4 && TM % 16 == 0 && TN % 8 == 0 && BM % 32 == 0 && BN % 32 == 0, "tile shape");
+    constexpr int WN = NW / WM, TM = BM / WM, TN = BN / WN, MT = TM / 16, NT = TN / 8;
+    static_assert(WM * WN == NW && TM % 16 == 0 && TN % 8 == 0 && BM % 32 == 0 && BN % 32 == 0, "tile shape");
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
     unsigned base;
