@@ -175,12 +175,18 @@ def wgrad_wg_smem(cfg):
     return 1024 + stages * (bm + bn) * 128
 
 
+def _wgrad_tiles(configs, f, k_cols, what):
+    """The tiles (family, BM, BN, ...) of `configs` whose BN divides k_cols and whose BM does not
+    exceed f rounded up to 64."""
+    out = [cfg for cfg in configs if k_cols % cfg[2] == 0 and cfg[1] <= max(64, -(-f // 64) * 64)]
+    if not out:
+        raise ValueError(f"no {what} tile for {f} channels over {k_cols} columns")
+    return out
+
+
 def wgrad_wg_candidates(f, k_cols):
     """conv_wgrad_wg tiles for f output channels over k_cols = taps * C columns (C % 64 == 0)."""
-    out = [cfg for cfg in WGRAD_WG_CONFIGS if k_cols % cfg[2] == 0 and cfg[1] <= max(64, -(-f // 64) * 64)]
-    if not out:
-        raise ValueError(f"no warpgroup wgrad tile for {f} channels over {k_cols} columns")
-    return out
+    return _wgrad_tiles(WGRAD_WG_CONFIGS, f, k_cols, "warpgroup wgrad")
 
 
 def halo_name(kind, cfg):
@@ -244,10 +250,7 @@ def wgrad_tf32_smem(cfg):
 
 def wgrad_tf32_candidates(f, k_cols):
     """conv_wgrad_tf32 tiles for f output channels over k_cols = taps * C columns (C % 32 == 0)."""
-    out = [cfg for cfg in WGRAD_TF32_CONFIGS if k_cols % cfg[2] == 0 and cfg[1] <= max(64, -(-f // 64) * 64)]
-    if not out:
-        raise ValueError(f"no tf32 wgrad tile for {f} channels over {k_cols} columns")
-    return out
+    return _wgrad_tiles(WGRAD_TF32_CONFIGS, f, k_cols, "tf32 wgrad")
 
 
 def wgmma_names(kind):

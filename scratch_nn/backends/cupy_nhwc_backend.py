@@ -116,7 +116,7 @@ class CupyChannelsLastBackend(CupyBackend):
         return buf.transpose(0, 3, 1, 2)
 
     def _nhwc(self, x):
-        """The (N, H, W, C) contiguous 16-bit buffer behind an NCHW-shaped x (a copy, and a cast,
+        """The (N, H, W, C) contiguous buffer of the activation dtype behind an NCHW-shaped x (a copy, and a cast,
         when x is not such a view)."""
         t = x.transpose(0, 2, 3, 1)
         if x.dtype != self.act:

@@ -437,6 +437,26 @@ __device__ __forceinline__ void tma_tile2d(unsigned dst, const TensorMap* tm, un
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
                  "[%0], [%1, {%3, %4}], [%2];" :: "r"(dst), "l"(tm), "r"(bar), "r"(k), "r"(r) : "memory");
 }
+// One stage of a TMA weight gradient (conv_wgrad_tma, conv_wgrad_tf32), arriving on bar: the AW
+// positions from m onward (AW = a 128-byte row of the storage type) as MA tiled loads of dY seen
+// as (M, F), AW channels f each, at sa, and NA im2col loads of X, AW columns each at their tap
+// (kh, kw) as offsets, right after them
+template <int MA, int NA, int AW>
+__device__ __forceinline__ void wgrad_tma_stage(unsigned sa, unsigned bar, const TensorMap* tm_dy, const TensorMap* tm_x,
+                                                int m, int HWo, int OW, int C, int KW, int s, int p, int f0, int n0) {
+    constexpr int ATOM = AW * 128;
+    const unsigned sb = sa + MA * ATOM;
+    mbar_expect_tx(bar, (unsigned)((MA + NA) * ATOM));
+    const int n = m / HWo, rem = m - n * HWo, oh = rem / OW, ow = rem - oh * OW;
+#pragma unroll
+    for (int j = 0; j < MA; ++j) tma_tile2d(sa + j * ATOM, tm_dy, bar, f0 + j * AW, m);
+#pragma unroll
+    for (int j = 0; j < NA; ++j) {
+        const int col = n0 + j * AW, tp = col / C, kh = tp / KW, kw = tp - kh * KW;
+        tma_im2col(sb + j * ATOM, tm_x, bar, col - tp * C, ow * s - p, oh * s - p, n, (unsigned short)kw,
+                   (unsigned short)kh);
+    }
+}
 
 template <int KIND, int BN, int WG, int STAGES>
 __global__ void __launch_bounds__(128 * WG)
@@ -807,17 +827,8 @@ conv_wgrad_tma(const __grid_constant__ TensorMap tm_dy, const __grid_constant__ 
     wg_zero(acc);
 
     auto load = [&](int buf, int kt) {
-        const unsigned sa = base + buf * STAGE, sb = sa + A_BYTES, bar = smem_addr(&full[buf]);
-        mbar_expect_tx(bar, (unsigned)STAGE);
-        const int m = mlo + kt * BK, n = m / HWo, rem = m - n * HWo, oh = rem / OW, ow = rem - oh * OW;
-#pragma unroll
-        for (int j = 0; j < MA; ++j) tma_tile2d(sa + j * ATOM, &tm_dy, bar, f0 + j * 64, m);
-#pragma unroll
-        for (int j = 0; j < NA; ++j) {
-            const int col = n0 + j * 64, t = col / C, kh = t / KW, kw = t - kh * KW;
-            tma_im2col(sb + j * ATOM, &tm_x, bar, col - t * C, ow * s - p, oh * s - p, n, (unsigned short)kw,
-                       (unsigned short)kh);
-        }
+        wgrad_tma_stage<MA, NA, 64>(base + buf * STAGE, smem_addr(&full[buf]), &tm_dy, &tm_x, mlo + kt * BK, HWo, OW, C,
+                                    KW, s, p, f0, n0);
     };
 
     constexpr int AHEAD = STAGES - 1;
@@ -923,17 +934,8 @@ conv_wgrad_tf32(const __grid_constant__ TensorMap tm_dy, const __grid_constant__
         for (int j = 0; j < NT; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
 
     auto load = [&](int buf, int kt) {
-        const unsigned sa = base + buf * STAGE, sb = sa + A_BYTES, bar = smem_addr(&full[buf]);
-        mbar_expect_tx(bar, (unsigned)STAGE);
-        const int m = mlo + kt * BK, n = m / HWo, rem = m - n * HWo, oh = rem / OW, ow = rem - oh * OW;
-#pragma unroll
-        for (int j = 0; j < MA; ++j) tma_tile2d(sa + j * ATOM, &tm_dy, bar, f0 + j * 32, m);
-#pragma unroll
-        for (int j = 0; j < NA; ++j) {
-            const int col = n0 + j * 32, tp = col / C, kh = tp / KW, kw = tp - kh * KW;
-            tma_im2col(sb + j * ATOM, &tm_x, bar, col - tp * C, ow * s - p, oh * s - p, n, (unsigned short)kw,
-                       (unsigned short)kh);
-        }
+        wgrad_tma_stage<MA, NA, 32>(base + buf * STAGE, smem_addr(&full[buf]), &tm_dy, &tm_x, mlo + kt * BK, HWo, OW, C,
+                                    KW, s, p, f0, n0);
     };
 
     constexpr int AHEAD = STAGES - 1;
