@@ -80,6 +80,17 @@ WGRAD_TF32_CONFIGS = [("wtf", 128, 128, 2, 4, 4), ("wtf", 128, 128, 2, 6, 4), ("
                       ("wtf", 128, 64, 2, 4, 4), ("wtf", 64, 64, 2, 4, 4), ("wtf", 64, 64, 2, 6, 4), ("wtf", 64, 96, 4, 4, 4),
                       ("wtf", 128, 128, 2, 3, 4), ("wtf", 64, 128, 1, 3, 2), ("wtf", 64, 192, 1, 3, 3),
                       ("wtf", 128, 256, 2, 3, 8), ("wtf", 256, 128, 4, 3, 8)]
+# conv_wgrad_tfwg tiles ("wtw", BM, BN, WGN, STAGES): the same GEMM on wgmma's tf32 form (dY^T from
+# registers, X transposed K-major in shared memory each stage), BM output channels by BN columns,
+# WGN warpgroups over BN / WGN columns each, 32 positions a stage
+WGRAD_TFWG_CONFIGS = [("wtw", 64, 96, 1, 4), ("wtw", 64, 64, 1, 4), ("wtw", 64, 128, 1, 3), ("wtw", 64, 192, 3, 3), ("wtw", 128, 128, 1, 3),
+                      ("wtw", 128, 128, 1, 4), ("wtw", 128, 128, 2, 3), ("wtw", 64, 256, 2, 3), ("wtw", 128, 256, 2, 3)]
+# which family runs fp32 storage's weight gradients, for a whole process: "wgmma" (conv_wgrad_tfwg)
+# or "mma" (conv_wgrad_tf32). The two round their sums differently, so they are never timed
+# against each other (a run must repeat bitwise whichever tile wins)
+TF32_WGRAD_ENV = "SCRATCH_NN_TF32_WGRAD"
+TF32_WGRAD_FAMILIES = {"wgmma": WGRAD_TFWG_CONFIGS, "mma": WGRAD_TF32_CONFIGS}
+TF32_WGRAD_DEFAULT = "mma"
 # conv_halo tiles ("halo", BN, WG, STAGES): 128 * WG output positions (whole rows of one image, or
 # whole images) by BN channels of a 3x3 stride-1 convolution; STAGES cp.async stages of weights
 HALO_CONFIGS = [("halo", 64, 1, 4), ("halo", 64, 2, 3), ("halo", 64, 2, 4), ("halo", 128, 1, 3), ("halo", 128, 2, 3)]
@@ -248,16 +259,36 @@ def wgrad_tf32_smem(cfg):
     return 1024 + stages * (bm + bn) * 128
 
 
-def wgrad_tf32_candidates(f, k_cols):
-    """conv_wgrad_tf32 tiles for f output channels over k_cols = taps * C columns (C % 32 == 0)."""
-    return _wgrad_tiles(WGRAD_TF32_CONFIGS, f, k_cols, "tf32 wgrad")
+def wgrad_tfwg_name(cfg):
+    _, bm, bn, wgn, stages = cfg
+    return f"conv_wgrad_tfwg<{bm}, {bn}, {wgn}, {stages}>"
+
+
+def wgrad_tfwg_smem(cfg):
+    _, bm, bn, _, stages = cfg
+    return 1024 + stages * (bm + bn) * 128 + 2 * bn * 128
+
+
+def tf32_wgrad_family(family=None):
+    """The tf32 weight gradients' kernel family: `family`, else SCRATCH_NN_TF32_WGRAD, else the default."""
+    v = family or os.environ.get(TF32_WGRAD_ENV) or TF32_WGRAD_DEFAULT
+    if v not in TF32_WGRAD_FAMILIES:
+        raise ValueError(f"{TF32_WGRAD_ENV} is one of {sorted(TF32_WGRAD_FAMILIES)}, not {v!r}")
+    return v
+
+
+def wgrad_tf32_candidates(f, k_cols, family="mma"):
+    """The tf32 weight gradient's tiles of one family (conv_wgrad_tf32's for "mma",
+    conv_wgrad_tfwg's for "wgmma") for f output channels over k_cols = taps * C columns (C % 32
+    == 0)."""
+    return _wgrad_tiles(TF32_WGRAD_FAMILIES[family], f, k_cols, f"tf32 wgrad ({family})")
 
 
 def wgmma_names(kind):
     fwd = ([wgmma_name(kind, cfg) for cfg in WGMMA_CONFIGS] + [halo_name(kind, cfg) for cfg in HALO_CONFIGS]
            + [tma_name(kind, cfg) for cfg in TMA_CONFIGS])
     if kind == KINDS["float32"]:        # the 16-bit weight gradients' MN-major wgmma has no tf32 form
-        return fwd + [wgrad_tf32_name(cfg) for cfg in WGRAD_TF32_CONFIGS]
+        return fwd + [wgrad_tf32_name(cfg) for cfg in WGRAD_TF32_CONFIGS] + [wgrad_tfwg_name(cfg) for cfg in WGRAD_TFWG_CONFIGS]
     return fwd + [wgrad_wg_name(kind, cfg) for cfg in WGRAD_WG_CONFIGS + WGRAD_TMA_CONFIGS]
 
 
@@ -416,12 +447,13 @@ class ConvKernels:
     shape's tile is chosen by measurement the first time it runs outside a CUDA-graph capture
     (every candidate timed with events, as cudnn.benchmark does); `choices` records them."""
 
-    def __init__(self, cupy, storage, async_copy, sms, tune=True, dtype=np.uint16, wgmma=None):
+    def __init__(self, cupy, storage, async_copy, sms, tune=True, dtype=np.uint16, wgmma=None, tf32_wgrad=None):
         if storage not in KINDS:
             raise ValueError(f"tensor-core convolutions store float16, bfloat16 or float32, not {storage}")
         self.xp = cupy
         self.kind = KINDS[storage]
         self.tf32 = self.kind == KINDS["float32"]
+        self.tf32_wgrad = tf32_wgrad_family(tf32_wgrad) if self.tf32 else None
         # what outputs are allocated as (16-bit: the bits are the same whatever the dtype)
         self.dtype = np.dtype(np.float32 if self.tf32 else dtype)
         self.e = self.dtype.itemsize
@@ -458,7 +490,7 @@ class ConvKernels:
         fn = self._fn.get(name)
         if fn is None:
             module = self.wg_module if name.startswith(("conv_wgmma<", "conv_wgrad_wg<", "conv_halo<", "conv_tma<",
-                                                        "conv_wgrad_tma<", "conv_wgrad_tf32<")) \
+                                                        "conv_wgrad_tma<", "conv_wgrad_tf32<", "conv_wgrad_tfwg<")) \
                 else self.module
             fn = self._fn[name] = module.get_function(name)
         if fn.max_dynamic_shared_size_bytes < smem:     # static + dynamic over 48 KB needs the opt-in
@@ -723,7 +755,7 @@ class ConvKernels:
         which read the least per FLOP, still fill the GPU (counted for a small one, a 64 x 192
         tile of a 64-channel layer got 177 CTAs on 132 SMs and lost to 64 x 64)."""
         if warpgroup and self.tf32:
-            ref = max(wgrad_tf32_candidates(f, kcols), key=lambda cfg: (cfg[1] * cfg[2], cfg[2]))[1:3]
+            ref = max(wgrad_tf32_candidates(f, kcols, self.tf32_wgrad), key=lambda cfg: (cfg[1] * cfg[2], cfg[2]))[1:3]
             unit = TF32_BK
         elif warpgroup:
             ref = max(wgrad_wg_candidates(f, kcols), key=lambda cfg: (cfg[1] * cfg[2], cfg[2]))[1:3]
@@ -773,13 +805,16 @@ class ConvKernels:
             if cfg[0] == "wtf":             # NW warps of mma.sync tf32, operands by tensor maps
                 _, bm, bn, _, _, nw = cfg
                 threads, smem, name = 32 * nw, wgrad_tf32_smem(cfg), wgrad_tf32_name(cfg)
+            elif cfg[0] == "wtw":           # WGN warpgroups of wgmma tf32, operands by tensor maps
+                _, bm, bn, wgn, _ = cfg
+                threads, smem, name = 128 * wgn, wgrad_tfwg_smem(cfg), wgrad_tfwg_name(cfg)
             elif cfg[0] in ("wgw", "wgt"):  # WG warpgroups a CTA; conv_wgrad_tma's operands by tensor maps
                 _, bm, bn, _, wg = cfg
                 threads, smem, name = 128 * wg, wgrad_wg_smem(cfg), wgrad_wg_name(self.kind, cfg)
             else:
                 bm, bn, wm, wn, _ = cfg
                 threads, smem, name = wm * wn * 32, wgrad_smem(cfg, self.async_copy), wgrad_name(self.kind, cfg, self.async_copy)
-            if cfg[0] == "wtf":
+            if cfg[0] in ("wtf", "wtw"):
                 args = (self.maps.rows(dy.reshape(-1, f), TF32_BK), self.maps.im2col(x, k, s, p, pixels=TF32_BK), ws,
                         np.int32(n), np.int32(c), np.int32(f), np.int32(oh), np.int32(ow), np.int32(k), np.int32(s),
                         np.int32(p), np.int32(chunk), np.int32(kcols))
@@ -796,7 +831,7 @@ class ConvKernels:
 
         def options():
             if warpgroup and self.tf32:
-                cands = wgrad_tf32_candidates(f, kcols)
+                cands = wgrad_tf32_candidates(f, kcols, self.tf32_wgrad)
                 return cands, cands[0]
             if warpgroup:       # conv_wgrad_tma and conv_wgrad_wg give the same bits: timed together
                 cands = wgrad_wg_candidates(f, kcols)

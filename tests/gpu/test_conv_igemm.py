@@ -40,17 +40,30 @@ def poisoned(shape, storage):
     return cupy.full(shape, POISON, np.uint16)
 
 
-def _kernels(storage, async_copy, wgmma):
+def _kernels(storage, async_copy, wgmma, tf32_wgrad=None):
     cc = int(cupy.cuda.Device().compute_capability)
     if (storage == "bfloat16" or async_copy) and cc < 80:
         pytest.skip("needs compute capability 8.0+")
     if wgmma and cc != 90:
         pytest.skip("the warpgroup kernels are sm_90a code (H100, H200)")
-    key = (storage, async_copy, wgmma)
+    key = (storage, async_copy, wgmma, tf32_wgrad)
     if key not in _CACHE:
         sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
-        _CACHE[key] = G.ConvKernels(cupy, storage, async_copy, sms, wgmma=wgmma)
+        _CACHE[key] = G.ConvKernels(cupy, storage, async_copy, sms, wgmma=wgmma, tf32_wgrad=tf32_wgrad)
     return _CACHE[key]
+
+
+def _wgrad_runs(K, storage, async_copy, wgmma, f, c, cp, k, xd, dyd):
+    """(kernels, tile) of every weight-gradient tile K's path may take; fp32 storage: both tf32
+    families' (each with its own kernels object, as a process has one family)."""
+    if K.tf32:
+        return [(K2, cfg) for fam in G.TF32_WGRAD_FAMILIES
+                for K2 in [_kernels(storage, async_copy, wgmma, fam)]
+                for cfg in G.wgrad_tf32_candidates(f, k * k * cp, fam)]
+    if K._wgmma_takes(xd, c, f):
+        tiles = G.wgrad_wg_candidates(f, k * k * c)
+        return [(K, cfg) for cfg in K._wgrad_tma_takes(dyd, xd, tiles) + tiles]
+    return [(K, cfg) for cfg in G.wgrad_candidates(f, k * k * c, async_copy)]
 
 
 def _gemm_tiles(K, f, c, x, ksp, stats=False, dgrad=False):
@@ -228,6 +241,7 @@ def test_every_compiled_tile_matches_float64(storage, async_copy, wgmma):
     not tile multiples (outputs poisoned)."""
     K = _kernels(storage, async_copy, wgmma)
     ran = set()
+    unequal = []
     for shape in TILE_SHAPES:
         n, c, f, h, k, s, p = shape
         if K.tf32 and c % K.bk:     # (the stem's padding is the other test's)
@@ -264,31 +278,30 @@ def test_every_compiled_tile_matches_float64(storage, async_copy, wgmma):
         if K.wgmma:     # conv_halo, conv_tma and conv_wgmma are timed against each other: they must agree bitwise
             for cfg, dv in seen[1:]:
                 assert np.array_equal(dv, seen[0][1]), (cfg, seen[0][0], shape)
-        if K.tf32:
-            wgrad_tiles = G.wgrad_tf32_candidates(f, k * k * cp)
-        elif K._wgmma_takes(xd, c, f):
-            wgrad_tiles = G.wgrad_wg_candidates(f, k * k * c)
-            wgrad_tiles = K._wgrad_tma_takes(dyd, xd, wgrad_tiles) + wgrad_tiles
-        else:
-            wgrad_tiles = G.wgrad_candidates(f, k * k * c, async_copy)
         got = {}
-        for cfg in wgrad_tiles:
-            with K.pinned(cfg):
+        for K2, cfg in _wgrad_runs(K, storage, async_copy, wgmma, f, c, cp, k, xd, dyd):
+            with K2.pinned(cfg):
                 dw = cupy.full((f, c, k, k), np.nan, np.float32)
-                K.wgrad(dyd, xd, k, s, p, dw, creal=c)
+                K2.wgrad(dyd, xd, k, s, p, dw, creal=c)
             assert rel(cupy.asnumpy(dw), ref_dw) <= 2 * tdw + 1e-6, (cfg, shape)
             ran.add(("wgrad", cfg))
             got[cfg] = cupy.asnumpy(dw)
         for cfg, dv in got.items():     # conv_wgrad_tma and its conv_wgrad_wg twin: the same bits
             if cfg[0] == "wgt":
                 assert np.array_equal(dv, got[("wgw",) + cfg[1:]]), (cfg, shape)
+        # a tf32 family's tiles are timed against each other: each must give its first tile's bits
+        for fam in {cfg[0] for cfg in got} & {"wtf", "wtw"}:
+            first = next(cfg for cfg in got if cfg[0] == fam)
+            unequal += [(shape, cfg, first) for cfg in got if cfg[0] == fam and not np.array_equal(got[cfg], got[first])]
     compiled = {("igemm", cfg) for cfg in G.IGEMM_CONFIGS
                 if G.igemm_name(K.kind, cfg, async_copy) in G.name_expressions(K.kind, async_copy)}
     if K.wgmma:     # every warpgroup tile; the mma.sync ones are the other modes' to cover
         compiled = {("igemm", cfg) for cfg in G.WGMMA_CONFIGS + G.HALO_CONFIGS + G.TMA_CONFIGS} | \
-            {("wgrad", cfg) for cfg in (G.WGRAD_TF32_CONFIGS if K.tf32 else G.WGRAD_WG_CONFIGS + G.WGRAD_TMA_CONFIGS)}
+            {("wgrad", cfg) for cfg in (G.WGRAD_TF32_CONFIGS + G.WGRAD_TFWG_CONFIGS if K.tf32
+                                        else G.WGRAD_WG_CONFIGS + G.WGRAD_TMA_CONFIGS)}
     missing = compiled - ran
     assert not missing, f"compiled tiles no shape here exercised: {sorted(missing)}"
+    assert not unequal, f"tiles of one family that differ in their bits: {unequal}"
 
 
 @pytest.mark.parametrize("storage,async_copy,wgmma", [("float16", True, False), ("bfloat16", True, False),

@@ -461,3 +461,82 @@ def test_tf32_weight_gradient_fragments_multiply_the_right_values_without_bank_c
                         col = (J >> 2) * 32 + 4 * (J & 3) + 2 * (t & 1) + 16 * (t >> 1)
                         got[f, col:col + 2] = acc[i, j, lane, 2 * h:2 * h + 2]
     np.testing.assert_allclose(got, dy.T @ x, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bm,bn,wgn", sorted({cfg[1:4] for cfg in G.WGRAD_TFWG_CONFIGS}))
+def test_tf32_wgmma_weight_gradient_transposes_and_fragments_give_dy_t_x(bm, bn, wgn):
+    """cuda/conv_wgmma.cu's conv_wgrad_tfwg, replayed over one 32-position stage of swizzled
+    MN-major atoms: its transpose (each warp's tasks, each lane's 32-bit loads and 16-byte
+    store) fills a buffer that, read as wgmma's K-major 128-byte-swizzled B operand, holds X;
+    its register A fragments and the store's channel and column mapping then give dY^T X. The
+    transpose's loads hit 32 banks, its stores 8 distinct 16-byte chunks a quarter-warp."""
+    r = np.random.default_rng(bm + bn + wgn)
+    BK, ATOM = 32, 32 * 32                      # positions a stage; words of an atom's stage
+    ma, na, mw, nwg = bm // 32, bn // 32, bm // 64, bn // wgn
+    tasks = bn // (16 * wgn)
+    dy, x = r.standard_normal((BK, bm)), r.standard_normal((BK, bn))
+    stage = np.concatenate([_swizzled_stage(dy[:, 32 * j:32 * j + 32]) for j in range(ma)]
+                           + [_swizzled_stage(x[:, 32 * j:32 * j + 32]) for j in range(na)])
+    tbuf = np.full(bn * 32, np.nan)
+    for warp in range(4 * wgn):
+        for u in range(tasks):
+            task = warp + 4 * wgn * u
+            j, rq = task >> 3, task & 7
+            chunks = []
+            for i in range(4):
+                row = 4 * rq + i
+                src = [ma * ATOM + j * ATOM + row * 32 + (((lane >> 2) ^ (row & 7)) << 2) + (lane & 3) for lane in range(32)]
+                assert len({w % 32 for w in src}) == 32
+                chunks.append([stage[w] for w in src])
+            for lane in range(32):
+                nn = 32 * j + lane
+                dst = nn * 32 + ((rq ^ (nn & 7)) << 2)
+                tbuf[dst:dst + 4] = [chunks[i][lane] for i in range(4)]
+            for quarter in range(4):
+                slots = {rq ^ ((32 * j + lane) & 7) for lane in range(8 * quarter, 8 * quarter + 8)}
+                assert len(slots) == 8
+    assert not np.isnan(tbuf).any()
+    # wgmma's view of a K-major 128-byte-swizzled operand: row n, k's 16-byte chunk k // 4 at chunk (k // 4) ^ (n % 8)
+    B = np.array([[tbuf[nn * 32 + (((k >> 2) ^ (nn & 7)) << 2) + (k & 3)] for nn in range(bn)] for k in range(BK)])
+    np.testing.assert_array_equal(B, x)
+    got = np.full((bm, bn), np.nan)
+    for wgi in range(wgn):
+        for a in range(mw):
+            A = np.zeros((64, BK))
+            rows = {}
+            for wl in range(4):
+                I = 4 * a + wl
+                for lane in range(32):
+                    g, t = lane >> 2, lane & 3
+                    for h in range(2):
+                        for e in range(2):
+                            row, q = t + 4 * e, 2 * (I & 1) + h + 4 * (g >> 2)
+                            off = (I >> 1) * ATOM + row * 32 + ((q ^ row) << 2) + (g & 3)
+                            for kk in range(BK // 8):
+                                A[16 * wl + g + 8 * h, 8 * kk + t + 4 * e] = stage[off + kk * 256]
+                        rows[16 * wl + g + 8 * h] = (I >> 1) * 32 + 4 * (2 * (I & 1) + h) + (g & 3) + 16 * (g >> 2)
+            D = A @ B[:, wgi * nwg:(wgi + 1) * nwg]
+            for lr, f in rows.items():
+                got[f, wgi * nwg:(wgi + 1) * nwg] = D[lr]
+    np.testing.assert_allclose(got, dy.T @ x, rtol=1e-12, atol=1e-12)
+
+
+def test_the_tf32_weight_gradient_family_switch_is_checked_and_follows_the_shape(monkeypatch):
+    """SCRATCH_NN_TF32_WGRAD picks the tf32 weight gradient's family for a process (checked);
+    both families' tiles cover every ResNet-18 shape (the stem's 288 columns included), and a
+    shape neither divides (a 1x1 of 32 channels) is refused by name."""
+    monkeypatch.delenv(G.TF32_WGRAD_ENV, raising=False)
+    assert G.tf32_wgrad_family() == G.TF32_WGRAD_DEFAULT
+    assert G.tf32_wgrad_family("mma") == "mma"
+    monkeypatch.setenv(G.TF32_WGRAD_ENV, "wgmma")
+    assert G.tf32_wgrad_family() == "wgmma"
+    monkeypatch.setenv(G.TF32_WGRAD_ENV, "tensor")
+    with pytest.raises(ValueError, match="SCRATCH_NN_TF32_WGRAD"):
+        G.tf32_wgrad_family()
+    for f, c, k in [(64, 32, 3), (64, 64, 3), (128, 64, 3), (128, 64, 1), (128, 128, 3), (256, 128, 1), (256, 256, 3),
+                    (512, 256, 1), (512, 512, 3)]:
+        for fam, tag in [("wgmma", "wtw"), ("mma", "wtf")]:
+            assert {cfg[0] for cfg in G.wgrad_tf32_candidates(f, k * k * c, fam)} == {tag}, (f, c, k)
+    for fam in G.TF32_WGRAD_FAMILIES:
+        with pytest.raises(ValueError, match=f"tf32 wgrad \\({fam}\\) tile for 64 channels over 32 columns"):
+            G.wgrad_tf32_candidates(64, 32, fam)

@@ -75,12 +75,16 @@ __device__ __forceinline__ unsigned char* swizzle_base(unsigned char* raw_smem, 
 #define WG_D32(i) WG_D8(i), WG_D8(i + 8), WG_D8(i + 16), WG_D8(i + 24)
 #define WG_D64 WG_D32(0), WG_D32(32)
 #define WG_D96 WG_D32(0), WG_D32(32), WG_D32(64)
+#define WG_D48 WG_D32(0), WG_D8(32), WG_D8(40)
 #define WG_R32 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
 #define WG_R64 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define WG_R48 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"
 #define WG_R96 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
@@ -160,8 +164,10 @@ __device__ __forceinline__ void wg_kstep(float (&acc)[2][BN / 2], unsigned sa, u
                  ", p, 1, 1; }\n" : D : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1))
 template <int KIND, int BN>
 __device__ __forceinline__ void wgmma_rs_tile(float (&d)[BN / 2], const unsigned (&a)[4], unsigned long long db) {
-    static_assert(BN == 64 || BN == 128, "register-A wgmma tiles of 64 or 128 columns");
-    if constexpr (BN == 64) {
+    static_assert(BN == 64 || BN == 128 || (BN == 96 && KIND == 2), "register-A wgmma tiles of 64 or 128 columns (tf32: or 96)");
+    if constexpr (BN == 96) {       // the tf32 weight gradient of a 32-channel 3x3 (288 columns)
+        WGMMA_RS_TF32_ASM("96", WG_R48, WG_D48, "%48, %49, %50, %51", "%52", "%53");
+    } else if constexpr (BN == 64) {
         if constexpr (KIND == 0) WGMMA_RS_ASM("64", "f16", WG_R32, WG_D32(0), "%32, %33, %34, %35", "%36", "%37");
         else if constexpr (KIND == 1) WGMMA_RS_ASM("64", "bf16", WG_R32, WG_D32(0), "%32, %33, %34, %35", "%36", "%37");
         else WGMMA_RS_TF32_ASM("64", WG_R32, WG_D32(0), "%32, %33, %34, %35", "%36", "%37");
@@ -986,6 +992,148 @@ conv_wgrad_tf32(const __grid_constant__ TensorMap tm_dy, const __grid_constant__
                 const int J = wn * NT + j;
                 const int col = n0 + (J >> 2) * 32 + 4 * (J & 3) + 2 * (t & 1) + 16 * (t >> 1);
                 *reinterpret_cast<float2*>(out + (long long)f * K + col) = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ conv_wgrad_tfwg (tf32 weight gradient on wgmma)
+// conv_wgrad_tf32's GEMM and stages (the copy engine lands 32 positions a stage, MN-major:
+// 128-byte swizzled rows of 32 channels f of dY and of 32 columns of X) with wgmma's tf32 form,
+// which reads its operands K-major only (K is the positions). So:
+//   A (dY^T, 64 channels a warpgroup's m64 tile): from registers (the register-operand wgmma),
+//     each warp loading its fragments with conv_wgrad_tf32's conflict-free map and its rows
+//     (the channel order f(I, g, h) below, undone by the store);
+//   B (X, BN columns): transposed once per stage into a K-major, 128-byte-swizzled buffer of
+//     BN rows of 32 positions (row n's 16-byte chunk rq, positions 4 rq .. 4 rq + 3, at chunk
+//     rq ^ (n % 8)), each warp moving 32 columns of 4 positions at a time: its 32-bit loads hit
+//     32 banks (one position row, the 32 columns' chunks permuted by the swizzle) and its 16-byte
+//     stores 8 distinct chunks a quarter-warp.
+// Both are rounded to tf32 (to nearest) on the way, as conv_wgrad_tf32 rounds. Stage k + 1's
+// transpose runs, into the other of two buffers, while stage k's wgmma group does; a staging
+// buffer is free once its dY fragments and (a step earlier) its X are read, so all STAGES of
+// them are in flight. WGN warpgroups split the BN columns (BN / WGN each); every warpgroup
+// multiplies all BM channels (BM / 64 m64 tiles).
+// grid: (ceil(F / BM), K / BN, chunks); block 128 * WGN; dynamic shared memory
+// 1024 + STAGES * (BM + BN) * 128 + 2 * BN * 128 bytes.
+template <int BM, int BN, int WGN, int STAGES>
+__global__ void __launch_bounds__(128 * WGN)
+conv_wgrad_tfwg(const __grid_constant__ TensorMap tm_dy, const __grid_constant__ TensorMap tm_x, float* __restrict__ ws,
+                int N, int C, int F, int OH, int OW, int KW, int s, int p, int chunk, int K) {
+    constexpr int BK = 32, ATOM = BK * 128;          // positions a stage; bytes of a 32-wide atom's stage
+    constexpr int MA = BM / 32, NA = BN / 32, MW = BM / 64, NWG = BN / WGN;
+    constexpr int A_BYTES = MA * ATOM, STAGE = (MA + NA) * ATOM, T_BYTES = BN * 128;
+    constexpr int TASKS = BN / (16 * WGN);           // (32 columns, 4 positions) pieces a warp transposes a stage
+    static_assert(BM % 64 == 0 && (NWG == 64 || NWG == 96 || NWG == 128) && NWG * WGN == BN && TASKS * 16 * WGN == BN,
+                  "tile shape");
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    unsigned base;
+    unsigned char* smem = swizzle_base(smem_raw, base);
+    __shared__ __align__(8) unsigned long long full[STAGES];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wl = warp & 3, wgi = warp >> 2;
+    const int g = lane >> 2, t = lane & 3;
+    const int M = N * OH * OW, HWo = OH * OW;
+    const int f0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int mlo = blockIdx.z * chunk, mhi = min(M, mlo + chunk);
+    const int KT = mhi > mlo ? (mhi - mlo + BK - 1) / BK : 0;
+    if (tid == 0) mbar_init_stages(full);
+    __syncthreads();
+
+    // A fragment (m64 tile a, this warp's m16 rows I = 4 a + wl): rows g (h 0), g + 8 (h 1) at
+    // positions t (e 0), t + 4 (e 1) of a k8 step, as conv_wgrad_tf32's a_off
+    int a_off[MW][2][2];
+#pragma unroll
+    for (int a = 0; a < MW; ++a) {
+        const int I = 4 * a + wl;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int r = t + 4 * e, q = 2 * (I & 1) + h + 4 * (g >> 2);
+                a_off[a][h][e] = (I >> 1) * ATOM + r * 128 + ((q ^ r) << 4) + (g & 3) * 4;
+            }
+    }
+
+    float acc[MW][NWG / 2];
+    wg_zero(acc);
+
+    auto load = [&](int buf, int kt) {
+        wgrad_tma_stage<MA, NA, 32>(base + buf * STAGE, smem_addr(&full[buf]), &tm_dy, &tm_x, mlo + kt * BK, HWo, OW, C,
+                                    KW, s, p, f0, n0);
+    };
+    // stage kt's X into transpose buffer kt % 2, once its copy has landed
+    auto transpose = [&](int kt) {
+        const int buf = kt % STAGES;
+        mbar_wait(smem_addr(&full[buf]), (unsigned)((kt / STAGES) & 1));
+        const unsigned char* xs = smem + buf * STAGE + A_BYTES + (lane & 3) * 4;
+        unsigned char* tb = smem + STAGES * STAGE + (kt & 1) * T_BYTES;
+#pragma unroll
+        for (int u = 0; u < TASKS; ++u) {
+            const int task = warp + 4 * WGN * u, j = task >> 3, rq = task & 7, n = 32 * j + lane;
+            unsigned v[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int r = 4 * rq + i;
+                v[i] = tf32_round(*reinterpret_cast<const unsigned*>(xs + j * ATOM + r * 128 + (((lane >> 2) ^ (r & 7)) << 4)));
+            }
+            *reinterpret_cast<uint4*>(tb + n * 128 + ((rq ^ (n & 7)) << 4)) = make_uint4(v[0], v[1], v[2], v[3]);
+        }
+    };
+
+    if (tid == 0)
+        for (int st = 0; st < STAGES && st < KT; ++st) load(st, st);
+    if (KT > 0) transpose(0);
+    fence_async_shared();          // the transposes' generic-proxy stores before the tensor cores' reads
+    __syncthreads();
+    for (int kt = 0; kt < KT; ++kt) {
+        const int buf = kt % STAGES;
+        const unsigned char* st = smem + buf * STAGE;
+        unsigned af[MW][4][4];
+#pragma unroll
+        for (int a = 0; a < MW; ++a)
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+                for (int e = 0; e < 2; ++e)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h)
+                        af[a][kk][2 * e + h] = tf32_round(*reinterpret_cast<const unsigned*>(st + a_off[a][h][e] + kk * 1024));
+        const unsigned tb = base + STAGES * STAGE + (kt & 1) * T_BYTES + wgi * NWG * 128;
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+            for (int a = 0; a < MW; ++a) wgmma_rs_tile<2, NWG>(acc[a], af[a][kk], wg_desc(tb + kk * 32));
+        wg_commit();
+        if (kt + 1 < KT) {
+            transpose(kt + 1);
+            fence_async_shared();
+        }
+        wg_wait<0>();
+        wg_fence_regs(acc);
+        __syncthreads();           // stage kt's operands read, transpose kt + 1 written: buffer buf may be refilled
+        if (tid == 0 && kt + STAGES < KT) {
+            fence_async_shared();  // the generic-proxy reads of buf before the copy engine's writes
+            load(buf, kt + STAGES);
+        }
+    }
+
+    // acc[a][4 b + 2 h + e]: row g + 8 h of warp wl's 16 in m64 tile a, column 8 b + 2 t + e of
+    // this warpgroup's NWG
+    float* out = ws + (long long)blockIdx.z * F * K;
+#pragma unroll
+    for (int a = 0; a < MW; ++a) {
+        const int I = 4 * a + wl;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int f = f0 + (I >> 1) * 32 + 4 * (2 * (I & 1) + h) + (g & 3) + 16 * (g >> 2);
+            if (f >= F) continue;
+#pragma unroll
+            for (int b = 0; b < NWG / 8; ++b) {
+                const int col = n0 + wgi * NWG + 8 * b + 2 * t;
+                *reinterpret_cast<float2*>(out + (long long)f * K + col) = make_float2(acc[a][4 * b + 2 * h], acc[a][4 * b + 2 * h + 1]);
             }
         }
     }
