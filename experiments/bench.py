@@ -102,7 +102,7 @@ def print_table(rows, args, cpu):
 
 def main(argv=None):
     args = parse_args(argv)
-    from .record.sysinfo import machine_info
+    from .record.sysinfo import blas_pinned_warning, machine_info
 
     if "numba" in args.scratch_backends:
         from scratch_nn.backends.threads import start_numba_before_torch
@@ -131,8 +131,13 @@ def main(argv=None):
             print(f"error: {e}", file=sys.stderr)
             return 2
     print_table(rows, args, cpu)
+    if not args.gpu:
+        print(f"numpy's BLAS: {info['numpy_blas']}")
+        warning = blas_pinned_warning()
+        if warning:
+            print(warning)
     if args.csv:
-        append_csv(args.csv, rows, args, cpu)
+        append_csv(args.csv, rows, args, cpu, blas=info["numpy_blas"])
     return 0
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from ..train.adapters import OptimSpec, make_adapter
 
 CSV_COLUMNS = ["cpu", "threads", "model", "batch_size", "scratch_backend", "scratch_images_per_s",
-               "torch_images_per_s", "ratio", "date"]
+               "torch_images_per_s", "ratio", "date", "numpy_blas"]
 DEFAULT_CSV = os.path.join("results", "bench", "cpu_train.csv")
 GPU_CSV_COLUMNS = ["gpu", "model", "batch_size", "precision", "cuda_graph", "torch_cuda_graph", "scratch_images_per_s",
                    "torch_images_per_s", "ratio", "scratch_peak_gpu_mem_mb", "torch_peak_gpu_mem_mb", "date",
@@ -136,27 +136,28 @@ def summarise(model, runners, args):
     return rows
 
 
-def upgrade_gpu_csv(path):
-    """Give a GPU table written before the torch_memory_format column that column: its rows
-    compared with torch in NCHW, the only layout measured then."""
+def upgrade_csv(path, columns, last):
+    """Give a table written before its last column that column, each old row holding `last`
+    (the GPU table's torch_memory_format: "nchw", the only layout measured then; the CPU
+    table's numpy_blas: "" for not recorded)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
         header = rows and list(rows[0]) or []
-    if not rows or header == GPU_CSV_COLUMNS:
+    if not rows or header == columns:
         return
-    if header != GPU_CSV_COLUMNS[:-1]:
+    if header != columns[:-1]:
         raise ValueError(f"{path} has columns {header}, not experiments.bench's; give another --csv")
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=GPU_CSV_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
-        w.writerows(dict(r, torch_memory_format="nchw") for r in rows)
+        w.writerows(dict(r, **{columns[-1]: last}) for r in rows)
 
 
-def append_csv(path, rows, args, cpu):
+def append_csv(path, rows, args, cpu, blas=""):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     new = not os.path.exists(path) or os.path.getsize(path) == 0
-    if args.gpu and not new:
-        upgrade_gpu_csv(path)
+    if not new:
+        upgrade_csv(path, *((GPU_CSV_COLUMNS, "nchw") if args.gpu else (CSV_COLUMNS, "")))
     date = datetime.date.today().isoformat()
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=GPU_CSV_COLUMNS if args.gpu else CSV_COLUMNS)
@@ -173,5 +174,5 @@ def append_csv(path, rows, args, cpu):
                                 scratch_peak_gpu_mem_mb=f"{r['scratch_peak_mb']:.0f}",
                                 torch_peak_gpu_mem_mb="" if r["torch_peak_mb"] is None else f"{r['torch_peak_mb']:.0f}"))
             else:
-                w.writerow(dict(common, cpu=cpu, threads=args.threads, scratch_backend=r["backend"]))
+                w.writerow(dict(common, cpu=cpu, threads=args.threads, scratch_backend=r["backend"], numpy_blas=blas))
     print(f"appended {len(rows)} row(s) to {path}")

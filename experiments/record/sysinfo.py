@@ -106,6 +106,38 @@ def _gpu_count() -> int:
             pass
 
 
+BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")   # pin OpenBLAS's kernels whatever the CPU
+
+
+def numpy_blas() -> str:
+    """NumPy's BLAS as the study's CPU rows depend on it: library, version and the kernels it
+    runs on this CPU (threadpoolctl), e.g. "openblas 0.3.31 SkylakeX", with any environment
+    setting that picks them (OPENBLAS_CORETYPE=Haswell runs AVX2 kernels on an AVX-512 CPU,
+    at about half a modern core's GEMM rate); "unknown" where none is found."""
+    try:
+        import numpy  # noqa: F401  (loads the BLAS that threadpoolctl then finds)
+        from threadpoolctl import threadpool_info
+
+        libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    except Exception:
+        libs = []
+    if not libs:
+        return "unknown"
+    lib = libs[0]
+    text = " ".join(str(v) for v in (lib.get("internal_api"), lib.get("version"), lib.get("architecture")) if v)
+    pinned = [f"{k}={os.environ[k]}" for k in BLAS_ENV if os.environ.get(k)]
+    return text + (f" ({', '.join(pinned)})" if pinned else "")
+
+
+def blas_pinned_warning() -> Optional[str]:
+    """A line for the CPU benchmarks where the environment pins OpenBLAS's kernels, else None."""
+    if not os.environ.get("OPENBLAS_CORETYPE"):
+        return None
+    return (f"warning: OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} pins numpy's BLAS kernels "
+            f"({numpy_blas()}), while torch's oneDNN picks its own for this CPU; for the CPU's best on both "
+            "sides, run with both unset: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m ...")
+
+
 def machine_info(gpu_index: Optional[int] = None) -> dict:
     """The machine a run used. GPU fields describe device `gpu_index`; they are None for
     a CPU run (gpu_index None) or where NVML finds no GPU. gpu_count says what is there."""
@@ -129,6 +161,7 @@ def machine_info(gpu_index: Optional[int] = None) -> dict:
         "python_executable": sys.executable,
         "gpu_index": gpu_index,
         "gpu_count": _gpu_count(),
+        "numpy_blas": numpy_blas(),
     }
     if gpu_index is not None:
         info.update(_gpu_info(gpu_index))

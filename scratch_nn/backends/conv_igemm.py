@@ -29,8 +29,13 @@ forward 310-441 -> 355-478 TFLOP/s, data gradients 265-423 -> 301-461, weight gr
 
 fp32 storage ("float32", the tf32 mode; sm_90 with TMA only): the same warpgroup forward and
 data-gradient kernels with wgmma's tf32 form (a 128-byte row is 32 channels, so channels must
-be a multiple of 32), and conv_wgrad_tf32 for the weight gradient (mma.sync m16n8k8 tf32 over
-the TMA-loaded MN-major tiles: wgmma takes tf32 operands K-major only). No mma.sync GEMMs.
+be a multiple of 32), and for the weight gradient, whose K (the positions) is contiguous in
+neither operand while wgmma takes tf32 operands K-major only, one of two families for a whole
+process (SCRATCH_NN_TF32_WGRAD; they round their sums differently, so they are never timed
+against each other): conv_wgrad_tf32 ("mma", the default: mma.sync m16n8k8 tf32 over the
+TMA-loaded MN-major tiles) or conv_wgrad_tfwg ("wgmma": dY^T from registers into a
+register-operand wgmma, X transposed K-major in shared memory each stage; not yet measured
+on a GPU). No mma.sync GEMMs besides.
 """
 import contextlib
 import os

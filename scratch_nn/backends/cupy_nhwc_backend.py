@@ -6,7 +6,8 @@ tf32 (compute capability 9.0 only; elsewhere tf32 stays on CupyBackend's im2col 
 fp32 activations, whose products the tensor cores take as tf32, as torch's cuDNN does with
 allow_tf32. Every convolution is a warpgroup one (cuda/conv_wgmma.cu's kernels on fp32
 storage: wgmma tf32 for the forward and data gradient, conv_wgrad_tf32's mma.sync for the
-weight gradient, since wgmma reads tf32 operands K-major only), so channels are padded to a
+weight gradient, since wgmma reads tf32 operands K-major only, or with
+SCRATCH_NN_TF32_WGRAD=wgmma conv_wgrad_tfwg's transposing wgmma one), so channels are padded to a
 multiple of 32 where a layer's input has fewer (the stem's 3, the CNN's 16). No loss scaling,
 no 16-bit weight copies.
 
@@ -82,7 +83,8 @@ class CupyChannelsLastBackend(CupyBackend):
         d = super().describe()
         if self.conv.tf32:
             conv = ("implicit GEMM on tensor cores (fp32 storage, tf32 products: wgmma (sm_90a) forward and data "
-                    "gradient, mma.sync weight gradient, operands by TMA)")
+                    f"gradient, {'wgmma' if self.conv.tf32_wgrad == 'wgmma' else 'mma.sync'} weight gradient, "
+                    "operands by TMA)")
         else:
             conv = ("implicit GEMM on tensor cores ("
                     + ("wgmma (sm_90a) for 64-channel multiples" + (", operands by TMA where timed faster"

@@ -101,3 +101,25 @@ def test_bench_summarises_one_row_per_torch_layout_and_upgrades_old_tables(tmp_p
     back = list(csv.DictReader(open(old)))
     assert list(back[0]) == train_steps.GPU_CSV_COLUMNS and back[0]["torch_memory_format"] == "nchw"
     assert [r["torch_memory_format"] for r in back[1:]] == ["nchw", "channels-last"] * 2
+
+
+def test_cpu_bench_rows_record_numpy_blas_and_old_tables_get_the_column(tmp_path, monkeypatch):
+    from experiments import bench
+    from experiments.record import sysinfo
+
+    a = bench.parse_args(["--models", "cnn", "--repeats", "2"])
+    runners = {label: dict(ips=[50.0, 60.0], peak_mb=None) for label, _ in train_steps.bench_sides(a)}
+    rows = train_steps.summarise("cnn", runners, a)
+    old = tmp_path / "cpu.csv"
+    cols = train_steps.CSV_COLUMNS[:-1]
+    old.write_text(",".join(cols) + "\n" + ",".join("1" for _ in cols) + "\n")
+    train_steps.append_csv(str(old), rows, a, "Test CPU", blas="openblas 0.3.31 SkylakeX")
+    back = list(csv.DictReader(open(old)))
+    assert list(back[0]) == train_steps.CSV_COLUMNS and back[0]["numpy_blas"] == ""
+    assert [r["numpy_blas"] for r in back[1:]] == ["openblas 0.3.31 SkylakeX"] * len(rows)
+    # the kernels numpy's BLAS runs, and the environment setting that pinned them, by name
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    assert "OPENBLAS_CORETYPE=Haswell" in sysinfo.numpy_blas()
+    assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE" in sysinfo.blas_pinned_warning()
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    assert sysinfo.blas_pinned_warning() is None and "OPENBLAS_CORETYPE" not in sysinfo.numpy_blas()
