@@ -264,8 +264,11 @@ def test_same_loss_curve_as_numpy_for_20_steps(name, batch):
     two agree to 1e-10 over all 20 steps. In float32, memorising tiny batches amplifies rounding
     (ResNet-18's float32 curves drift 1e-3 apart within 20 steps on either backend), so the
     tolerance is measured, not guessed: numba's float32 curve must stay as close to the float64
-    curve as NumPy's own float32 curve does (2x), and lie within 1e-5 of the float64 curve over
-    the first 3 steps, before it drifts. (NumPy's float32 curve of resnet18, with its Winograd
+    curve, on average over the 20 steps, as NumPy's own float32 curve does (2x), and lie within
+    1e-5 of the float64 curve over the first 3 steps, before it drifts. The average, not the
+    largest step: once drifting, each step's gap is one chaotic sample (on a Zen 5 core the
+    largest gaps came out 2.2x apart with OpenBLAS's AVX2 kernels and 1.0x with its AVX-512 ones,
+    while the averages were 1.1x and 0.9x). (NumPy's float32 curve of resnet18, with its Winograd
     layers, is already 1.6e-5 from float64 at step 3 and 2.8e-4 at step 4; with im2col 4.8e-5 at
     step 4; numba's 1.3e-7 and 1.8e-6: comparing the two float32 curves step by step would test
     their rounding, not numba.)"""
@@ -291,7 +294,7 @@ def test_same_loss_curve_as_numpy_for_20_steps(name, batch):
     assert np.all(np.isfinite(numba32)) and numba32[-1] < numba32[0]   # it learns: the batches repeat
     np.testing.assert_allclose(curve("numba", "float64"), numpy64, rtol=1e-10, atol=0)
     np.testing.assert_allclose(numba32[:3], numpy64[:3], rtol=1e-5, atol=0)
-    assert np.abs(numba32 - numpy64).max() <= 2 * np.abs(numpy32 - numpy64).max() + 1e-6
+    assert np.abs(numba32 - numpy64).mean() <= 2 * np.abs(numpy32 - numpy64).mean() + 1e-6
 
 
 # (tile the table picks, shape): F(4x4) in its mode on multiples of 4 from 8 rows, F(2x2) on
