@@ -4,11 +4,15 @@ step kernel by kernel, its GEMMs by shape, and optionally torch's top CUDA kerne
 
     python -m experiments.gpu_profile resnet18 128 fp32 [torch]
     python -m experiments.gpu_profile --convs 512 fp16 [--sm75] [--no-torch]
+    SCRATCH_NN_TF32_WGRAD=wgmma python -m experiments.gpu_profile --convs 512 tf32   # H100 / H200
 """
 import sys
 
 USAGE = ("usage: python -m experiments.gpu_profile MODEL BATCH PRECISION [torch]\n"
-         "       python -m experiments.gpu_profile --convs BATCH fp16|bf16 [--sm75] [--no-torch]")
+         "       python -m experiments.gpu_profile --convs BATCH fp16|bf16|tf32 [--sm75] [--no-torch]")
+
+
+STORAGE = {"fp16": "float16", "bf16": "bfloat16", "tf32": "float32"}   # --convs precision -> ConvKernels storage
 
 
 def _gpu_or_error():
@@ -25,16 +29,24 @@ def _gpu_or_error():
 def convs(argv):
     flags = {a for a in argv if a.startswith("--")}
     pos = [a for a in argv if not a.startswith("--")]
-    if len(pos) != 2 or not pos[0].isdigit() or pos[1] not in ("fp16", "bf16") or flags - {"--sm75", "--no-torch"}:
+    if len(pos) != 2 or not pos[0].isdigit() or pos[1] not in STORAGE or flags - {"--sm75", "--no-torch"}:
         print(USAGE, file=sys.stderr)
+        return 2
+    if pos[1] == "tf32" and "--sm75" in flags:
+        print("error: tf32 runs the warpgroup kernels (compute capability 9.0), which have no sm_75 variant",
+              file=sys.stderr)
         return 2
     if not _gpu_or_error():
         return 2
     from .measure.conv_layers import format_table, layer_table
 
-    storage = {"fp16": "float16", "bf16": "bfloat16"}[pos[1]]
-    rows, ceilings = layer_table(int(pos[0]), storage, async_copy="--sm75" not in flags,
-                                 with_torch="--no-torch" not in flags)
+    storage = STORAGE[pos[1]]
+    try:
+        rows, ceilings = layer_table(int(pos[0]), storage, async_copy="--sm75" not in flags,
+                                     with_torch="--no-torch" not in flags)
+    except ValueError as e:     # e.g. tf32 below compute capability 9.0
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(format_table(rows, ceilings, int(pos[0]), storage))
     return 0
 

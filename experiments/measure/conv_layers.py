@@ -1,11 +1,13 @@
 """ResNet-18's convolutions one by one on the GPU: the scratch tensor-core kernels
 (scratch_nn/backends/conv_igemm.py) beside torch's cuDNN (channels-last, autotuned, the same
-16-bit precision), each pass (forward, data gradient, weight gradient) timed with CUDA events
-over repeated launches, against its floor (FLOPs at a measured mma rate, bytes at the copy rate).
-What experiments.gpu_profile --convs prints."""
+precision: fp16 or bf16, or tf32 on fp32 storage), each pass (forward, data gradient, weight
+gradient) timed with CUDA events over repeated launches, against its floor (FLOPs at a
+measured mma rate, bytes at the copy rate). What experiments.gpu_profile --convs prints; in tf32
+the weight gradient runs the family SCRATCH_NN_TF32_WGRAD names (conv_igemm.py), so running it
+once per family compares them layer by layer."""
 import numpy as np
 
-# (name, C, F, H (input), k, s, p) at the CIFAR stem; conv1's input is padded to 16 channels
+# (name, C, F, H (input), k, s, p) at the CIFAR stem; conv1's input is padded to 16 channels (tf32: 32)
 RESNET18_CONVS = [("conv1", 3, 64, 32, 3, 1, 1)] + \
     [(f"layer1.{b}.conv{i}", 64, 64, 32, 3, 1, 1) for b in (0, 1) for i in (1, 2)] + \
     [("layer2.0.conv1", 64, 128, 32, 3, 2, 1), ("layer2.0.conv2", 128, 128, 16, 3, 1, 1),
@@ -37,9 +39,9 @@ def mma_rate(cupy, storage, kernels, reps=20):
     channels, 3x3, 32x32, batch 64): the rate the floors use."""
     n, c, f, h = 64, 256, 256, 32
     r = cupy.random.default_rng(0)
-    x = _random16(r, (n, h, h, c), storage)
+    x = _random(r, (n, h, h, c), storage)
     wp = kernels.pack_forward(r.standard_normal((f, c, 3, 3), dtype=cupy.float32))
-    y = cupy.empty((n, h, h, f), dtype=cupy.uint16)
+    y = cupy.empty((n, h, h, f), dtype=kernels.dtype)
     ms = _time(lambda: kernels.forward(x, wp, 3, 1, 1, out=y), reps, cupy)
     return 2 * n * h * h * f * c * 9 / (ms * 1e-3) / 1e12
 
@@ -52,11 +54,16 @@ def copy_rate(cupy):
     return 2 * a.nbytes / (ms * 1e-3) / 1e12
 
 
-def _random16(r, shape, storage):
-    """Standard-normal values as 16-bit storage bits (bf16: the top half of each float32)."""
+def _random(r, shape, storage, creal=None):
+    """Standard-normal values in the storage type: float32 itself, or 16-bit bits (bf16: the
+    top half of each float32); channels from creal on zero (an input padded to the K step)."""
     import cupy
 
     v = r.standard_normal(shape, dtype=cupy.float32)
+    if creal is not None:
+        v[..., creal:] = 0
+    if storage == "float32":
+        return v
     if storage == "float16":
         return v.astype(cupy.float16).view(cupy.uint16)
     return (v.view(cupy.uint32) >> 16).astype(cupy.uint16)
@@ -71,25 +78,28 @@ def layer_table(batch, storage, async_copy=True, reps=20, with_torch=True, log=p
     sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
     K = ConvKernels(cupy, storage, async_copy, sms)
     tflops, tbps = mma_rate(cupy, storage, K), copy_rate(cupy)
-    log(f"ceilings: scratch forward kernel {tflops:.0f} TFLOP/s on 64x256x32x32 -> 256 3x3; copy {tbps:.2f} TB/s")
+    family = f", weight gradient {K.tf32_wgrad}" if K.tf32 else ""
+    log(f"ceilings: scratch forward kernel {tflops:.0f} TFLOP/s on 64x256x32x32 -> 256 3x3; copy {tbps:.2f} TB/s"
+        f"{family}")
     torch = None
     if with_torch:
         import torch
 
         torch.backends.cudnn.benchmark = True
-        torch.backends.cudnn.allow_tf32 = False
-        tdt = torch.float16 if storage == "float16" else torch.bfloat16
+        torch.backends.cudnn.allow_tf32 = K.tf32
+        tdt = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[storage]
     r = cupy.random.default_rng(1)
+    e = K.e                                 # bytes a stored value
     rows = []
     for name, c, f, h, k, s, p in RESNET18_CONVS:
-        cp = 16 if c % 16 else c
+        cp = -(-c // K.bk) * K.bk if K.tf32 else (16 if c % 16 else c)   # the stem's input padded to a K step
         oh = (h + 2 * p - k) // s + 1
-        x = _random16(r, (batch, h, h, cp), storage)
+        x = _random(r, (batch, h, h, cp), storage, creal=c)
         w32 = r.standard_normal((f, c, k, k), dtype=cupy.float32) / np.sqrt(c * k * k)
-        dy = _random16(r, (batch, oh, oh, f), storage)
+        dy = _random(r, (batch, oh, oh, f), storage)
         wp, wd = K.pack_forward(w32, cp=cp), K.pack_dgrad(w32)
-        y = cupy.empty((batch, oh, oh, f), dtype=cupy.uint16)
-        dx = cupy.empty((batch, h, h, c), dtype=cupy.uint16)
+        y = cupy.empty((batch, oh, oh, f), dtype=K.dtype)
+        dx = cupy.empty((batch, h, h, c), dtype=K.dtype)
         dw = cupy.empty((f, c, k, k), dtype=cupy.float32)
         passes = {"forward": lambda: K.forward(x, wp, k, s, p, stats=True, out=y),
                   "wgrad": lambda: K.wgrad(dy, x, k, s, p, dw, creal=c)}
@@ -113,7 +123,7 @@ def layer_table(batch, storage, async_copy=True, reps=20, with_torch=True, log=p
             if ps in tpass:
                 torch.cuda.synchronize()
                 tms = _time(tpass[ps], reps, cupy)
-            nbytes = 2 * (batch * h * h * cp + batch * oh * oh * f) + (4 * f * c * k * k if ps == "wgrad" else 0)
+            nbytes = e * (batch * h * h * cp + batch * oh * oh * f) + (4 * f * c * k * k if ps == "wgrad" else 0)
             floor = max(flops / (tflops * 1e12), nbytes / (tbps * 1e12)) * 1e3
             key = {"forward": ("forward", batch, h, h, cp, f, k, s, p, True),
                    "dgrad": ("dgrad", batch, oh, oh, f, c, k, s, p),
@@ -125,7 +135,8 @@ def layer_table(batch, storage, async_copy=True, reps=20, with_torch=True, log=p
 
 
 def format_table(rows, ceilings, batch, storage):
-    lines = [f"ResNet-18 convolutions, batch {batch}, {storage}: ms per pass (scratch, torch cuDNN channels-last), "
+    what = "tf32 (float32 storage)" if storage == "float32" else storage
+    lines = [f"ResNet-18 convolutions, batch {batch}, {what}: ms per pass (scratch, torch cuDNN channels-last), "
              f"floor = max(FLOPs / {ceilings['mma_tflops']:.0f} TFLOP/s, bytes / {ceilings['copy_tbps']:.2f} TB/s)",
              f"{'layer':22s} {'pass':8s} {'scratch':>8s} {'torch':>8s} {'ratio':>6s} {'floor':>7s} {'TFLOP/s':>8s}"]
     tot = {"scratch": 0.0, "torch": 0.0, "floor": 0.0}

@@ -123,3 +123,13 @@ def test_cpu_bench_rows_record_numpy_blas_and_old_tables_get_the_column(tmp_path
     assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE" in sysinfo.blas_pinned_warning()
     monkeypatch.delenv("OPENBLAS_CORETYPE")
     assert sysinfo.blas_pinned_warning() is None and "OPENBLAS_CORETYPE" not in sysinfo.numpy_blas()
+
+
+@pytest.mark.parametrize("argv,needle", [(["--convs", "512", "fp8"], "usage"),
+                                         (["--convs", "512", "tf32", "--sm75"], "no sm_75 variant"),
+                                         (["--convs", "x", "fp16"], "usage")])
+def test_gpu_profile_convs_refuses_bad_input_before_touching_a_gpu(argv, needle, capsys):
+    from experiments import gpu_profile
+
+    assert gpu_profile.main(argv) == 2
+    assert needle in capsys.readouterr().err
